@@ -1,0 +1,409 @@
+"""LSH, local and full attention.
+
+The math lives in pure tensor functions on `(batch, heads, length, d_head)` tensors that return
+`(out, logsumexp)`; the modules at the bottom only project, hash, call them and merge heads.
+These functions are the reference path that the fused kernels in `kernels.py` are tested
+against, and they never build a length x length tensor on the LSH and local paths.
+"""
+
+import math
+
+import torch
+from torch import nn
+
+# Masked logits are *replaced* by these values (not added to), in float32.  A finite value
+# instead of -inf keeps a row whose keys are all masked finite (a uniform average instead of
+# NaN), and lets a query fall back to itself: the self logit sits at -1e5, far below any real
+# logit but far above a masked one.
+MASK_VALUE = -1e9
+SELF_MASK_VALUE = -1e5
+KEY_NORM_EPS = 1e-6
+
+
+def normalize_keys(query_key):
+    """Shared-QK keys: each vector scaled to unit length (root-mean-square norm, then 1/sqrt(d))."""
+    d_head = query_key.shape[-1]
+    variance = query_key.float().pow(2).mean(dim=-1, keepdim=True)
+    return (query_key.float() * torch.rsqrt(variance + KEY_NORM_EPS) / math.sqrt(d_head)).to(query_key.dtype)
+
+
+def bucket_factors(num_buckets):
+    """`num_buckets` as a list of even factors: 8 -> [8]; [4, 8] -> [4, 8] (32 buckets in all)."""
+    return list(num_buckets) if isinstance(num_buckets, (list, tuple)) else [num_buckets]
+
+
+def rotation_size(num_buckets):
+    """Columns of a hash rotation: half of each bucket factor."""
+    return sum(factor // 2 for factor in bucket_factors(num_buckets))
+
+
+def buckets_for_length(length, chunk_length):
+    """The paper's bucket count for a length: the power of two nearest 2 * length / chunk_length, >= 2."""
+    target = max(2.0, 2.0 * length / chunk_length)
+    return 2 ** max(1, round(math.log2(target)))
+
+
+def hash_vectors(vectors, rotations, num_buckets):
+    """Angular LSH: bucket = argmax([xR; -xR]) per hash round, one argmax per bucket factor.
+
+    vectors:   (batch, heads, length, d_head)
+    rotations: (heads, d_head, n_hashes, rotation_size(num_buckets))
+    returns bucket_ids (batch, heads, n_hashes, length) in [0, prod(factors)).
+    """
+    rotated = torch.einsum("bhld,hdnr->bhnlr", vectors, rotations.to(vectors.dtype))
+    bucket_ids = torch.zeros(rotated.shape[:-1], dtype=torch.long, device=vectors.device)
+    column, stride = 0, 1
+    for factor in bucket_factors(num_buckets):
+        part = rotated[..., column : column + factor // 2]
+        bucket_ids = bucket_ids + stride * torch.cat([part, -part], dim=-1).argmax(dim=-1)
+        column += factor // 2
+        stride *= factor
+    return bucket_ids
+
+
+def neighbour_chunks(n_chunks, n_before, n_after, circular, device):
+    """Chunk ids each chunk attends to, (n_chunks, window), and whether each one exists.
+
+    With `circular`, the first chunk's "previous" chunk is the last one (the paper's sorted
+    sequence is treated as a ring); otherwise chunks off either end are marked missing.
+    """
+    offsets = torch.arange(-n_before, n_after + 1, device=device)
+    chunk_ids = torch.arange(n_chunks, device=device)[:, None] + offsets[None, :]
+    if circular:
+        return chunk_ids % n_chunks, torch.ones_like(chunk_ids, dtype=torch.bool)
+    exists = (chunk_ids >= 0) & (chunk_ids < n_chunks)
+    return chunk_ids.clamp(0, n_chunks - 1), exists
+
+
+def _chunk(tensor, chunk_length):
+    """(batch, heads, length, ...) -> (batch, heads, n_chunks, chunk_length, ...)."""
+    b, h, length = tensor.shape[:3]
+    return tensor.reshape(b, h, length // chunk_length, chunk_length, *tensor.shape[3:])
+
+
+def _gather_neighbours(chunked, chunk_ids):
+    """(batch, heads, n_chunks, chunk_length, ...) -> (batch, heads, n_chunks, window * chunk_length, ...)."""
+    gathered = chunked[:, :, chunk_ids]  # (b, h, n_chunks, window, chunk_length, ...)
+    b, h, n_chunks, window, chunk_length = gathered.shape[:5]
+    return gathered.reshape(b, h, n_chunks, window * chunk_length, *gathered.shape[5:])
+
+
+def _softmax_attend(logits, value, dropout_p, training):
+    """Row softmax of float32 logits with its log-sum-exp; dropout on the probabilities."""
+    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
+    probs = torch.exp(logits - lse)
+    if dropout_p > 0.0 and training:
+        probs = nn.functional.dropout(probs, p=dropout_p, training=True)
+    out = torch.matmul(probs.to(value.dtype), value)
+    return out, lse.squeeze(-1)
+
+
+def lsh_attention(
+    query_key,
+    value,
+    bucket_ids,
+    *,
+    n_buckets,
+    chunk_length,
+    n_chunks_before=1,
+    n_chunks_after=0,
+    causal=False,
+    window_mode="bucket_window",
+    pad_mask=None,
+    dropout_p=0.0,
+    training=False,
+):
+    """Shared-QK attention among positions that hash alike.
+
+    query_key, value: (batch, heads, length, d_head), length a multiple of chunk_length.
+    bucket_ids:       (batch, heads, n_hashes, length) in [0, n_buckets).
+    pad_mask:         (batch, length) bool, True where the position is padding, or None.
+    Returns out (batch, heads, length, d_head) combined over the hash rounds by their
+    log-sum-exp weights, and that combined log-sum-exp (batch, heads, length).
+
+    Every round sorts positions by (bucket, position); padding goes to an extra last bucket.
+    The rounds are laid end to end and cut into chunks of `chunk_length`.  In "chunk" mode a
+    query sees every key of its own chunk and its neighbours (a ring, as in the paper); in
+    "bucket_window" mode it sees only keys of its own round and bucket that lie at most
+    `n_chunks_before * chunk_length` sorted places before it (or `n_chunks_after * ...`
+    after it).  A query sees itself only when nothing else is visible.
+    """
+    batch, heads, length, d_head = query_key.shape
+    n_hashes = bucket_ids.shape[2]
+    if length % chunk_length:
+        raise ValueError(f"lsh_attention: length={length} must be a multiple of chunk_length={chunk_length}")
+    if window_mode not in ("chunk", "bucket_window"):
+        raise ValueError(f"lsh_attention: window_mode={window_mode!r}; expected 'chunk' or 'bucket_window'")
+    device = query_key.device
+
+    if pad_mask is not None:
+        bucket_ids = bucket_ids.masked_fill(pad_mask[:, None, None, :], n_buckets)
+    round_offsets = torch.arange(n_hashes, device=device).view(1, 1, n_hashes, 1) * (n_buckets + 1)
+    round_buckets = (bucket_ids + round_offsets).flatten(2)  # (b, h, n_hashes * length)
+    positions = torch.arange(length, device=device).repeat(n_hashes)  # (n_hashes * length,)
+    sort_keys = round_buckets * length + positions
+    sorted_order = sort_keys.argsort(dim=-1)  # (b, h, n_hashes * length): index into the rounds laid end to end
+    sorted_positions = sorted_order % length
+    sorted_buckets = round_buckets.gather(-1, sorted_order)
+
+    def gather_positions(tensor):
+        return tensor.gather(2, sorted_positions[..., None].expand(-1, -1, -1, d_head))
+
+    query = _chunk(gather_positions(query_key), chunk_length)  # (b, h, C, c, d)
+    keys = _chunk(gather_positions(normalize_keys(query_key)), chunk_length)
+    values = _chunk(gather_positions(value), chunk_length)
+    n_chunks = query.shape[2]
+    circular = window_mode == "chunk"
+    chunk_ids, chunk_exists = neighbour_chunks(n_chunks, n_chunks_before, n_chunks_after, circular, device)
+
+    keys = _gather_neighbours(keys, chunk_ids)  # (b, h, C, W*c, d)
+    values = _gather_neighbours(values, chunk_ids)
+    query_positions = _chunk(sorted_positions, chunk_length)  # (b, h, C, c)
+    key_positions = _gather_neighbours(query_positions, chunk_ids)  # (b, h, C, W*c)
+
+    visible = chunk_exists.repeat_interleave(chunk_length, dim=1)[None, None, :, None, :]
+    if pad_mask is not None:
+        key_is_pad = pad_mask.gather(1, sorted_positions.flatten(1)).view(batch, heads, -1)
+        key_is_pad = _gather_neighbours(_chunk(key_is_pad, chunk_length), chunk_ids)
+        visible = visible & ~key_is_pad[:, :, :, None, :]
+    if causal:
+        visible = visible & (key_positions[:, :, :, None, :] <= query_positions[..., None])
+    if window_mode == "bucket_window":
+        query_buckets = _chunk(sorted_buckets, chunk_length)
+        key_buckets = _gather_neighbours(query_buckets, chunk_ids)
+        query_slots = _chunk(torch.arange(n_hashes * length, device=device).view(1, 1, -1), chunk_length)
+        key_slots = _gather_neighbours(query_slots, chunk_ids)
+        distance = query_slots[..., None] - key_slots[:, :, :, None, :]  # sorted places from key to query
+        in_window = (distance <= n_chunks_before * chunk_length) & (distance >= -n_chunks_after * chunk_length)
+        visible = visible & in_window & (key_buckets[:, :, :, None, :] == query_buckets[..., None])
+
+    logits = torch.matmul(query.float(), keys.float().transpose(-1, -2))  # (b, h, C, c, W*c)
+    logits = torch.where(visible, logits, MASK_VALUE)
+    is_self = key_positions[:, :, :, None, :] == query_positions[..., None]
+    logits = torch.where(is_self & visible, SELF_MASK_VALUE, logits)
+    out, lse = _softmax_attend(logits, values, dropout_p, training)
+
+    out = out.reshape(batch, heads, n_hashes * length, d_head)
+    lse = lse.reshape(batch, heads, n_hashes * length)
+    unsort = sorted_order.argsort(dim=-1)
+    out = out.gather(2, unsort[..., None].expand(-1, -1, -1, d_head)).view(batch, heads, n_hashes, length, d_head)
+    lse = lse.gather(2, unsort).view(batch, heads, n_hashes, length)
+    return combine_hash_rounds(out, lse)
+
+
+def combine_hash_rounds(round_out, round_lse):
+    """Weight each round's output by its share of the total softmax mass.
+
+    round_out: (batch, heads, n_hashes, length, d_head); round_lse: (batch, heads, n_hashes, length).
+    """
+    total_lse = torch.logsumexp(round_lse, dim=2)
+    weights = torch.exp(round_lse - total_lse[:, :, None])
+    out = (round_out.float() * weights[..., None]).sum(dim=2)
+    return out.to(round_out.dtype), total_lse
+
+
+def local_attention(
+    query,
+    key,
+    value,
+    *,
+    chunk_length,
+    n_chunks_before=1,
+    n_chunks_after=0,
+    causal=False,
+    pad_mask=None,
+    dropout_p=0.0,
+    training=False,
+):
+    """Sliding-window attention with a chunk-aligned window.
+
+    query, key, value: (batch, heads, length, d_head), length a multiple of chunk_length.
+    A query in chunk i sees the keys of chunks i - n_chunks_before .. i + n_chunks_after.
+    Returns out (batch, heads, length, d_head) and log-sum-exp (batch, heads, length).
+    """
+    batch, heads, length, d_head = query.shape
+    if length % chunk_length:
+        raise ValueError(f"local_attention: length={length} must be a multiple of chunk_length={chunk_length}")
+    device = query.device
+    n_chunks = length // chunk_length
+    chunk_ids, chunk_exists = neighbour_chunks(n_chunks, n_chunks_before, n_chunks_after, False, device)
+
+    queries = _chunk(query, chunk_length)
+    keys = _gather_neighbours(_chunk(key, chunk_length), chunk_ids)
+    values = _gather_neighbours(_chunk(value, chunk_length), chunk_ids)
+    positions = torch.arange(length, device=device).view(n_chunks, chunk_length)
+    key_positions = positions[chunk_ids].reshape(n_chunks, -1)  # (C, W*c)
+
+    visible = chunk_exists.repeat_interleave(chunk_length, dim=1)[:, None, :]  # (C, 1, W*c)
+    if causal:
+        visible = visible & (key_positions[:, None, :] <= positions[..., None])
+    visible = visible[None, None]
+    if pad_mask is not None:
+        key_is_pad = pad_mask[:, key_positions.flatten()].view(batch, 1, n_chunks, 1, -1)
+        visible = visible & ~key_is_pad
+
+    logits = torch.matmul(queries.float(), keys.float().transpose(-1, -2)) / math.sqrt(d_head)
+    logits = torch.where(visible, logits, MASK_VALUE)
+    out, lse = _softmax_attend(logits, values, dropout_p, training)
+    return out.reshape(batch, heads, length, d_head), lse.reshape(batch, heads, length)
+
+
+def full_attention(query, key, value, *, causal=False, pad_mask=None, dropout_p=0.0, training=False):
+    """Dense attention (the reference, and the layer kind for short inputs).
+
+    query: (batch, heads, q_length, d_head); key, value: (batch, heads, k_length, d_head).
+    With `causal`, query i sees keys j <= i + (k_length - q_length), so a query block that
+    continues a cached prefix lines up with its end.  pad_mask: (batch, k_length), True = padding.
+    Returns out (batch, heads, q_length, d_head) and log-sum-exp (batch, heads, q_length).
+    """
+    q_length, k_length, d_head = query.shape[2], key.shape[2], query.shape[3]
+    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(d_head)
+    visible = torch.ones(q_length, k_length, dtype=torch.bool, device=query.device)
+    if causal:
+        visible = torch.ones_like(visible).tril(diagonal=k_length - q_length)
+    visible = visible[None, None]
+    if pad_mask is not None:
+        visible = visible & ~pad_mask[:, None, None, :]
+    logits = torch.where(visible, logits, MASK_VALUE)
+    return _softmax_attend(logits, value, dropout_p, training)
+
+
+def split_heads(hidden, n_heads, d_head):
+    """(batch, length, n_heads * d_head) -> (batch, n_heads, length, d_head)."""
+    batch, length = hidden.shape[:2]
+    return hidden.view(batch, length, n_heads, d_head).transpose(1, 2)
+
+
+def merge_heads(hidden):
+    """(batch, n_heads, length, d_head) -> (batch, length, n_heads * d_head)."""
+    batch, n_heads, length, d_head = hidden.shape
+    return hidden.transpose(1, 2).reshape(batch, length, n_heads * d_head)
+
+
+class LSHSelfAttention(nn.Module):
+    """Shared-QK LSH self-attention: projections, hashing, and a call to `lsh_attention`."""
+
+    kind = "lsh"
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.n_heads = config.num_attention_heads
+        self.d_head = config.head_size
+        inner = self.n_heads * self.d_head
+        self.query_key = nn.Linear(config.hidden_size, inner, bias=False)
+        self.value = nn.Linear(config.hidden_size, inner, bias=False)
+
+    def num_buckets_for(self, length):
+        if self.config.num_buckets is None:
+            return buckets_for_length(length, self.config.lsh_attn_chunk_length)
+        return self.config.num_buckets
+
+    def draw_rotations(self, num_buckets, device, dtype):
+        """Random rotations (heads, d_head, n_hashes, rotation_size).
+
+        With `hash_seed` they come from a CPU generator seeded with it, so they are the same on
+        every call and every device; otherwise from the global generator, which the reversible
+        stack seeds per layer and step so that its backward pass redraws the same ones.
+        """
+        shape = (self.n_heads, self.d_head, self.config.num_hashes, rotation_size(num_buckets))
+        if self.config.hash_seed is not None:
+            generator = torch.Generator().manual_seed(self.config.hash_seed)
+            return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+        return torch.randn(shape, device=device, dtype=dtype)
+
+    def forward(self, hidden, pad_mask=None, rotations=None):
+        """hidden (batch, length, hidden_size) -> (batch, length, heads * d_head)."""
+        query_key = split_heads(self.query_key(hidden), self.n_heads, self.d_head)
+        value = split_heads(self.value(hidden), self.n_heads, self.d_head)
+        num_buckets = self.num_buckets_for(hidden.shape[1])
+        if rotations is None:
+            rotations = self.draw_rotations(num_buckets, hidden.device, torch.float32)
+        bucket_ids = hash_vectors(query_key.detach().float(), rotations, num_buckets)
+        n_buckets = math.prod(bucket_factors(num_buckets))
+        out, _ = lsh_attention_dispatch(self.config.attn_backend)(
+            query_key,
+            value,
+            bucket_ids,
+            n_buckets=n_buckets,
+            chunk_length=self.config.lsh_attn_chunk_length,
+            n_chunks_before=self.config.lsh_num_chunks_before,
+            n_chunks_after=self.config.lsh_num_chunks_after,
+            causal=self.config.is_decoder,
+            window_mode=self.config.lsh_window_mode,
+            pad_mask=pad_mask,
+            dropout_p=self.config.lsh_attention_probs_dropout,
+            training=self.training,
+        )
+        return merge_heads(out)
+
+
+class LocalSelfAttention(nn.Module):
+    """Chunked sliding-window self-attention with separate query, key and value projections."""
+
+    kind = "local"
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.n_heads = config.num_attention_heads
+        self.d_head = config.head_size
+        inner = self.n_heads * self.d_head
+        self.query = nn.Linear(config.hidden_size, inner, bias=False)
+        self.key = nn.Linear(config.hidden_size, inner, bias=False)
+        self.value = nn.Linear(config.hidden_size, inner, bias=False)
+
+    def forward(self, hidden, pad_mask=None, rotations=None):
+        query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
+                             for proj in (self.query, self.key, self.value))
+        out, _ = local_attention(
+            query,
+            key,
+            value,
+            chunk_length=self.config.local_attn_chunk_length,
+            n_chunks_before=self.config.local_num_chunks_before,
+            n_chunks_after=self.config.local_num_chunks_after,
+            causal=self.config.is_decoder,
+            pad_mask=pad_mask,
+            dropout_p=self.config.local_attention_probs_dropout,
+            training=self.training,
+        )
+        return merge_heads(out)
+
+
+class FullSelfAttention(nn.Module):
+    """Dense self-attention with separate query, key and value projections."""
+
+    kind = "full"
+
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        self.n_heads = config.num_attention_heads
+        self.d_head = config.head_size
+        inner = self.n_heads * self.d_head
+        self.query = nn.Linear(config.hidden_size, inner, bias=False)
+        self.key = nn.Linear(config.hidden_size, inner, bias=False)
+        self.value = nn.Linear(config.hidden_size, inner, bias=False)
+
+    def forward(self, hidden, pad_mask=None, rotations=None):
+        query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
+                             for proj in (self.query, self.key, self.value))
+        out, _ = full_attention(
+            query,
+            key,
+            value,
+            causal=self.config.is_decoder,
+            pad_mask=pad_mask,
+            dropout_p=self.config.full_attention_probs_dropout,
+            training=self.training,
+        )
+        return merge_heads(out)
+
+
+SELF_ATTENTION_CLASSES = {"lsh": LSHSelfAttention, "local": LocalSelfAttention, "full": FullSelfAttention}
+
+
+def lsh_attention_dispatch(backend):
+    """The LSH attention function for a backend: the torch reference until a kernel is chosen."""
+    return lsh_attention

@@ -1,0 +1,256 @@
+"""ReformerConfig: every option of the model, validated with errors that name the field."""
+
+import math
+
+from transformers import PreTrainedConfig
+
+ATTENTION_KINDS = ("lsh", "local", "full")
+LSH_WINDOW_MODES = ("bucket_window", "chunk")
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+HIDDEN_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
+
+
+def _fail(field, value, allowed):
+    raise ValueError(f"ReformerConfig.{field}={value!r} is invalid: {allowed}.")
+
+
+def _check_int(field, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        _fail(field, value, f"expected an integer >= {minimum}")
+
+
+def _check_probability(field, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        _fail(field, value, "expected a probability in [0, 1)")
+
+
+def _check_num_buckets(value):
+    if value is None:
+        return
+    factors = value if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, (list, tuple)) and len(value) != 2:
+        _fail("num_buckets", value, "expected an even integer >= 2, a pair of even factors [a, b], or None")
+    for factor in factors:
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2 or factor % 2:
+            _fail("num_buckets", value, "every bucket count (or factor) must be an even integer >= 2")
+
+
+class ReformerConfig(PreTrainedConfig):
+    r"""Configuration of a Reformer (Kitaev, Kaiser, Levskaya, ICLR 2020).
+
+    Field names follow transformers' built-in `ReformerConfig` wherever that model has the
+    concept, so converted checkpoints and HF users find what they expect.  New concepts:
+
+    - `attn_layers` may also hold `"full"` (dense attention, for short inputs and tests).
+    - `lsh_window_mode`: `"bucket_window"` (default) lets a query see only keys of its own
+      hash bucket among the `lsh_num_chunks_before * lsh_attn_chunk_length` sorted positions
+      before it (and `lsh_num_chunks_after * ...` after it).  That is strictly causal and can be
+      decoded token by token from a per-bucket cache.  `"chunk"` is the paper's (and trax's and
+      transformers') rule: a query sees every key of its own and the neighbouring sorted
+      chunks, whatever their bucket; for a causal model later tokens move the chunk boundaries,
+      so a position's view depends on the future.  Use it for converted checkpoints.
+    - `reversible`: reversible residual layers (activations kept once for the whole stack) or
+      plain residuals.
+    - `attn_backend`: `"auto"` (fused Triton kernel on CUDA when installed, else torch),
+      `"torch"` or `"triton"`.
+    - `hash_seed`: None draws fresh hash rotations on every forward pass (the paper's setup; a
+      generation cache keeps the rotations of its prefill); an integer draws the same rotations
+      on every pass (deterministic evaluation; the same rotations transformers draws for that
+      seed on the CPU).
+    - `num_buckets=None` chooses, per forward pass, the power of two nearest to
+      `2 * length / lsh_attn_chunk_length` (at least 2), as the paper does.
+    """
+
+    model_type = "reformer_hf"
+    keys_to_ignore_at_inference = ["past_key_values"]
+
+    def __init__(
+        self,
+        vocab_size=320,
+        hidden_size=256,
+        num_attention_heads=2,
+        attention_head_size=None,
+        feed_forward_size=512,
+        hidden_act="relu",
+        attn_layers=("local", "lsh", "local", "lsh", "local", "lsh"),
+        num_hashes=1,
+        num_buckets=None,
+        lsh_attn_chunk_length=64,
+        lsh_num_chunks_before=1,
+        lsh_num_chunks_after=0,
+        lsh_window_mode="bucket_window",
+        local_attn_chunk_length=64,
+        local_num_chunks_before=1,
+        local_num_chunks_after=0,
+        chunk_size_feed_forward=0,
+        chunk_size_lm_head=0,
+        axial_pos_embds=True,
+        axial_pos_shape=(64, 64),
+        axial_pos_embds_dim=(64, 192),
+        axial_norm_std=1.0,
+        max_position_embeddings=4096,
+        hidden_dropout_prob=0.05,
+        lsh_attention_probs_dropout=0.0,
+        local_attention_probs_dropout=0.05,
+        full_attention_probs_dropout=0.0,
+        hash_seed=None,
+        is_decoder=False,
+        layer_norm_eps=1e-12,
+        initializer_range=0.02,
+        tie_word_embeddings=False,
+        reversible=True,
+        attn_backend="auto",
+        classifier_dropout=None,
+        use_cache=True,
+        pad_token_id=0,
+        bos_token_id=None,
+        eos_token_id=2,
+        **kwargs,
+    ):
+        kwargs.pop("num_hidden_layers", None)  # derived from attn_layers; present in old config.json files
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_attention_heads = num_attention_heads
+        self.attention_head_size = attention_head_size
+        self.feed_forward_size = feed_forward_size
+        self.hidden_act = hidden_act
+        self.attn_layers = list(attn_layers) if isinstance(attn_layers, (list, tuple)) else attn_layers
+        self.num_hashes = num_hashes
+        self.num_buckets = list(num_buckets) if isinstance(num_buckets, tuple) else num_buckets
+        self.lsh_attn_chunk_length = lsh_attn_chunk_length
+        self.lsh_num_chunks_before = lsh_num_chunks_before
+        self.lsh_num_chunks_after = lsh_num_chunks_after
+        self.lsh_window_mode = lsh_window_mode
+        self.local_attn_chunk_length = local_attn_chunk_length
+        self.local_num_chunks_before = local_num_chunks_before
+        self.local_num_chunks_after = local_num_chunks_after
+        self.chunk_size_feed_forward = chunk_size_feed_forward
+        self.chunk_size_lm_head = chunk_size_lm_head
+        self.axial_pos_embds = axial_pos_embds
+        self.axial_pos_shape = list(axial_pos_shape) if isinstance(axial_pos_shape, tuple) else axial_pos_shape
+        self.axial_pos_embds_dim = (
+            list(axial_pos_embds_dim) if isinstance(axial_pos_embds_dim, tuple) else axial_pos_embds_dim
+        )
+        self.axial_norm_std = axial_norm_std
+        self.max_position_embeddings = max_position_embeddings
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.lsh_attention_probs_dropout = lsh_attention_probs_dropout
+        self.local_attention_probs_dropout = local_attention_probs_dropout
+        self.full_attention_probs_dropout = full_attention_probs_dropout
+        self.hash_seed = hash_seed
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.reversible = reversible
+        self.attn_backend = attn_backend
+        self.classifier_dropout = classifier_dropout
+        self.use_cache = use_cache
+        super().__init__(
+            is_decoder=is_decoder,
+            tie_word_embeddings=tie_word_embeddings,
+            pad_token_id=pad_token_id,
+            bos_token_id=bos_token_id,
+            eos_token_id=eos_token_id,
+            **kwargs,
+        )
+        self.validate_reformer()
+
+    @property
+    def num_hidden_layers(self):
+        """transformers' generation utilities size caches with this."""
+        return len(self.attn_layers)
+
+    @property
+    def head_size(self):
+        """`attention_head_size`, or `hidden_size // num_attention_heads` when it is None."""
+        if self.attention_head_size is not None:
+            return self.attention_head_size
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def n_buckets_total(self):
+        """Total bucket count for a fixed `num_buckets` (product of the factors), else None."""
+        if self.num_buckets is None:
+            return None
+        if isinstance(self.num_buckets, list):
+            return math.prod(self.num_buckets)
+        return self.num_buckets
+
+    @property
+    def max_sequence_length(self):
+        """The longest input the position embeddings cover."""
+        if self.axial_pos_embds:
+            return min(self.max_position_embeddings, math.prod(self.axial_pos_shape))
+        return self.max_position_embeddings
+
+    def validate_reformer(self):
+        """Raise ValueError naming the first invalid field or combination."""
+        _check_int("vocab_size", self.vocab_size, 1)
+        _check_int("hidden_size", self.hidden_size, 1)
+        _check_int("num_attention_heads", self.num_attention_heads, 1)
+        if self.attention_head_size is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(
+                    f"ReformerConfig.hidden_size={self.hidden_size} is not divisible by "
+                    f"num_attention_heads={self.num_attention_heads}; set attention_head_size explicitly "
+                    "or choose a hidden_size that is a multiple of num_attention_heads."
+                )
+        else:
+            _check_int("attention_head_size", self.attention_head_size, 1)
+        _check_int("feed_forward_size", self.feed_forward_size, 1)
+        if self.hidden_act not in HIDDEN_ACTIVATIONS:
+            _fail("hidden_act", self.hidden_act, f"expected one of {HIDDEN_ACTIVATIONS}")
+        if not isinstance(self.attn_layers, list) or not self.attn_layers:
+            _fail("attn_layers", self.attn_layers, f"expected a non-empty list of {ATTENTION_KINDS}")
+        for kind in self.attn_layers:
+            if kind not in ATTENTION_KINDS:
+                _fail("attn_layers", self.attn_layers, f"unknown attention kind {kind!r}; allowed: {ATTENTION_KINDS}")
+        _check_int("num_hashes", self.num_hashes, 1)
+        _check_num_buckets(self.num_buckets)
+        for field in ("lsh_attn_chunk_length", "local_attn_chunk_length"):
+            _check_int(field, getattr(self, field), 1)
+        for field in ("lsh_num_chunks_before", "lsh_num_chunks_after", "local_num_chunks_before",
+                      "local_num_chunks_after", "chunk_size_feed_forward", "chunk_size_lm_head"):
+            _check_int(field, getattr(self, field), 0)
+        if self.lsh_window_mode not in LSH_WINDOW_MODES:
+            _fail("lsh_window_mode", self.lsh_window_mode, f"expected one of {LSH_WINDOW_MODES}")
+        if self.attn_backend not in ATTENTION_BACKENDS:
+            _fail("attn_backend", self.attn_backend, f"expected one of {ATTENTION_BACKENDS}")
+        if self.hash_seed is not None:
+            _check_int("hash_seed", self.hash_seed, 0)
+        if self.is_decoder and "lsh" in self.attn_layers and self.lsh_num_chunks_after:
+            _fail("lsh_num_chunks_after", self.lsh_num_chunks_after,
+                  "a causal model (is_decoder=True) cannot look at later chunks; expected 0")
+        if self.is_decoder and "local" in self.attn_layers and self.local_num_chunks_after:
+            _fail("local_num_chunks_after", self.local_num_chunks_after,
+                  "a causal model (is_decoder=True) cannot look at later chunks; expected 0")
+        for field in ("hidden_dropout_prob", "lsh_attention_probs_dropout", "local_attention_probs_dropout",
+                      "full_attention_probs_dropout"):
+            _check_probability(field, getattr(self, field))
+        if self.classifier_dropout is not None:
+            _check_probability("classifier_dropout", self.classifier_dropout)
+        _check_int("max_position_embeddings", self.max_position_embeddings, 1)
+        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
+            _fail("layer_norm_eps", self.layer_norm_eps, "expected a positive number")
+        if self.tie_word_embeddings:
+            _fail("tie_word_embeddings", self.tie_word_embeddings,
+                  "the LM head reads the 2 * hidden_size concatenated residual streams, so it cannot share "
+                  "the (vocab_size, hidden_size) input embedding; expected False")
+        if self.axial_pos_embds:
+            self._validate_axial()
+
+    def _validate_axial(self):
+        shape, dims = self.axial_pos_shape, self.axial_pos_embds_dim
+        if not isinstance(shape, list) or len(shape) < 2:
+            _fail("axial_pos_shape", shape, "expected a list of at least two positive integers")
+        for size in shape:
+            _check_int("axial_pos_shape", size, 1)
+        if not isinstance(dims, list) or len(dims) != len(shape):
+            _fail("axial_pos_embds_dim", dims, f"expected a list of {len(shape)} integers, one per axis of axial_pos_shape")
+        for dim in dims:
+            _check_int("axial_pos_embds_dim", dim, 1)
+        if sum(dims) != self.hidden_size:
+            _fail("axial_pos_embds_dim", dims, f"the axial dimensions must sum to hidden_size={self.hidden_size}")
+        if self.max_position_embeddings > math.prod(shape):
+            _fail("max_position_embeddings", self.max_position_embeddings,
+                  f"axial_pos_shape={shape} covers only {math.prod(shape)} positions; "
+                  "expected at most the product of axial_pos_shape")

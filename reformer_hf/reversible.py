@@ -1,0 +1,141 @@
+"""Reversible residual layers: y1 = x1 + F(x2), y2 = x2 + G(y1).
+
+The inputs of a layer follow from its outputs (x2 = y2 - G(y1), x1 = y1 - F(x2)), so the
+backward pass rebuilds them layer by layer from the stack's output and keeps one copy of the
+activations for the whole stack.  Rebuilding needs F and G to compute exactly what they computed
+forward: every sub-layer runs under its own seed (dropout masks, hash rotations) and under the
+autocast state of the forward pass.
+"""
+
+import contextlib
+
+import torch
+from torch import nn
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """Run a block with the global generators of the CPU and `device` set from `seed`, then restore them."""
+    cuda_devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
+        torch.random.default_generator.manual_seed(seed)
+        if cuda_devices:
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield
+
+
+def draw_seeds(n_layers):
+    """Two seeds per layer (attention, feed-forward), drawn from the global generator."""
+    return torch.randint(0, 2**62, (n_layers, 2)).tolist()
+
+
+class ReversibleLayer(nn.Module):
+    """One layer: F = attention block, G = feed-forward block."""
+
+    def __init__(self, attention_block, feed_forward_block):
+        super().__init__()
+        self.attention = attention_block
+        self.feed_forward = feed_forward_block
+
+    def attention_half(self, x2, seed, pad_mask):
+        with seeded(seed, x2.device):
+            return self.attention(x2, pad_mask)
+
+    def feed_forward_half(self, y1, seed):
+        with seeded(seed, y1.device):
+            return self.feed_forward(y1)
+
+    def forward(self, x1, x2, seeds, pad_mask=None):
+        y1 = x1 + self.attention_half(x2, seeds[0], pad_mask)
+        y2 = x2 + self.feed_forward_half(y1, seeds[1])
+        return y1, y2
+
+    def backward_pass(self, y1, y2, grad_y1, grad_y2, seeds, pad_mask):
+        """Rebuild (x1, x2) from (y1, y2) and push the gradients through this layer.
+
+        Returns x1, x2, grad_x1, grad_x2 and the gradients of this layer's parameters.
+        """
+        ff_params = [p for p in self.feed_forward.parameters() if p.requires_grad]
+        attn_params = [p for p in self.attention.parameters() if p.requires_grad]
+
+        with torch.enable_grad():
+            y1 = y1.detach().requires_grad_(True)
+            g_out = self.feed_forward_half(y1, seeds[1])
+            grads = torch.autograd.grad(g_out, [y1, *ff_params], grad_y2, allow_unused=True)
+        grad_y1_total = grad_y1 + grads[0]
+        ff_grads = grads[1:]
+        with torch.no_grad():
+            x2 = y2 - g_out
+
+        with torch.enable_grad():
+            x2 = x2.detach().requires_grad_(True)
+            f_out = self.attention_half(x2, seeds[0], pad_mask)
+            grads = torch.autograd.grad(f_out, [x2, *attn_params], grad_y1_total, allow_unused=True)
+        grad_x2 = grad_y2 + grads[0]
+        attn_grads = grads[1:]
+        with torch.no_grad():
+            x1 = y1 - f_out
+
+        param_grads = dict(zip(ff_params, ff_grads))
+        param_grads.update(zip(attn_params, attn_grads))
+        return x1.detach(), x2.detach(), grad_y1_total, grad_x2, param_grads
+
+
+class _ReversibleStackFunction(torch.autograd.Function):
+    """Runs the layers without recording a graph and keeps only the stack's output."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, layers, seeds, pad_mask, hidden_states_sink, *params):
+        ctx.layers, ctx.seeds, ctx.params = layers, seeds, params
+        ctx.autocast = _autocast_state(x1.device.type)
+        with torch.no_grad():
+            for layer, layer_seeds in zip(layers, seeds):
+                x1, x2 = layer(x1, x2, layer_seeds, pad_mask)
+                if hidden_states_sink is not None:
+                    hidden_states_sink.append(torch.cat([x1, x2], dim=-1))
+        ctx.save_for_backward(x1, x2, pad_mask)
+        return x1, x2
+
+    @staticmethod
+    def backward(ctx, grad_y1, grad_y2):
+        y1, y2, pad_mask = ctx.saved_tensors
+        device_type, dtype, enabled = ctx.autocast
+        param_grads = {}
+        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+            for layer, layer_seeds in zip(reversed(ctx.layers), reversed(ctx.seeds)):
+                y1, y2, grad_y1, grad_y2, layer_grads = layer.backward_pass(
+                    y1, y2, grad_y1, grad_y2, layer_seeds, pad_mask
+                )
+                for param, grad in layer_grads.items():
+                    if grad is not None:
+                        param_grads[param] = grad if param not in param_grads else param_grads[param] + grad
+        return (grad_y1, grad_y2, None, None, None, None, *(param_grads.get(p) for p in ctx.params))
+
+
+def _autocast_state(device_type):
+    return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_enabled(device_type)
+
+
+class ReformerStack(nn.Module):
+    """The layers over two residual streams; reversible or plain per `config.reversible`."""
+
+    def __init__(self, layers, reversible):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.reversible = reversible
+
+    def forward(self, hidden, pad_mask=None, output_hidden_states=False):
+        """hidden (batch, length, d) -> (y1, y2) and, if asked, the concatenated streams per layer."""
+        seeds = draw_seeds(len(self.layers))
+        all_hidden = [torch.cat([hidden, hidden], dim=-1)] if output_hidden_states else None
+        x1 = x2 = hidden
+        if self.reversible and torch.is_grad_enabled():
+            params = [p for p in self.layers.parameters() if p.requires_grad]
+            x1, x2 = _ReversibleStackFunction.apply(x1, x2, list(self.layers), seeds, pad_mask, all_hidden, *params)
+        else:
+            for layer, layer_seeds in zip(self.layers, seeds):
+                x1, x2 = layer(x1, x2, layer_seeds, pad_mask)
+                if all_hidden is not None:
+                    all_hidden.append(torch.cat([x1, x2], dim=-1))
+        return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)
