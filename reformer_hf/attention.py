@@ -211,6 +211,7 @@ def local_attention(
     n_chunks_before=1,
     n_chunks_after=0,
     causal=False,
+    wrap_around=False,
     pad_mask=None,
     dropout_p=0.0,
     training=False,
@@ -218,7 +219,9 @@ def local_attention(
     """Sliding-window attention with a chunk-aligned window.
 
     query, key, value: (batch, heads, length, d_head), length a multiple of chunk_length.
-    A query in chunk i sees the keys of chunks i - n_chunks_before .. i + n_chunks_after.
+    A query in chunk i sees the keys of chunks i - n_chunks_before .. i + n_chunks_after;
+    with `wrap_around` those chunk ids are taken modulo the number of chunks (transformers'
+    semantics), otherwise chunks off either end are missing.
     Returns out (batch, heads, length, d_head) and log-sum-exp (batch, heads, length).
     """
     batch, heads, length, d_head = query.shape
@@ -226,7 +229,7 @@ def local_attention(
         raise ValueError(f"local_attention: length={length} must be a multiple of chunk_length={chunk_length}")
     device = query.device
     n_chunks = length // chunk_length
-    chunk_ids, chunk_exists = neighbour_chunks(n_chunks, n_chunks_before, n_chunks_after, False, device)
+    chunk_ids, chunk_exists = neighbour_chunks(n_chunks, n_chunks_before, n_chunks_after, wrap_around, device)
 
     queries = _chunk(query, chunk_length)
     keys = _gather_neighbours(_chunk(key, chunk_length), chunk_ids)
@@ -364,6 +367,7 @@ class LocalSelfAttention(nn.Module):
             n_chunks_before=self.config.local_num_chunks_before,
             n_chunks_after=self.config.local_num_chunks_after,
             causal=self.config.is_decoder,
+            wrap_around=self.config.local_attn_wrap_around,
             pad_mask=pad_mask,
             dropout_p=self.config.local_attention_probs_dropout,
             training=self.training,

@@ -49,6 +49,11 @@ class ReformerConfig(PreTrainedConfig):
       transformers') rule: a query sees every key of its own and the neighbouring sorted
       chunks, whatever their bucket; for a causal model later tokens move the chunk boundaries,
       so a position's view depends on the future.  Use it for converted checkpoints.
+    - `local_attn_wrap_around`: False (default) makes local attention a true sliding window:
+      the first chunk has no previous chunk.  True treats the chunks as a ring, as transformers'
+      and trax's Reformer do, so the first chunk also sees the last one (and the last chunk the
+      first one when `local_num_chunks_after` > 0).  Only a bidirectional model can see the
+      wrapped keys (a causal mask hides them); converted bidirectional checkpoints set it.
     - `reversible`: reversible residual layers (activations kept once for the whole stack) or
       plain residuals.
     - `attn_backend`: `"auto"` (fused Triton kernel on CUDA when installed, else torch),
@@ -82,6 +87,7 @@ class ReformerConfig(PreTrainedConfig):
         local_attn_chunk_length=64,
         local_num_chunks_before=1,
         local_num_chunks_after=0,
+        local_attn_wrap_around=False,
         chunk_size_feed_forward=0,
         chunk_size_lm_head=0,
         axial_pos_embds=True,
@@ -124,6 +130,7 @@ class ReformerConfig(PreTrainedConfig):
         self.local_attn_chunk_length = local_attn_chunk_length
         self.local_num_chunks_before = local_num_chunks_before
         self.local_num_chunks_after = local_num_chunks_after
+        self.local_attn_wrap_around = local_attn_wrap_around
         self.chunk_size_feed_forward = chunk_size_feed_forward
         self.chunk_size_lm_head = chunk_size_lm_head
         self.axial_pos_embds = axial_pos_embds
@@ -211,6 +218,8 @@ class ReformerConfig(PreTrainedConfig):
         for field in ("lsh_num_chunks_before", "lsh_num_chunks_after", "local_num_chunks_before",
                       "local_num_chunks_after", "chunk_size_feed_forward", "chunk_size_lm_head"):
             _check_int(field, getattr(self, field), 0)
+        if not isinstance(self.local_attn_wrap_around, bool):
+            _fail("local_attn_wrap_around", self.local_attn_wrap_around, "expected True or False")
         if self.lsh_window_mode not in LSH_WINDOW_MODES:
             _fail("lsh_window_mode", self.lsh_window_mode, f"expected one of {LSH_WINDOW_MODES}")
         if self.attn_backend not in ATTENTION_BACKENDS:
