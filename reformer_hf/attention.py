@@ -20,11 +20,16 @@ SELF_MASK_VALUE = -1e5
 KEY_NORM_EPS = 1e-6
 
 
+def upcast(tensor):
+    """Half precision to float32 for logits and softmax; float32 and float64 stay as they are."""
+    return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+
 def normalize_keys(query_key):
     """Shared-QK keys: each vector scaled to unit length (root-mean-square norm, then 1/sqrt(d))."""
     d_head = query_key.shape[-1]
-    variance = query_key.float().pow(2).mean(dim=-1, keepdim=True)
-    return (query_key.float() * torch.rsqrt(variance + KEY_NORM_EPS) / math.sqrt(d_head)).to(query_key.dtype)
+    variance = upcast(query_key).pow(2).mean(dim=-1, keepdim=True)
+    return (upcast(query_key) * torch.rsqrt(variance + KEY_NORM_EPS) / math.sqrt(d_head)).to(query_key.dtype)
 
 
 def bucket_factors(num_buckets):
@@ -177,7 +182,7 @@ def lsh_attention(
         in_window = (distance <= n_chunks_before * chunk_length) & (distance >= -n_chunks_after * chunk_length)
         visible = visible & in_window & (key_buckets[:, :, :, None, :] == query_buckets[..., None])
 
-    logits = torch.matmul(query.float(), keys.float().transpose(-1, -2))  # (b, h, C, c, W*c)
+    logits = torch.matmul(upcast(query), upcast(keys).transpose(-1, -2))  # (b, h, C, c, W*c)
     logits = torch.where(visible, logits, MASK_VALUE)
     is_self = key_positions[:, :, :, None, :] == query_positions[..., None]
     logits = torch.where(is_self & visible, SELF_MASK_VALUE, logits)
@@ -198,7 +203,7 @@ def combine_hash_rounds(round_out, round_lse):
     """
     total_lse = torch.logsumexp(round_lse, dim=2)
     weights = torch.exp(round_lse - total_lse[:, :, None])
-    out = (round_out.float() * weights[..., None]).sum(dim=2)
+    out = (upcast(round_out) * weights[..., None]).sum(dim=2)
     return out.to(round_out.dtype), total_lse
 
 
@@ -245,7 +250,7 @@ def local_attention(
         key_is_pad = pad_mask[:, key_positions.flatten()].view(batch, 1, n_chunks, 1, -1)
         visible = visible & ~key_is_pad
 
-    logits = torch.matmul(queries.float(), keys.float().transpose(-1, -2)) / math.sqrt(d_head)
+    logits = torch.matmul(upcast(queries), upcast(keys).transpose(-1, -2)) / math.sqrt(d_head)
     logits = torch.where(visible, logits, MASK_VALUE)
     out, lse = _softmax_attend(logits, values, dropout_p, training)
     return out.reshape(batch, heads, length, d_head), lse.reshape(batch, heads, length)
@@ -260,7 +265,7 @@ def full_attention(query, key, value, *, causal=False, pad_mask=None, dropout_p=
     Returns out (batch, heads, q_length, d_head) and log-sum-exp (batch, heads, q_length).
     """
     q_length, k_length, d_head = query.shape[2], key.shape[2], query.shape[3]
-    logits = torch.matmul(query.float(), key.float().transpose(-1, -2)) / math.sqrt(d_head)
+    logits = torch.matmul(upcast(query), upcast(key).transpose(-1, -2)) / math.sqrt(d_head)
     visible = torch.ones(q_length, k_length, dtype=torch.bool, device=query.device)
     if causal:
         visible = torch.ones_like(visible).tril(diagonal=k_length - q_length)

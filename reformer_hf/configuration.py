@@ -74,7 +74,7 @@ class ReformerConfig(PreTrainedConfig):
         vocab_size=320,
         hidden_size=256,
         num_attention_heads=2,
-        attention_head_size=None,
+        attention_head_size=64,
         feed_forward_size=512,
         hidden_act="relu",
         attn_layers=("local", "lsh", "local", "lsh", "local", "lsh"),

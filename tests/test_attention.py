@@ -1,0 +1,232 @@
+"""The attention functions against dense references written from their definitions."""
+
+import math
+
+import pytest
+import torch
+
+from reformer_hf.attention import (
+    MASK_VALUE,
+    SELF_MASK_VALUE,
+    buckets_for_length,
+    full_attention,
+    hash_vectors,
+    local_attention,
+    lsh_attention,
+    normalize_keys,
+)
+
+
+def dense_softmax(logits, visible, value, self_mask=None):
+    """Replace masked logits, optionally push self-logits to SELF_MASK_VALUE, softmax, average."""
+    logits = torch.where(visible, logits, torch.tensor(MASK_VALUE, dtype=logits.dtype))
+    if self_mask is not None:
+        logits = torch.where(self_mask & visible, torch.tensor(SELF_MASK_VALUE, dtype=logits.dtype), logits)
+    lse = torch.logsumexp(logits, dim=-1)
+    return torch.softmax(logits, dim=-1) @ value, lse
+
+
+def shared_qk_dense(query_key, value, causal, pad_mask):
+    length, d_head = query_key.shape[2:]
+    keys = query_key / query_key.pow(2).mean(-1, keepdim=True).add(1e-6).sqrt() / math.sqrt(d_head)
+    logits = query_key @ keys.transpose(-1, -2)
+    positions = torch.arange(length)
+    visible = torch.ones(length, length, dtype=torch.bool)
+    if causal:
+        visible = positions[None, :] <= positions[:, None]
+    visible = visible[None, None]
+    if pad_mask is not None:
+        visible = visible & ~pad_mask[:, None, None, :]
+    return dense_softmax(logits, visible, value, (positions[:, None] == positions[None, :])[None, None])
+
+
+def lsh_by_definition(query_key, value, bucket_ids, n_buckets, chunk_length, before, after, causal, mode, pad_mask):
+    """Each round as a dense (n_hashes*L) x (n_hashes*L) problem over the sorted sequence, then combined."""
+    batch, heads, length, d_head = query_key.shape
+    n_hashes = bucket_ids.shape[2]
+    keys = normalize_keys(query_key)
+    outs, lses = [], []
+    for b in range(batch):
+        for h in range(heads):
+            pad = pad_mask[b] if pad_mask is not None else torch.zeros(length, dtype=torch.bool)
+            rounds = []
+            for r in range(n_hashes):
+                buckets = torch.where(pad, n_buckets, bucket_ids[b, h, r])
+                order = sorted(range(length), key=lambda i: (int(buckets[i]), i))
+                rounds.append([(r, int(buckets[i]), i) for i in order])
+            slots = [item for round_items in rounds for item in round_items]  # sorted sequence, rounds end to end
+            n_slots = len(slots)
+            n_chunks = n_slots // chunk_length
+            visible = torch.zeros(n_slots, n_slots, dtype=torch.bool)
+            for qi, (qr, qb, qpos) in enumerate(slots):
+                for ki, (kr, kb, kpos) in enumerate(slots):
+                    if pad[kpos] or (causal and kpos > qpos):
+                        continue
+                    if mode == "chunk":
+                        shift = (ki // chunk_length - qi // chunk_length) % n_chunks
+                        ok = shift <= after or n_chunks - shift <= before
+                    else:
+                        ok = (qr, qb) == (kr, kb) and -after * chunk_length <= qi - ki <= before * chunk_length
+                    visible[qi, ki] = ok
+            if mode == "chunk":
+                # a ring with fewer chunks than the window repeats chunks; the implementation
+                # gathers each neighbour once per window slot, so count multiplicities
+                multiplicity = torch.zeros(n_slots, n_slots)
+                for qi in range(n_slots):
+                    for offset in range(-before, after + 1):
+                        chunk = (qi // chunk_length + offset) % n_chunks
+                        multiplicity[qi, chunk * chunk_length : (chunk + 1) * chunk_length] += 1
+            else:
+                multiplicity = torch.ones(n_slots, n_slots)
+            positions = torch.tensor([pos for _, _, pos in slots])
+            q = query_key[b, h][positions]
+            k = keys[b, h][positions]
+            v = value[b, h][positions]
+            logits = q @ k.T
+            logits = torch.where(visible, logits, torch.tensor(MASK_VALUE, dtype=logits.dtype))
+            logits = torch.where(visible & (positions[:, None] == positions[None, :]),
+                                 torch.tensor(SELF_MASK_VALUE, dtype=logits.dtype), logits)
+            weights = torch.exp(logits - logits.max(-1, keepdim=True).values) * multiplicity
+            lse = torch.log(weights.sum(-1)) + logits.max(-1).values
+            out = (weights / weights.sum(-1, keepdim=True)) @ v
+            round_out = torch.zeros(n_hashes, length, d_head, dtype=query_key.dtype)
+            round_lse = torch.zeros(n_hashes, length, dtype=query_key.dtype)
+            for qi, (qr, _, qpos) in enumerate(slots):
+                round_out[qr, qpos] = out[qi]
+                round_lse[qr, qpos] = lse[qi]
+            total = torch.logsumexp(round_lse, dim=0)
+            outs.append((round_out * torch.exp(round_lse - total)[..., None]).sum(0))
+            lses.append(total)
+    return torch.stack(outs).view(batch, heads, length, d_head), torch.stack(lses).view(batch, heads, length)
+
+
+def random_inputs(batch, heads, length, d_head, dtype=torch.float64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, length, d_head, generator=generator, dtype=dtype) for _ in range(3)]
+
+
+def right_padding(batch, length, n_pad):
+    pad_mask = torch.zeros(batch, length, dtype=torch.bool)
+    pad_mask[0, length - n_pad :] = True
+    return pad_mask
+
+
+@pytest.mark.parametrize("mode", ["chunk", "bucket_window"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n_hashes", [1, 3])
+def test_lsh_one_bucket_equals_dense(mode, causal, n_hashes):
+    query_key, value, _ = random_inputs(2, 3, 16, 8)
+    pad_mask = right_padding(2, 16, 5)
+    bucket_ids = torch.zeros(2, 3, n_hashes, 16, dtype=torch.long)
+    # one chunk per round: in "chunk" mode it must see only itself; the bucket window must span it
+    before, after = (0, 0) if mode == "chunk" else (1, 0 if causal else 1)
+    out, lse = lsh_attention(query_key, value, bucket_ids, n_buckets=1, chunk_length=16, n_chunks_before=before,
+                             n_chunks_after=after, causal=causal, window_mode=mode, pad_mask=pad_mask)
+    expected_out, expected_lse = shared_qk_dense(query_key, value, causal, pad_mask)
+    real = ~pad_mask[:, None, :, None]
+    torch.testing.assert_close(out * real, expected_out * real, atol=1e-10, rtol=0)
+    torch.testing.assert_close(lse * real[..., 0], (expected_lse + math.log(n_hashes)) * real[..., 0], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("mode", ["chunk", "bucket_window"])
+@pytest.mark.parametrize("causal", [False, True])
+def test_lsh_matches_definition(mode, causal):
+    query_key, value, _ = random_inputs(1, 2, 24, 4, seed=1)
+    n_buckets, n_hashes, chunk_length = 4, 2, 4
+    bucket_ids = torch.randint(0, n_buckets, (1, 2, n_hashes, 24), generator=torch.Generator().manual_seed(2))
+    pad_mask = right_padding(1, 24, 3)
+    after = 0 if causal else 1
+    out, lse = lsh_attention(query_key, value, bucket_ids, n_buckets=n_buckets, chunk_length=chunk_length,
+                             n_chunks_before=1, n_chunks_after=after, causal=causal, window_mode=mode, pad_mask=pad_mask)
+    expected_out, expected_lse = lsh_by_definition(query_key, value, bucket_ids, n_buckets, chunk_length, 1, after,
+                                                   causal, mode, pad_mask)
+    real = ~pad_mask[0]
+    torch.testing.assert_close(out[..., real, :], expected_out[..., real, :], atol=1e-10, rtol=0)
+    torch.testing.assert_close(lse[..., real], expected_lse[..., real], atol=1e-10, rtol=0)
+
+
+def test_lsh_query_alone_in_its_bucket_attends_to_itself():
+    query_key, value, _ = random_inputs(1, 1, 8, 4)
+    bucket_ids = torch.zeros(1, 1, 1, 8, dtype=torch.long)
+    bucket_ids[..., 5] = 1
+    out, _ = lsh_attention(query_key, value, bucket_ids, n_buckets=2, chunk_length=4, causal=True)
+    torch.testing.assert_close(out[0, 0, 5], value[0, 0, 5], atol=1e-10, rtol=0)
+    torch.testing.assert_close(out[0, 0, 0], value[0, 0, 0], atol=1e-10, rtol=0)
+
+
+def band_reference(query, key, value, chunk_length, before, after, causal, pad_mask):
+    length, d_head = query.shape[2:]
+    positions = torch.arange(length)
+    chunk_distance = positions[:, None] // chunk_length - positions[None, :] // chunk_length
+    visible = (chunk_distance <= before) & (chunk_distance >= -after)
+    if causal:
+        visible = visible & (positions[None, :] <= positions[:, None])
+    visible = visible[None, None]
+    if pad_mask is not None:
+        visible = visible & ~pad_mask[:, None, None, :]
+    return dense_softmax(query @ key.transpose(-1, -2) / math.sqrt(d_head), visible, value)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("before,after", [(1, 0), (2, 1), (0, 0)])
+def test_local_equals_dense_band(causal, before, after):
+    if causal and after:
+        pytest.skip("a causal window has no look-ahead")
+    query, key, value = random_inputs(2, 2, 20, 4)
+    pad_mask = right_padding(2, 20, 6)
+    out, lse = local_attention(query, key, value, chunk_length=4, n_chunks_before=before, n_chunks_after=after,
+                               causal=causal, pad_mask=pad_mask)
+    expected_out, expected_lse = band_reference(query, key, value, 4, before, after, causal, pad_mask)
+    real = ~pad_mask[0]  # a padding query with no visible key is defined by nothing; compare real ones
+    torch.testing.assert_close(out[:, :, real], expected_out[:, :, real], atol=1e-10, rtol=0)
+    torch.testing.assert_close(lse[:, :, real], expected_lse[:, :, real], atol=1e-10, rtol=0)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_full_matches_torch_sdpa(causal):
+    query, key, value = random_inputs(2, 2, 10, 4)
+    pad_mask = torch.zeros(2, 10, dtype=torch.bool)
+    pad_mask[1, 7:] = True
+    out, _ = full_attention(query, key, value, causal=causal, pad_mask=pad_mask)
+    allowed = ~pad_mask[:, None, None, :]
+    if causal:
+        allowed = allowed & torch.ones(10, 10, dtype=torch.bool).tril()
+    expected = torch.nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=allowed)
+    torch.testing.assert_close(out, expected, atol=1e-10, rtol=0)
+
+
+def test_hash_vectors_hand_computed():
+    # d_head 2, one round, 4 buckets: rotation = identity, so bucket = argmax([x0, x1, -x0, -x1])
+    vectors = torch.tensor([[1.0, 0.2], [0.1, 2.0], [-3.0, 0.5], [0.3, -1.0]]).view(1, 1, 4, 2)
+    rotations = torch.eye(2).view(1, 2, 1, 2)
+    assert hash_vectors(vectors, rotations, 4).flatten().tolist() == [0, 1, 2, 3]
+
+
+def test_hash_vectors_factorised_buckets():
+    vectors = torch.tensor([[1.0, 0.2, 0.0], [-0.1, -2.0, 0.0]]).view(1, 1, 2, 3)
+    # factor 2 reads column 0, factor 4 reads columns 1-2: bucket = a + 2 * b
+    rotations = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]).view(1, 3, 1, 3)
+    # row 0: a = argmax(1, -1) = 0, b = argmax(0.2, 0, -0.2, 0) = 0 -> 0
+    # row 1: a = argmax(-0.1, 0.1) = 1, b = argmax(-2, 0, 2, 0) = 2 -> 1 + 2 * 2 = 5
+    assert hash_vectors(vectors, rotations, [2, 4]).flatten().tolist() == [0, 5]
+
+
+def test_buckets_for_length_follows_the_paper():
+    assert buckets_for_length(4096, 64) == 128
+    assert buckets_for_length(100, 64) == 4
+    assert buckets_for_length(8, 64) == 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_masks_stay_finite(dtype):
+    query_key, value, _ = random_inputs(1, 2, 16, 8, dtype=dtype)
+    pad_mask = right_padding(1, 16, 12)
+    bucket_ids = torch.randint(0, 4, (1, 2, 2, 16))
+    for mode in ("chunk", "bucket_window"):
+        out, lse = lsh_attention(query_key, value, bucket_ids, n_buckets=4, chunk_length=4, causal=True,
+                                 window_mode=mode, pad_mask=pad_mask)
+        assert out.dtype == dtype and torch.isfinite(out).all() and torch.isfinite(lse).all()
+    out, lse = local_attention(query_key, value, value, chunk_length=4, causal=True, pad_mask=pad_mask)
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+    out, lse = full_attention(query_key, value, value, causal=True, pad_mask=torch.ones(1, 16, dtype=torch.bool))
+    assert torch.isfinite(out).all() and torch.isfinite(lse).all()

@@ -1,0 +1,126 @@
+"""The reversible stack against plain autograd, its memory, and its precision."""
+
+import copy
+
+import pytest
+import torch
+
+from reformer_hf import ReformerForCausalLM, ReformerModel
+from tiny_models import tiny_config
+
+
+def paired_models(dtype, **overrides):
+    """The same weights twice: reversible, and plain residuals through ordinary autograd."""
+    torch.manual_seed(0)
+    reversible = ReformerForCausalLM(tiny_config(reversible=True, **overrides)).to(dtype)
+    plain = copy.deepcopy(reversible)
+    plain.config.reversible = False
+    plain.reformer.encoder.reversible = False
+    return reversible, plain
+
+
+def gradients(model, input_ids, dtype, seed):
+    model.train()
+    embeds = model.reformer.embeddings.word_embeddings(input_ids).detach().to(dtype).requires_grad_(True)
+    torch.manual_seed(seed)  # the per-layer seeds (dropout, rotations) come from the global generator
+    loss = model(inputs_embeds=embeds, labels=input_ids).loss
+    model.zero_grad()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    grads["inputs_embeds"] = embeds.grad.clone()
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("kind", ["lsh", "local", "full"])
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_reversible_gradients_equal_plain_autograd(kind, dtype, atol):
+    overrides = dict(attn_layers=[kind, kind], hidden_dropout_prob=0.1, lsh_attention_probs_dropout=0.1,
+                     local_attention_probs_dropout=0.1, full_attention_probs_dropout=0.1, num_hashes=3,
+                     hash_seed=None)
+    reversible, plain = paired_models(dtype, **overrides)
+    input_ids = torch.randint(0, 40, (2, 21), generator=torch.Generator().manual_seed(1))
+    loss_rev, grads_rev = gradients(reversible, input_ids, dtype, seed=5)
+    loss_plain, grads_plain = gradients(plain, input_ids, dtype, seed=5)
+    torch.testing.assert_close(loss_rev, loss_plain, atol=atol, rtol=0)
+    assert grads_rev.keys() == grads_plain.keys()
+    for name in grads_plain:
+        torch.testing.assert_close(grads_rev[name], grads_plain[name], atol=atol, rtol=0, msg=name)
+    assert any(g.abs().sum() > 0 for g in grads_rev.values())
+
+
+def saved_activation_bytes(n_layers, reversible):
+    """Bytes of every tensor autograd keeps for backward, parameters (and views of them) aside."""
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config(attn_layers=["local", "lsh"] * (n_layers // 2), reversible=reversible))
+    parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    input_ids = torch.randint(0, 40, (2, 48), generator=torch.Generator().manual_seed(1))
+    total = 0
+
+    def pack(tensor):
+        nonlocal total
+        if tensor.untyped_storage().data_ptr() not in parameter_storages:
+            total += tensor.numel() * tensor.element_size()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        loss = model(input_ids, labels=input_ids).loss
+    loss.backward()  # outside the hooks: the layer-by-layer recomputation is transient, not kept
+    return total
+
+
+def test_activation_memory_is_flat_in_depth():
+    reversible = [saved_activation_bytes(n, reversible=True) for n in (2, 4, 8)]
+    plain = [saved_activation_bytes(n, reversible=False) for n in (2, 4, 8)]
+    assert reversible[0] == reversible[1] == reversible[2]
+    per_two_layers = plain[1] - plain[0]
+    assert per_two_layers > 0
+    assert plain[2] - plain[1] == 2 * per_two_layers  # linear in depth
+    assert plain[0] > reversible[0]
+
+
+def test_bf16_reconstruction_and_gradients_stay_close():
+    torch.manual_seed(0)
+    config = tiny_config(attn_layers=["local", "lsh"] * 6, hidden_size=32, attention_head_size=16,
+                         axial_pos_embds_dim=[16, 16], feed_forward_size=64)
+    model = ReformerModel(config).train()
+    layers = model.encoder.layers
+    hidden = torch.randn(2, 48, 32)
+    seeds = [[11 * i, 11 * i + 1] for i in range(len(layers))]
+
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        x1 = x2 = hidden
+        true_inputs = []
+        for layer, layer_seeds in zip(layers, seeds):
+            true_inputs.append((x1, x2))
+            x1, x2 = layer(x1, x2, layer_seeds)
+    assert x1.dtype == torch.float32  # the residual streams stay in float32 under autocast
+
+    y1, y2 = x1, x2
+    zero = torch.zeros_like(y1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for layer, layer_seeds, (true_x1, true_x2) in zip(reversed(layers), reversed(seeds), reversed(true_inputs)):
+            y1, y2, _, _, _ = layer.backward_pass(y1, y2, zero, zero, layer_seeds, None)
+            for rebuilt, true in ((y1, true_x1), (y2, true_x2)):
+                assert (rebuilt - true).norm() / true.norm() < 1e-2
+
+    input_ids = torch.randint(0, 40, (2, 48), generator=torch.Generator().manual_seed(3))
+
+    def grads(autocast):
+        model.zero_grad()
+        torch.manual_seed(9)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            model(input_ids).last_hidden_state.float().pow(2).mean().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    fp32, bf16 = grads(False), grads(True)
+    assert (bf16 - fp32).norm() / fp32.norm() < 5e-2
+
+
+def test_fp16_model_has_no_nan_from_masks():
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config()).half().eval()
+    input_ids = torch.randint(0, 40, (2, 30))
+    attention_mask = torch.ones(2, 30, dtype=torch.long)
+    attention_mask[1, 10:] = 0
+    logits = model(input_ids, attention_mask=attention_mask).logits
+    assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
