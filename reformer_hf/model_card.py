@@ -390,7 +390,10 @@ def _architecture_rows(get, num_parameters):
              "random, redrawn every forward pass" if hash_seed is None else f"fixed (hash_seed={hash_seed})"),
         ]
     if "local" in layers:
-        rows.append(("Local attention chunk length", _describe_window(get, "local")))
+        local_window = _describe_window(get, "local")
+        if local_window and get("local_attn_wrap_around"):
+            local_window += "; chunks wrap around as a ring"
+        rows.append(("Local attention chunk length", local_window))
     if get("reversible") is not None:
         rows.append(("Reversible residual layers", "yes" if get("reversible") else "no"))
     if get("axial_pos_embds"):

@@ -125,13 +125,14 @@ def test_architecture_table_is_filled_from_a_reformer_config():
     assert "Kitaev, Nikita and Kaiser, {\\L}ukasz and Levskaya, Anselm" in text
 
 
-def test_project_reformer_config_reports_window_mode_and_reversibility():
-    config = ReformerConfig(attn_layers=["lsh", "lsh"], lsh_window_mode="chunk", reversible=False,
-                                          is_decoder=True, hash_seed=7)
+def test_reformer_config_reports_window_modes_and_reversibility():
+    config = ReformerConfig(attn_layers=["local", "lsh"], lsh_window_mode="chunk", reversible=False,
+                            local_attn_wrap_around=True, is_decoder=True, hash_seed=7)
     text = make_model_card(config, model_name="tiny").text
     assert "| LSH window mode | chunk |" in text
     assert "| Reversible residual layers | no |" in text
     assert "| LSH hash rotations | fixed (hash_seed=7) |" in text
+    assert "chunks wrap around as a ring |" in text
     assert "This model uses `chunk` mode and it is causal." in text
     assert "| Model type | reformer_hf |" in text
 

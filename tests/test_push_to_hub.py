@@ -11,7 +11,10 @@ from huggingface_hub import HfApi, ModelCard, constants
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models
 
+from reformer_hf.configuration import ReformerConfig
 from reformer_hf.hub import check_model_folder, push_folder_to_hub, upload_file_list
+from reformer_hf.modeling import ReformerForCausalLM
+from reformer_hf.tokenization import ReformerByteTokenizer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "push_to_hub.py"
@@ -183,19 +186,15 @@ def test_cli_reports_a_missing_weights_file(saved_folder, capsys):
 
 
 def test_saved_reformer_folder_publishes_with_a_card_from_its_config(tmp_path, no_network):
-    from reformer_hf.configuration import ReformerConfig
-    from reformer_hf.modeling import ReformerForCausalLM
-
+    tokenizer = ReformerByteTokenizer()
     config = ReformerConfig(
-        attn_layers=["local", "lsh"], hidden_size=16, num_attention_heads=2, feed_forward_size=32, vocab_size=10,
-        lsh_attn_chunk_length=4, local_attn_chunk_length=4, num_hashes=2, axial_pos_shape=[4, 8],
+        attn_layers=["local", "lsh"], hidden_size=16, num_attention_heads=2, feed_forward_size=32,
+        vocab_size=len(tokenizer), lsh_attn_chunk_length=4, local_attn_chunk_length=4, num_hashes=2, axial_pos_shape=[4, 8],
         axial_pos_embds_dim=[8, 8], max_position_embeddings=32, is_decoder=True)
     model = ReformerForCausalLM(config)
     folder = tmp_path / "tiny-reformer"
     model.save_pretrained(folder)
-    vocab = {str(digit): digit for digit in range(9)} | {"[UNK]": 9}
-    transformers.PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="[UNK]")), unk_token="[UNK]").save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
 
     result = push_folder_to_hub(folder, "someone/tiny-reformer", dry_run=True, eval_results=EVAL_RESULTS)
     assert sorted(result.files) == folder_files(folder)
