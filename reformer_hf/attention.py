@@ -103,6 +103,27 @@ def _softmax_attend(logits, value, dropout_p, training):
     return out, lse.squeeze(-1)
 
 
+def shared_qk_full_attention(query_key, value, *, causal=False, pad_mask=None, dropout_p=0.0, training=False):
+    """Dense shared-QK attention under LSH attention's rules, without hashing.
+
+    Keys are the unit-length query_keys and a query sees itself only when nothing else is
+    visible.  query_key, value: (batch, heads, length, d_head); pad_mask: (batch, length), True =
+    padding.  Returns out (batch, heads, length, d_head) and log-sum-exp (batch, heads, length).
+    """
+    length = query_key.shape[2]
+    logits = torch.matmul(upcast(query_key), upcast(normalize_keys(query_key)).transpose(-1, -2))
+    visible = torch.ones(length, length, dtype=torch.bool, device=query_key.device)
+    if causal:
+        visible = visible.tril()
+    visible = visible[None, None]
+    if pad_mask is not None:
+        visible = visible & ~pad_mask[:, None, None, :]
+    logits = torch.where(visible, logits, MASK_VALUE)
+    is_self = torch.eye(length, dtype=torch.bool, device=query_key.device)
+    logits = torch.where(is_self & visible, SELF_MASK_VALUE, logits)
+    return _softmax_attend(logits, value, dropout_p, training)
+
+
 def lsh_attention(
     query_key,
     value,
@@ -139,6 +160,17 @@ def lsh_attention(
         raise ValueError(f"lsh_attention: length={length} must be a multiple of chunk_length={chunk_length}")
     if window_mode not in ("chunk", "bucket_window"):
         raise ValueError(f"lsh_attention: window_mode={window_mode!r}; expected 'chunk' or 'bucket_window'")
+    if window_mode == "chunk" and length == chunk_length:
+        # Every round is a single chunk, so every query sees the whole sequence whatever the
+        # hashing.  The ring would show each key several times, which changes nothing but the
+        # float32 rounding of a log-sum-exp near SELF_MASK_VALUE (a query that sees only itself
+        # would weight its own value 0.998); dense attention shows each key once, as
+        # transformers' Reformer does for a sequence no longer than a chunk.  The n_hashes
+        # identical rounds combine to the same output and add log(n_hashes) to the log-sum-exp.
+        out, lse = shared_qk_full_attention(
+            query_key, value, causal=causal, pad_mask=pad_mask, dropout_p=dropout_p, training=training
+        )
+        return out, lse + math.log(n_hashes)
     device = query_key.device
 
     if pad_mask is not None:
