@@ -32,6 +32,8 @@ N_BYTE_VALUES = 256
 BYTE_VOCAB_SIZE = BYTE_ID_OFFSET + N_BYTE_VALUES
 
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+# A byte-level BPE vocabulary holds its 4 specials and all 256 byte symbols before any merge.
+MIN_BPE_VOCAB_SIZE = 4 + len(pre_tokenizers.ByteLevel.alphabet())
 
 
 def bytes_to_ids(data: bytes) -> np.ndarray:
@@ -246,12 +248,10 @@ def train_bpe_tokenizer(
             raise ValueError(f"{name}={value!r} is not allowed; expected a non-empty string.")
     if len(set(specials.values())) != len(specials):
         raise ValueError(f"special tokens {list(specials.values())} must be distinct strings.")
-    byte_alphabet = pre_tokenizers.ByteLevel.alphabet()
-    smallest = len(specials) + len(byte_alphabet)
-    if vocab_size < smallest:
+    if vocab_size < MIN_BPE_VOCAB_SIZE:
         raise ValueError(
-            f"vocab_size={vocab_size} is not allowed; a byte-level BPE vocabulary needs at least {smallest} "
-            f"entries ({len(specials)} specials + {len(byte_alphabet)} byte symbols)."
+            f"vocab_size={vocab_size} is not allowed; a byte-level BPE vocabulary needs at least "
+            f"{MIN_BPE_VOCAB_SIZE} entries (4 specials + 256 byte symbols)."
         )
     if isinstance(texts, (str, bytes)):
         raise ValueError("texts must be an iterable of strings, not a single string.")
@@ -263,7 +263,7 @@ def train_bpe_tokenizer(
         vocab_size=vocab_size,
         min_frequency=min_frequency,
         special_tokens=list(specials.values()),
-        initial_alphabet=byte_alphabet,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     # Peek at the first text so an empty iterable fails before any training work.

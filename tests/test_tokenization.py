@@ -1,6 +1,8 @@
 """Byte-level tokenizer and BPE training: exact round trips, id layout, save/load, errors."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -285,3 +287,53 @@ def test_error_bpe_empty_special_token():
 def test_error_bpe_non_boolean_add_eos_token():
     with pytest.raises(ValueError, match="add_eos_token=1"):
         train_bpe_tokenizer(["a"], vocab_size=300, add_eos_token=1)
+
+
+# --------------------------------------------------------------------------- scripts/train_tokenizer.py
+
+
+@pytest.fixture(scope="module")
+def train_tokenizer_script():
+    path = Path(__file__).resolve().parents[1] / "scripts" / "train_tokenizer.py"
+    spec = importlib.util.spec_from_file_location("train_tokenizer_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def wmt_jsonl(tmp_path, en_de_pairs):
+    path = tmp_path / "train.jsonl"
+    rows = [{"translation": {"de": de, "en": en}} for en, de in en_de_pairs]
+    path.write_text("\n".join(json.dumps(row, ensure_ascii=False) for row in rows), encoding="utf-8")
+    return path
+
+
+def test_script_trains_a_folder_that_auto_tokenizer_loads(train_tokenizer_script, wmt_jsonl, tmp_path):
+    output_dir = tmp_path / "bpe"
+    argv = ["--dataset", str(wmt_jsonl), "--vocab-size", "320", "--output-dir", str(output_dir)]
+    assert train_tokenizer_script.main(argv) == 0
+    loaded = AutoTokenizer.from_pretrained(output_dir)
+    assert len(loaded) == 320
+    text = "Die Datei konnte nicht gespeichert werden."
+    assert loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_script_error_non_empty_output_dir(train_tokenizer_script, wmt_jsonl, tmp_path, capsys):
+    (tmp_path / "occupied").mkdir()
+    (tmp_path / "occupied" / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exit_info:
+        train_tokenizer_script.main(["--dataset", str(wmt_jsonl), "--output-dir", str(tmp_path / "occupied")])
+    assert exit_info.value.code == 2
+    assert "--output-dir" in capsys.readouterr().err
+
+
+def test_script_error_vocab_size_too_small(train_tokenizer_script, wmt_jsonl, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        train_tokenizer_script.main(["--dataset", str(wmt_jsonl), "--vocab-size", "100", "--output-dir", str(tmp_path / "out")])
+    assert "--vocab-size 100 is not allowed" in capsys.readouterr().err
+
+
+def test_script_error_missing_dataset(train_tokenizer_script, tmp_path, capsys):
+    assert train_tokenizer_script.main(["--dataset", "./absent.jsonl", "--output-dir", str(tmp_path / "out")]) == 2
+    assert "path_or_name='./absent.jsonl' does not exist" in capsys.readouterr().err
