@@ -22,7 +22,7 @@ import math
 import os
 import re
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import datasets
@@ -327,7 +327,9 @@ def load_gettext_pairs(
                 continue
             seen.add(pair)
             rows.append({source_lang: pair[0], target_lang: pair[1]})
-    features = datasets.Features({TRANSLATION_COLUMN: datasets.Translation(languages=sorted([source_lang, target_lang]))})
+    features = datasets.Features(
+        {TRANSLATION_COLUMN: datasets.Translation(languages=sorted([source_lang, target_lang]))}
+    )
     return datasets.Dataset.from_dict({TRANSLATION_COLUMN: rows}, features=features)
 
 
@@ -391,9 +393,7 @@ def split_translation_dataset(
             f"after grouping rows by source sentence, validation_size={validation_size!r} and "
             f"test_size={test_size!r} leave nothing to train on ({len(groups)} distinct sources)."
         )
-    return datasets.DatasetDict(
-        {name: dataset.select(sorted(split_rows[name])) for name in SPLIT_NAMES}
-    )
+    return datasets.DatasetDict({name: dataset.select(sorted(split_rows[name])) for name in SPLIT_NAMES})
 
 
 def _check_translation_row(row, source_lang: str, target_lang: str, where: str) -> dict[str, str]:
@@ -427,7 +427,9 @@ def _load_json_translations(path: Path, source_lang: str, target_lang: str) -> d
     pairs = [_check_translation_row(row, source_lang, target_lang, where) for where, row in _read_json_rows(path)]
     if not pairs:
         raise ValueError(f"path_or_name={str(path)!r} contains no rows.")
-    features = datasets.Features({TRANSLATION_COLUMN: datasets.Translation(languages=sorted([source_lang, target_lang]))})
+    features = datasets.Features(
+        {TRANSLATION_COLUMN: datasets.Translation(languages=sorted([source_lang, target_lang]))}
+    )
     return datasets.Dataset.from_dict({TRANSLATION_COLUMN: pairs}, features=features)
 
 
@@ -566,9 +568,7 @@ def duplication_batch(
 class DuplicationDataset(torch.utils.data.Dataset):
     """`num_samples` duplication-task rows for a Trainer; row i depends only on (seed, i)."""
 
-    def __init__(
-        self, num_samples: int, length: int = 1024, vocab_low: int = 1, vocab_high: int = 127, seed: int = 0
-    ):
+    def __init__(self, num_samples: int, length: int = 1024, vocab_low: int = 1, vocab_high: int = 127, seed: int = 0):
         _check_int("num_samples", num_samples, minimum=1)
         _check_duplication_args(length, vocab_low, vocab_high)
         _check_int("seed", seed, minimum=0)

@@ -101,9 +101,7 @@ class ReformerByteTokenizer(PreTrainedTokenizer):
         }
         contents = [token.content for token in specials.values()]
         if len(set(contents)) != len(contents):
-            raise ValueError(
-                f"ReformerByteTokenizer: the special tokens {contents} must be four distinct strings."
-            )
+            raise ValueError(f"ReformerByteTokenizer: the special tokens {contents} must be four distinct strings.")
         # Fixing the specials at ids 0..3 before the base __init__ runs stops it from
         # appending them after the bytes, which would break the id layout above.
         self._added_tokens_decoder = dict(enumerate(specials.values()))

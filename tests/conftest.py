@@ -17,7 +17,10 @@ EN_DE_PAIRS = [
     ("Font color", "Schriftfarbe"),
     ("Print the current page only", "Nur die aktuelle Seite drucken"),
     ("Select a table from the list.", "Wählen Sie eine Tabelle aus der Liste."),
-    ("The password is incorrect. The file cannot be opened.", "Das Kennwort ist falsch. Die Datei kann nicht geöffnet werden."),
+    (
+        "The password is incorrect. The file cannot be opened.",
+        "Das Kennwort ist falsch. Die Datei kann nicht geöffnet werden.",
+    ),
     ("Show hidden characters", "Verborgene Zeichen anzeigen"),
     ("Replace all occurrences", "Alle Vorkommen ersetzen"),
     ("Size of the image in pixels", "Größe des Bildes in Pixeln"),

@@ -330,7 +330,9 @@ def test_script_error_non_empty_output_dir(train_tokenizer_script, wmt_jsonl, tm
 
 def test_script_error_vocab_size_too_small(train_tokenizer_script, wmt_jsonl, tmp_path, capsys):
     with pytest.raises(SystemExit):
-        train_tokenizer_script.main(["--dataset", str(wmt_jsonl), "--vocab-size", "100", "--output-dir", str(tmp_path / "out")])
+        train_tokenizer_script.main(
+            ["--dataset", str(wmt_jsonl), "--vocab-size", "100", "--output-dir", str(tmp_path / "out")]
+        )
     assert "--vocab-size 100 is not allowed" in capsys.readouterr().err
 
 
