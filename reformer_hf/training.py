@@ -1,0 +1,279 @@
+"""What the training scripts share: named model presets, bits per byte, per-step data seeds,
+atomic accelerate checkpoints and a metrics log that survives a resume.
+
+Exact resume rests on three things kept here:
+
+- data are a pure function of (seed, step, micro-batch, rank) (`step_generator`), so a resumed run
+  draws the same batches without replaying a sampler;
+- `CheckpointManager.save` writes `accelerator.save_state` (model, optimizer, registered objects such
+  as the LR scheduler, every process's RNG states) into a temporary folder and renames it into
+  place, so a kill at any moment leaves either the previous checkpoint or the new one, never a
+  half-written one;
+- `MetricsLog` drops what a killed run logged after its last checkpoint, so the resumed run's log
+  continues the curve instead of repeating steps.
+"""
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .configuration import ReformerConfig
+
+# ------------------------------------------------------------------------------------ presets
+
+_NO_DROPOUT = dict(hidden_dropout_prob=0.0, lsh_attention_probs_dropout=0.0,
+                   local_attention_probs_dropout=0.0, full_attention_probs_dropout=0.0)
+
+PRESETS = {
+    # A model for tests and smoke runs: two layers, every feature on, 256 positions.
+    "tiny": dict(
+        vocab_size=260, hidden_size=32, num_attention_heads=2, feed_forward_size=64,
+        attn_layers=["local", "lsh"], num_hashes=2, num_buckets=4, lsh_attn_chunk_length=16,
+        local_attn_chunk_length=16, axial_pos_shape=[16, 16], axial_pos_embds_dim=[16, 16],
+        max_position_embeddings=256, is_decoder=True, **_NO_DROPOUT,
+    ),
+    # The paper's enwik8 model (Kitaev et al. 2020, section 5; trax's reformer_enwik8.gin with its
+    # "more memory" settings): 12 layers, d_model 1024, d_ff 4096, 8 heads of 128, the pattern
+    # local-local-LSH-local, LSH chunks of 256 with 512 buckets and 2 hashes, local chunks of 128,
+    # dropout 0.2, sequences of 64K bytes with (128, 512) axial positions.
+    "enwik8-paper": dict(
+        vocab_size=260, hidden_size=1024, num_attention_heads=8, attention_head_size=128,
+        feed_forward_size=4096, hidden_act="relu", attn_layers=["local", "local", "lsh", "local"] * 3,
+        num_hashes=2, num_buckets=512, lsh_attn_chunk_length=256, lsh_num_chunks_before=1,
+        local_attn_chunk_length=128, local_num_chunks_before=1, axial_pos_shape=[128, 512],
+        axial_pos_embds_dim=[256, 768], max_position_embeddings=65536, hidden_dropout_prob=0.2,
+        lsh_attention_probs_dropout=0.2, local_attention_probs_dropout=0.2, is_decoder=True,
+    ),
+    # trax's default (smaller-memory) variant of the same model: d_model 768, d_ff 2048, heads of 64.
+    "enwik8-paper-d768": dict(
+        vocab_size=260, hidden_size=768, num_attention_heads=8, attention_head_size=64,
+        feed_forward_size=2048, hidden_act="relu", attn_layers=["local", "local", "lsh", "local"] * 3,
+        num_hashes=2, num_buckets=512, lsh_attn_chunk_length=256, lsh_num_chunks_before=1,
+        local_attn_chunk_length=128, local_num_chunks_before=1, axial_pos_shape=[128, 512],
+        axial_pos_embds_dim=[256, 512], max_position_embeddings=65536, hidden_dropout_prob=0.2,
+        lsh_attention_probs_dropout=0.2, local_attention_probs_dropout=0.2, is_decoder=True,
+    ),
+    # A 6-layer byte LM for 16K-byte sequences (the LSH-versus-dense comparison): local and LSH
+    # layers alternate; `--attn-layers full` turns it into the dense model of the same size.
+    "lm-6layer-16k": dict(
+        vocab_size=260, hidden_size=512, num_attention_heads=8, feed_forward_size=2048,
+        attn_layers=["local", "lsh"] * 3, num_hashes=2, num_buckets=None, lsh_attn_chunk_length=128,
+        local_attn_chunk_length=128, axial_pos_shape=[128, 128], axial_pos_embds_dim=[128, 384],
+        max_position_embeddings=16384, is_decoder=True, **_NO_DROPOUT,
+    ),
+    # The paper's duplication task (section 5): one LSH layer, d_model 256, 4 heads, length 1024,
+    # symbols 1..127 (vocabulary 128).
+    "duplication": dict(
+        vocab_size=128, hidden_size=256, num_attention_heads=4, feed_forward_size=512,
+        attn_layers=["lsh"], num_hashes=4, num_buckets=32, lsh_attn_chunk_length=64,
+        axial_pos_shape=[32, 32], axial_pos_embds_dim=[64, 192], max_position_embeddings=1024,
+        is_decoder=True, pad_token_id=0, eos_token_id=None, **_NO_DROPOUT,
+    ),
+}
+
+
+def parse_overrides(text):
+    """"key=value,key=value" -> dict; each value is read as JSON when it parses, else kept as text.
+
+    Lists go in brackets and may hold commas: "attn_layers=[\"lsh\",\"local\"],num_hashes=4".
+    """
+    if not text:
+        return {}
+    overrides, depth, start = {}, 0, 0
+    pieces = []
+    for index, char in enumerate(text + ","):
+        depth += char in "[{"
+        depth -= char in "]}"
+        if char == "," and depth == 0:
+            pieces.append(text[start:index])
+            start = index + 1
+    for piece in pieces:
+        key, sep, raw = piece.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"config override {piece!r} is not key=value (in {text!r}).")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        overrides[key.strip()] = value
+    return overrides
+
+
+def preset_config(name, overrides=None):
+    """A validated ReformerConfig from a preset name and field overrides (unknown fields are errors)."""
+    if name not in PRESETS:
+        raise ValueError(f"preset={name!r} is unknown; choose one of {sorted(PRESETS)}.")
+    fields = dict(PRESETS[name])
+    unknown = sorted(set(overrides or {}) - set(ReformerConfig().to_dict()) - {"num_hidden_layers"})
+    if unknown:
+        raise ValueError(f"config overrides {unknown} are not ReformerConfig fields.")
+    fields.update(overrides or {})
+    return ReformerConfig(**fields)
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+def bits_per_byte(nll_sum_nats, n_predicted_bytes):
+    """Mean negative log-likelihood of byte predictions, converted from nats to bits."""
+    if n_predicted_bytes <= 0:
+        raise ValueError(f"n_predicted_bytes={n_predicted_bytes}; expected at least one predicted byte.")
+    return float(nll_sum_nats) / float(n_predicted_bytes) / math.log(2)
+
+
+def step_generator(seed, *indices):
+    """A CPU generator that depends only on (seed, *indices): batches are a function of the step."""
+    state = np.random.SeedSequence([seed, *indices]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
+
+
+def dense_shared_qk_overrides(length):
+    """Config fields under which every LSH layer computes exact dense shared-QK attention.
+
+    One hash round whose single sorted chunk covers the whole (padded) sequence, in "chunk" window
+    mode (which ignores buckets inside the window): each query sees every key, causal masking
+    still applies, and the self-logit keeps its LSH value.  This is the "full attention" column of
+    the paper's Table 2 for a model trained with LSH attention.
+    """
+    return dict(num_hashes=1, lsh_window_mode="chunk", lsh_attn_chunk_length=length,
+                lsh_num_chunks_before=0, lsh_num_chunks_after=0)
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+CHECKPOINT_PREFIX = "step_"
+CHECKPOINT_INFO = "checkpoint.json"
+
+
+class CheckpointManager:
+    """`accelerator.save_state` checkpoints under `root`, each written to a temporary folder first.
+
+    A checkpoint is the folder `root/step_00000123` holding `checkpoint.json` (written last, before
+    the rename); folders without it, and `.tmp-*` leftovers of a killed save, are never loaded.
+    The newest `keep` checkpoints are kept.
+    """
+
+    def __init__(self, accelerator, root, keep=2):
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep={keep!r} is not allowed; expected an integer >= 1.")
+        self.accelerator = accelerator
+        self.root = Path(root)
+        self.keep = keep
+
+    def checkpoints(self):
+        """Complete checkpoints, oldest first."""
+        if not self.root.is_dir():
+            return []
+        found = [path for path in self.root.iterdir()
+                 if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and (path / CHECKPOINT_INFO).is_file()]
+        return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]))
+
+    def latest(self):
+        found = self.checkpoints()
+        return found[-1] if found else None
+
+    def save(self, step, info):
+        """Save the accelerator's state at `step` with `info` (JSON-able) and prune old checkpoints."""
+        final = self.root / f"{CHECKPOINT_PREFIX}{step:08d}"
+        temporary = self.root / f".tmp-{final.name}"
+        if self.accelerator.is_main_process:
+            self.root.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(temporary, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
+        self.accelerator.save_state(str(temporary), safe_serialization=True)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            _write_json_durably(temporary / CHECKPOINT_INFO, {"step": step, **info})
+            if final.exists():  # a re-run reached the same step: the old copy goes, then the rename
+                shutil.rmtree(final)
+            os.replace(temporary, final)
+            _fsync_directory(self.root)
+            for old in self.checkpoints()[: -self.keep]:
+                shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()
+        return final
+
+    def load(self, path):
+        """Restore the state saved in `path` and return its `checkpoint.json`."""
+        path = Path(path)
+        info_path = path / CHECKPOINT_INFO
+        if not info_path.is_file():
+            raise FileNotFoundError(f"checkpoint {str(path)!r} has no {CHECKPOINT_INFO}: it is incomplete or not "
+                                    "a checkpoint written by this script.")
+        self.accelerator.load_state(str(path))
+        return json.loads(info_path.read_text(encoding="utf-8"))
+
+
+def _write_json_durably(path, payload):
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(payload, handle, indent=2, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_directory(path):
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class MetricsLog:
+    """Metrics as JSON lines (`metrics.jsonl`) and, when tensorboard is installed, TensorBoard events.
+
+    Opened with `resume_step`, it first drops the rows a killed run wrote after that step, and
+    TensorBoard purges its events after it, so the log reads as one uninterrupted run.  Only the
+    main process writes.
+    """
+
+    def __init__(self, output_dir, resume_step=0, enabled=True, tensorboard=True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "metrics.jsonl"
+        self.writer = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [row for row in read_metrics(self.path) if row["step"] <= resume_step] if resume_step else []
+        temporary = self.path.with_suffix(".jsonl.tmp")
+        temporary.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
+        os.replace(temporary, self.path)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(Path(output_dir) / "tensorboard"), purge_step=resume_step + 1)
+
+    def log(self, step, values):
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"step": step, **values}) + "\n")
+        if self.writer is not None:
+            for name, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(name, value, step)
+
+    def close(self):
+        if self.writer is not None:
+            self.writer.close()
+
+
+def read_metrics(path):
+    """Rows of a metrics.jsonl file (empty when it does not exist)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def tensorboard_available():
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
