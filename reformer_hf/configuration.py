@@ -62,6 +62,9 @@ class ReformerConfig(PreTrainedConfig):
       generation cache keeps the rotations of its prefill); an integer draws the same rotations
       on every pass (deterministic evaluation; the same rotations transformers draws for that
       seed on the CPU).
+    - `axial_norm_std` (default 0.02, transformers uses 1.0): the initial scale of the axial
+      position tables.  At 1.0 the positions drown the token embeddings (std 0.02) after the
+      first layer norm, and the hashes and the loss barely see the tokens for hundreds of steps.
     - `num_buckets=None` chooses, per forward pass, the power of two nearest to
       `2 * length / lsh_attn_chunk_length` (at least 2), as the paper does.
     """
@@ -93,7 +96,7 @@ class ReformerConfig(PreTrainedConfig):
         axial_pos_embds=True,
         axial_pos_shape=(64, 64),
         axial_pos_embds_dim=(64, 192),
-        axial_norm_std=1.0,
+        axial_norm_std=0.02,
         max_position_embeddings=4096,
         hidden_dropout_prob=0.05,
         lsh_attention_probs_dropout=0.0,

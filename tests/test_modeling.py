@@ -1,0 +1,267 @@
+"""Model-level properties: causality, padding, chunking, heads, save/load, and learning real text."""
+
+import math
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+from reformer_hf import ReformerForCausalLM, ReformerForSequenceClassification, ReformerModel
+from reformer_hf.modeling import FeedForwardBlock
+from tiny_models import tiny_config
+
+
+def eval_model(**overrides):
+    torch.manual_seed(0)
+    return ReformerForCausalLM(tiny_config(**overrides)).eval()
+
+
+@pytest.mark.parametrize("kind", ["local", "full", "lsh"])
+def test_perturbing_a_token_never_changes_earlier_outputs(kind):
+    # random embeddings of unit scale, so that a perturbation really moves tokens between buckets
+    model = eval_model(attn_layers=[kind, kind], num_hashes=2, num_buckets=4)
+    generator = torch.Generator().manual_seed(3)
+    for seed in range(4):
+        model.config.hash_seed = seed
+        length = int(torch.randint(5, 40, (1,), generator=generator))
+        inputs_embeds = torch.randn(1, length, 16, generator=generator)
+        t = int(torch.randint(0, length, (1,), generator=generator))
+        perturbed = inputs_embeds.clone()
+        perturbed[0, t] = 3 * torch.randn(16, generator=generator)
+        with torch.no_grad():
+            before, after = model(inputs_embeds=inputs_embeds).logits, model(inputs_embeds=perturbed).logits
+        torch.testing.assert_close(before[:, :t], after[:, :t], atol=1e-6, rtol=0)
+        assert not torch.allclose(before[:, t:], after[:, t:])
+
+
+def test_chunk_window_lets_later_tokens_change_earlier_outputs():
+    # In "chunk" mode a later token's bucket shifts the sorted chunk boundaries, so a query's
+    # visible keys depend on the future: some perturbation of a late token moves an early output.
+    model = eval_model(attn_layers=["lsh"], num_hashes=1, num_buckets=8, lsh_window_mode="chunk")
+    generator = torch.Generator().manual_seed(0)
+    inputs_embeds = torch.randn(1, 32, 16, generator=generator)
+    with torch.no_grad():
+        reference = model(inputs_embeds=inputs_embeds).logits
+        leaked = False
+        for _ in range(10):
+            perturbed = inputs_embeds.clone()
+            perturbed[0, 31] = 3 * torch.randn(16, generator=generator)
+            leaked |= not torch.allclose(model(inputs_embeds=perturbed).logits[:, :31], reference[:, :31], atol=1e-6)
+    assert leaked
+
+
+def test_chunked_feed_forward_equals_unchunked():
+    torch.manual_seed(0)
+    block = FeedForwardBlock(tiny_config(chunk_size_feed_forward=0))
+    chunked = FeedForwardBlock(tiny_config(chunk_size_feed_forward=5))
+    chunked.load_state_dict(block.state_dict())
+    hidden = torch.randn(2, 23, 16)
+    torch.testing.assert_close(chunked(hidden), block(hidden), atol=0, rtol=0)
+
+
+def test_chunked_loss_equals_full_loss_and_gradients():
+    torch.manual_seed(0)
+    full = ReformerForCausalLM(tiny_config(chunk_size_lm_head=0))
+    chunked = ReformerForCausalLM(tiny_config(chunk_size_lm_head=7))
+    chunked.load_state_dict(full.state_dict())
+    input_ids = torch.randint(0, 40, (2, 30))
+    labels = input_ids.clone()
+    labels[0, :5] = -100
+    losses, grads = [], []
+    for model in (full, chunked):
+        torch.manual_seed(1)
+        output = model(input_ids, labels=labels)
+        output.loss.backward()
+        losses.append(output.loss)
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    assert chunked(input_ids, labels=labels).logits is None
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=0)
+    expected = torch.nn.functional.cross_entropy(full(input_ids).logits[:, :-1].reshape(-1, 40),
+                                                 labels[:, 1:].reshape(-1), ignore_index=-100)
+    torch.testing.assert_close(losses[0], expected, atol=1e-6, rtol=0)
+
+
+def test_every_length_runs_in_train_and_eval():
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config(lsh_window_mode="chunk"))  # lcm of chunks 4 and 6 = 12
+    for length in range(1, 3 * 12 + 2):
+        input_ids = torch.randint(0, 40, (2, length))
+        model.train()
+        output = model(input_ids, labels=input_ids)
+        output.loss.backward()
+        assert output.logits.shape == (2, length, 40) and torch.isfinite(output.loss)
+        model.eval()
+        with torch.no_grad():
+            assert model(input_ids).logits.shape == (2, length, 40)
+
+
+@pytest.mark.parametrize("kind", ["local", "full", "lsh"])
+def test_padding_never_changes_real_outputs(kind):
+    model = eval_model(attn_layers=[kind, kind])
+    input_ids = torch.randint(0, 40, (1, 17), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = model(input_ids).logits
+        for extra in (1, 7, 30):
+            padded = torch.cat([input_ids, torch.zeros(1, extra, dtype=torch.long)], dim=1)
+            mask = torch.cat([torch.ones(1, 17), torch.zeros(1, extra)], dim=1).long()
+            logits = model(padded, attention_mask=mask).logits
+            torch.testing.assert_close(logits[:, :17], reference, atol=1e-6, rtol=0)
+
+
+def test_batch_of_different_lengths_matches_single_sequences():
+    torch.manual_seed(0)
+    model = ReformerModel(tiny_config(attn_layers=["lsh", "local"], is_decoder=False, local_num_chunks_after=1,
+                                      lsh_num_chunks_after=1)).eval()
+    lengths = (9, 14)
+    sequences = [torch.randint(1, 40, (1, n), generator=torch.Generator().manual_seed(n)) for n in lengths]
+    batch = torch.zeros(2, 14, dtype=torch.long)
+    mask = torch.zeros(2, 14, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        batch[row, : seq.shape[1]] = seq
+        mask[row, : seq.shape[1]] = 1
+    with torch.no_grad():
+        batched = model(batch, attention_mask=mask).last_hidden_state
+        for row, seq in enumerate(sequences):
+            single = model(seq).last_hidden_state[0]
+            torch.testing.assert_close(batched[row, : seq.shape[1]], single, atol=1e-6, rtol=0)
+
+
+def test_too_long_input_is_refused_before_any_work():
+    model = eval_model()
+    with pytest.raises(ValueError, match="sequence length 129 exceeds the model's maximum of 128"):
+        model(torch.zeros(1, 129, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(), "exactly one of input_ids and inputs_embeds"),
+        (dict(input_ids=torch.zeros(1, 4, dtype=torch.long), inputs_embeds=torch.zeros(1, 4, 16)), "exactly one"),
+        (dict(input_ids=torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5)), "attention_mask has shape"),
+        (dict(inputs_embeds=torch.zeros(1, 4, 8)), "inputs_embeds has last dimension 8"),
+        (dict(input_ids=torch.zeros(1, 4, dtype=torch.long), output_attentions=True), "output_attentions"),
+        (dict(input_ids=torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 5, dtype=torch.long)), "labels has shape"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        eval_model()(**kwargs)
+
+
+def test_causal_lm_requires_a_decoder_config():
+    with pytest.raises(ValueError, match="is_decoder=True"):
+        ReformerForCausalLM(tiny_config(is_decoder=False))
+
+
+def test_inputs_embeds_equal_input_ids_path():
+    model = eval_model()
+    input_ids = torch.randint(0, 40, (2, 11))
+    with torch.no_grad():
+        by_ids = model(input_ids).logits
+        by_embeds = model(inputs_embeds=model.reformer.embeddings.word_embeddings(input_ids)).logits
+    torch.testing.assert_close(by_embeds, by_ids, atol=0, rtol=0)
+
+
+def test_hidden_states_and_tuple_outputs():
+    model = eval_model()
+    input_ids = torch.randint(0, 40, (2, 11))
+    with torch.no_grad():
+        output = model(input_ids, output_hidden_states=True)
+        as_tuple = model(input_ids, return_dict=False)
+    assert len(output.hidden_states) == 4 and output.hidden_states[0].shape == (2, 11, 32)
+    torch.testing.assert_close(as_tuple[0], output.logits, atol=0, rtol=0)
+
+
+def test_save_load_round_trip_and_auto_classes(tmp_path):
+    model = eval_model()
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "ReformerConfig"
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(loaded, ReformerForCausalLM) and not loaded.training
+    input_ids = torch.randint(0, 40, (2, 19))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids).logits, model(input_ids).logits, atol=0, rtol=0)
+    assert isinstance(AutoModel.from_config(loaded.config), ReformerModel)
+    assert isinstance(AutoModelForSequenceClassification.from_config(loaded.config), ReformerForSequenceClassification)
+
+
+def classifier(num_labels, problem_type=None, is_decoder=False):
+    torch.manual_seed(0)
+    config = tiny_config(num_labels=num_labels, problem_type=problem_type, is_decoder=is_decoder)
+    return ReformerForSequenceClassification(config).eval()
+
+
+def test_classification_losses_match_their_definitions():
+    input_ids = torch.randint(0, 40, (3, 10))
+    model = classifier(3)
+    labels = torch.tensor([0, 2, 1])
+    output = model(input_ids, labels=labels)
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(output.logits, labels))
+    assert model.config.problem_type == "single_label_classification"
+
+    model = classifier(3, "multi_label_classification")
+    targets = torch.tensor([[1.0, 0, 1], [0, 0, 1], [1, 1, 0]])
+    output = model(input_ids, labels=targets)
+    torch.testing.assert_close(output.loss, torch.nn.functional.binary_cross_entropy_with_logits(output.logits, targets))
+
+    model = classifier(1)
+    values = torch.tensor([0.5, -1.0, 2.0])
+    output = model(input_ids, labels=values)
+    torch.testing.assert_close(output.loss, torch.nn.functional.mse_loss(output.logits.squeeze(-1), values))
+
+
+def test_causal_classifier_pools_the_last_real_token():
+    model = classifier(2, is_decoder=True)
+    input_ids = torch.randint(1, 40, (1, 9))
+    padded = torch.cat([input_ids, torch.zeros(1, 4, dtype=torch.long)], dim=1)
+    mask = torch.cat([torch.ones(1, 9), torch.zeros(1, 4)], dim=1).long()
+    with torch.no_grad():
+        torch.testing.assert_close(model(padded, attention_mask=mask).logits, model(input_ids).logits,
+                                   atol=1e-6, rtol=0)
+
+
+def stdlib_bytes(limit):
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    chunks, total = [], 0
+    for path in sorted(stdlib.glob("*.py")):
+        data = path.read_bytes()
+        chunks.append(data)
+        total += len(data)
+        if total >= limit:
+            break
+    return b"".join(chunks)[:limit]
+
+
+def test_two_layer_model_learns_real_text_below_unigram_entropy():
+    text = torch.tensor(list(stdlib_bytes(400_000)), dtype=torch.long)
+    counts = torch.bincount(text, minlength=256).float()
+    probs = counts[counts > 0] / counts.sum()
+    unigram_entropy = float(-(probs * probs.log()).sum())  # nats per byte
+
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=256, hidden_size=64, attention_head_size=32, axial_pos_embds_dim=[32, 32],
+                         feed_forward_size=128, attn_layers=["local", "lsh"], lsh_attn_chunk_length=16,
+                         local_attn_chunk_length=16, num_buckets=8, num_hashes=2, hash_seed=None)
+    model = ReformerForCausalLM(config).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(0)
+    seq_len, batch = 128, 8
+    train, held_out = text[:350_000], text[350_000:]
+    for step in range(200):
+        starts = torch.randint(0, len(train) - seq_len, (batch,), generator=generator)
+        input_ids = torch.stack([train[s : s + seq_len] for s in starts])
+        loss = model(input_ids, labels=input_ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    starts = torch.arange(0, 16 * seq_len, seq_len)
+    input_ids = torch.stack([held_out[s : s + seq_len] for s in starts])
+    with torch.no_grad():
+        held_out_loss = float(model(input_ids, labels=input_ids).loss)
+    assert held_out_loss < 0.8 * unigram_entropy, (held_out_loss, unigram_entropy)
+    assert math.isfinite(held_out_loss)
