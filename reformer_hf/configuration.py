@@ -67,6 +67,15 @@ class ReformerConfig(PreTrainedConfig):
       first layer norm, and the hashes and the loss barely see the tokens for hundreds of steps.
     - `num_buckets=None` chooses, per forward pass, the power of two nearest to
       `2 * length / lsh_attn_chunk_length` (at least 2), as the paper does.
+
+    Encoder-decoder (translation, `ReformerForConditionalGeneration`): one config describes both
+    halves.  `is_encoder_decoder=True` makes `attn_layers` the bidirectional encoder's layers and
+    `decoder_attn_layers` (default: the same kinds) the causal decoder's self-attention layers;
+    every decoder layer also attends to the encoder output with dense cross attention.  The chunk
+    settings are shared, except that the decoder never looks at later chunks (its
+    `*_num_chunks_after` are 0 and local attention does not wrap around).  Generation starts the
+    decoder with `decoder_start_token_id` (default: `pad_token_id`).  `tie_word_embeddings=True`
+    shares the output projection with the (shared source/target) input embedding.
     """
 
     model_type = "reformer_hf"
@@ -114,6 +123,9 @@ class ReformerConfig(PreTrainedConfig):
         pad_token_id=0,
         bos_token_id=None,
         eos_token_id=2,
+        is_encoder_decoder=False,
+        decoder_attn_layers=None,
+        decoder_start_token_id=None,
         **kwargs,
     ):
         kwargs.pop("num_hidden_layers", None)  # derived from attn_layers; present in old config.json files
@@ -154,8 +166,18 @@ class ReformerConfig(PreTrainedConfig):
         self.attn_backend = attn_backend
         self.classifier_dropout = classifier_dropout
         self.use_cache = use_cache
+        if is_encoder_decoder is True:
+            if decoder_attn_layers is None and isinstance(self.attn_layers, list):
+                decoder_attn_layers = list(self.attn_layers)
+            if decoder_start_token_id is None:
+                decoder_start_token_id = pad_token_id
+        self.decoder_attn_layers = (
+            list(decoder_attn_layers) if isinstance(decoder_attn_layers, (list, tuple)) else decoder_attn_layers
+        )
+        self.decoder_start_token_id = decoder_start_token_id
         super().__init__(
             is_decoder=is_decoder,
+            is_encoder_decoder=is_encoder_decoder,
             tie_word_embeddings=tie_word_embeddings,
             pad_token_id=pad_token_id,
             bos_token_id=bos_token_id,
@@ -243,12 +265,39 @@ class ReformerConfig(PreTrainedConfig):
         _check_int("max_position_embeddings", self.max_position_embeddings, 1)
         if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
             _fail("layer_norm_eps", self.layer_norm_eps, "expected a positive number")
-        if self.tie_word_embeddings:
+        self._validate_encoder_decoder()
+        if self.tie_word_embeddings and not self.is_encoder_decoder:
             _fail("tie_word_embeddings", self.tie_word_embeddings,
                   "the LM head reads the 2 * hidden_size concatenated residual streams, so it cannot share "
-                  "the (vocab_size, hidden_size) input embedding; expected False")
+                  "the (vocab_size, hidden_size) input embedding; expected False (an encoder-decoder, "
+                  "is_encoder_decoder=True, projects to hidden_size first and can tie)")
         if self.axial_pos_embds:
             self._validate_axial()
+
+    def _validate_encoder_decoder(self):
+        if not isinstance(self.is_encoder_decoder, bool):
+            _fail("is_encoder_decoder", self.is_encoder_decoder, "expected True or False")
+        if self.decoder_start_token_id is not None:
+            _check_int("decoder_start_token_id", self.decoder_start_token_id, 0)
+            if self.decoder_start_token_id >= self.vocab_size:
+                _fail("decoder_start_token_id", self.decoder_start_token_id,
+                      f"expected a token id below vocab_size={self.vocab_size}")
+        if not self.is_encoder_decoder:
+            if self.decoder_attn_layers is not None:
+                _fail("decoder_attn_layers", self.decoder_attn_layers,
+                      "only an encoder-decoder (is_encoder_decoder=True) has decoder layers; expected None")
+            return
+        if self.is_decoder:
+            _fail("is_decoder", self.is_decoder,
+                  "with is_encoder_decoder=True, attn_layers are the bidirectional encoder's and the decoder is "
+                  "causal by construction; expected False")
+        layers = self.decoder_attn_layers
+        if not isinstance(layers, list) or not layers or any(kind not in ATTENTION_KINDS for kind in layers):
+            _fail("decoder_attn_layers", layers, f"expected a non-empty list of {ATTENTION_KINDS}")
+        if self.decoder_start_token_id is None:
+            _fail("decoder_start_token_id", None,
+                  "an encoder-decoder starts decoding from this token; expected a token id (it defaults to "
+                  "pad_token_id, which is None here)")
 
     def _validate_axial(self):
         shape, dims = self.axial_pos_shape, self.axial_pos_embds_dim
