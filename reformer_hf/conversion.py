@@ -353,3 +353,82 @@ def _copy_with(model, changes):
     duplicate.load_state_dict(model.state_dict())
     param = next(model.parameters())
     return duplicate.to(device=param.device, dtype=param.dtype)
+
+
+# Our fields that change nothing transformers computes: how the stack runs, which kernel runs it,
+# and the dropout of "full" layers (which an exported model cannot have).
+EXPORT_IRRELEVANT_FIELDS = ("reversible", "attn_backend", "full_attention_probs_dropout")
+# Ours, with the value transformers' semantics need (None: any value works).
+EXPORT_REQUIRED_FIELDS = ("lsh_window_mode", "local_attn_wrap_around")
+
+
+def config_to_transformers(config):
+    """transformers' `ReformerConfig` computing what reformer_hf's `config` computes.
+
+    Raises ValueError naming the field for what transformers' Reformer cannot express: "full"
+    layers, "bucket_window" LSH, a bidirectional local window without wrap-around, axial grids
+    of other than two axes, and any other field set away from its default.
+    """
+    import transformers
+
+    ours = config.to_dict()
+    if "full" in config.attn_layers:
+        raise ValueError(f"attn_layers={config.attn_layers!r}: transformers' Reformer has no 'full' layers.")
+    if "lsh" in config.attn_layers and config.lsh_window_mode != "chunk":
+        raise ValueError(f"lsh_window_mode={config.lsh_window_mode!r}: transformers' LSH attention is 'chunk' mode.")
+    if "local" in config.attn_layers and not config.is_decoder and not config.local_attn_wrap_around:
+        raise ValueError("local_attn_wrap_around=False: transformers' bidirectional local attention wraps around; "
+                         "expected True.")
+    if config.axial_pos_embds and len(config.axial_pos_shape) != 2:
+        raise ValueError(f"axial_pos_shape={config.axial_pos_shape!r}: transformers' axial embeddings take two axes.")
+    defaults = ReformerConfig().to_dict()
+    renamed = {ours_name: theirs for theirs, ours_name in RENAMED_FIELDS.items()}
+    known = set(SAME_FIELDS) | set(renamed) | set(EXPORT_IRRELEVANT_FIELDS) | set(EXPORT_REQUIRED_FIELDS)
+    generic = set(transformers.PreTrainedConfig().to_dict()) - set(SOURCE_METADATA)
+    fields = {name: ours[name] for name in SAME_FIELDS}
+    fields.update({theirs: ours[name] for name, theirs in renamed.items()})
+    for name, value in ours.items():
+        if name in known or name in SOURCE_METADATA or name == "auto_map":
+            continue
+        if name in generic or name not in defaults:
+            fields[name] = value  # generic transformers fields, and extra attributes, as in the other direction
+        elif value != defaults[name]:
+            raise ValueError(f"{name}={value!r} has no counterpart in transformers' Reformer; expected the default "
+                             f"{defaults[name]!r}.")
+    fields["attention_head_size"] = config.head_size
+    return transformers.ReformerConfig(**fields)
+
+
+def convert_to_transformers_model(model):
+    """transformers' Reformer with `model`'s config and weights (reformer_hf's ReformerModel,
+    ReformerForCausalLM or ReformerForSequenceClassification), in its dtype and train/eval mode."""
+    import transformers
+
+    architectures = {ours.__name__: theirs for theirs, ours in TARGET_CLASSES.items()}
+    architecture = architectures.get(type(model).__name__)
+    if architecture is None:
+        raise ValueError(f"model of type {type(model).__name__} cannot be exported: expected one of "
+                         f"{sorted(architectures)}.")
+    if architecture == "ReformerForSequenceClassification" and model.config.is_decoder:
+        raise ValueError("is_decoder=True cannot be exported for ReformerForSequenceClassification: transformers "
+                         "pools the first position; expected is_decoder=False.")
+    target = getattr(transformers, architecture)(config_to_transformers(model.config))
+    ours = model.state_dict()
+    shapes = {name: tensor.shape for name, tensor in target.state_dict().items()}
+    names = {name: target_weight_name(name, architecture) for name in shapes}  # theirs -> ours
+    left_out, not_ours = _key_differences(ours, set(names.values()))
+    if left_out or not_ours:
+        raise ValueError(f"the weights of {type(model).__name__} do not fit transformers' {architecture}: "
+                         f"{left_out} have no place there, {not_ours} are missing here.")
+    state_dict = {name: ours[source].reshape(shapes[name]) for name, source in names.items()}
+    head = getattr(target, "lm_head", None)
+    if head is not None and head.decoder.bias is None and ours["lm_head.bias"].any():
+        raise ValueError(
+            "lm_head.bias is non-zero, and the installed transformers leaves its Reformer's lm_head.bias out of "
+            "the logits (transformers 5; transformers 4 applied it): the exported model would not compute "
+            "the same logits."
+        )
+    target.load_state_dict(state_dict, strict=True)
+    if head is not None:
+        target.generation_config = copy.deepcopy(model.generation_config)
+    return target.to(next(model.parameters()).dtype).train(model.training)

@@ -273,6 +273,57 @@ def test_unknown_weight_is_refused_by_name():
         conversion.target_weight_name("reformer.encoder.layers.0.attention.rotation", "ReformerModelWithLMHead")
 
 
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_export_to_transformers_round_trips(case):
+    source = build_source(case).eval()
+    exported = conversion.convert_to_transformers_model(conversion.convert_transformers_model(source))
+    assert type(exported) is type(source) and not exported.training
+    exported_weights = exported.state_dict()
+    for name, tensor in source.state_dict().items():
+        assert torch.equal(exported_weights[name], tensor), name
+    input_ids = torch.randint(1, VOCAB_SIZE, (2, 19), generator=torch.Generator().manual_seed(8))
+    assert torch.equal(first_output(exported, input_ids), first_output(source, input_ids))
+
+
+def test_exported_native_model_computes_the_same_logits():
+    config = reformer_hf.ReformerConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=16, num_attention_heads=2, attention_head_size=None, feed_forward_size=24,
+        is_decoder=True,
+        attn_layers=["local", "lsh", "lsh"], lsh_window_mode="chunk", num_hashes=2, num_buckets=4, hash_seed=5,
+        lsh_attn_chunk_length=4, local_attn_chunk_length=8, axial_pos_shape=(4, 8), axial_pos_embds_dim=(6, 10),
+        max_position_embeddings=32, hidden_dropout_prob=0.0, local_attention_probs_dropout=0.0, initializer_range=0.2,
+    )
+    torch.manual_seed(0)
+    model = reformer_hf.ReformerForCausalLM(config).eval()
+    exported = conversion.convert_to_transformers_model(model)
+    assert isinstance(exported, transformers.ReformerModelWithLMHead)
+    assert exported.config.attention_head_size == 8
+    input_ids = torch.randint(1, VOCAB_SIZE, (2, 29), generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(first_output(exported, input_ids), first_output(model, input_ids), atol=TOLERANCE, rtol=0)
+    with torch.no_grad():
+        model.lm_head.bias.fill_(0.5)
+    with pytest.raises(ValueError, match="lm_head.bias is non-zero"):
+        conversion.convert_to_transformers_model(model)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (dict(attn_layers=["lsh"], lsh_window_mode="bucket_window"), "lsh_window_mode"),
+        (dict(attn_layers=["full", "lsh"], lsh_window_mode="chunk"), "attn_layers"),
+        (dict(attn_layers=["local"], local_attn_wrap_around=False), "local_attn_wrap_around"),
+        (dict(attn_layers=["local"], axial_pos_shape=(2, 4, 4), axial_pos_embds_dim=(4, 6, 6)), "axial_pos_shape"),
+    ],
+)
+def test_export_refuses_what_transformers_cannot_compute(overrides, field):
+    fields = dict(hidden_size=16, feed_forward_size=8, axial_pos_shape=(4, 8), axial_pos_embds_dim=(6, 10),
+                  max_position_embeddings=32, local_attn_wrap_around=True)
+    fields.update(overrides)
+    model = reformer_hf.ReformerModel(reformer_hf.ReformerConfig(**fields))
+    with pytest.raises(ValueError, match=field):
+        conversion.convert_to_transformers_model(model)
+
+
 def save_source_checkpoint(folder, case="local_causal_plain_positions_chunked_ff", **overrides):
     """A transformers checkpoint folder with a real (tiny BPE) ReformerTokenizer beside the weights."""
     architecture, case_overrides, _ = CASES[case]
