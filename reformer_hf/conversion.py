@@ -11,6 +11,7 @@ differ on purpose and the options that reproduce transformers' behaviour.
 
 import copy
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
@@ -109,10 +110,8 @@ def config_from_transformers(source_config, architecture="ReformerModel", num_bu
     if fields.get("axial_pos_embds", True):
         # transformers accepts a max_position_embeddings above the axial grid but cannot embed
         # positions beyond it, so the grid's size is the same effective limit.
-        grid = 1
-        for size in fields.get("axial_pos_shape", ()):
-            grid *= size
-        if grid and fields.get("max_position_embeddings", 0) > grid:
+        grid = math.prod(fields.get("axial_pos_shape", ()))
+        if fields.get("max_position_embeddings", 0) > grid:
             logger.info("max_position_embeddings=%s exceeds the axial grid %s; using %s, the positions transformers "
                         "can embed.", fields["max_position_embeddings"], fields["axial_pos_shape"], grid)
             fields["max_position_embeddings"] = grid
@@ -208,8 +207,8 @@ def target_weight_name(name, architecture):
 def convert_transformers_model(source_model, num_buckets=None):
     """A reformer_hf model with `source_model`'s config and weights (a transformers Reformer instance).
 
-    Returns a ReformerModel, ReformerForCausalLM or ReformerForSequenceClassification in the
-    source's dtype and train/eval mode.
+    Returns a ReformerModel, ReformerForCausalLM or ReformerForSequenceClassification on the
+    source's device, in its dtype and train/eval mode.
     """
     architecture = type(source_model).__name__
     config = config_from_transformers(source_model.config, architecture, num_buckets=num_buckets)
@@ -221,10 +220,9 @@ def convert_transformers_model(source_model, num_buckets=None):
                          f"unexpected {unexpected}.")
     model.load_state_dict(state_dict, strict=True)
     dtypes = {p.dtype for p in source_model.parameters() if p.is_floating_point()}
-    if len(dtypes) == 1:
-        model.to(dtypes.pop())
+    model.to(device=next(source_model.parameters()).device, dtype=dtypes.pop() if len(dtypes) == 1 else None)
     if architecture == "ReformerModelWithLMHead" and source_model.generation_config is not None:
-        model.generation_config = source_model.generation_config
+        model.generation_config = copy.deepcopy(source_model.generation_config)
     return model.train(source_model.training)
 
 
