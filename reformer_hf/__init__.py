@@ -2,11 +2,13 @@
 
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .modeling import ReformerForCausalLM, ReformerForSequenceClassification, ReformerModel, ReformerPreTrainedModel
 from .tokenization import ReformerByteTokenizer, register_tokenizer_auto_class, train_bpe_tokenizer
 
 __all__ = [
+    "ReformerCache",
     "ReformerConfig",
     "ReformerForCausalLM",
     "ReformerForSequenceClassification",
@@ -22,3 +24,10 @@ AutoModelForCausalLM.register(ReformerConfig, ReformerForCausalLM, exist_ok=True
 AutoModelForSequenceClassification.register(ReformerConfig, ReformerForSequenceClassification, exist_ok=True)
 AutoTokenizer.register(ReformerConfig, tokenizer_class=ReformerByteTokenizer, exist_ok=True)
 register_tokenizer_auto_class()
+
+# trust_remote_code: save_pretrained copies the code into the folder and writes auto_map entries,
+# so the folder loads where this package is not installed.
+ReformerConfig.register_for_auto_class()
+ReformerModel.register_for_auto_class("AutoModel")
+ReformerForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+ReformerForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")

@@ -308,6 +308,52 @@ def full_attention(query, key, value, *, causal=False, pad_mask=None, dropout_p=
     return _softmax_attend(logits, value, dropout_p, training)
 
 
+def lsh_decode_step(query_key, value, bucket_keys, bucket_values, bucket_valid, *, dropout_p=0.0, training=False):
+    """One new position of causal "bucket_window" LSH attention, from the keys its buckets kept.
+
+    In "bucket_window" mode a causal query sees, per hash round, only the `window` latest earlier
+    positions of its own bucket (and itself, at SELF_MASK_VALUE), so those are all a decoder keeps.
+    query_key, value: (batch, heads, 1, d_head), the new position (query_key not normalised).
+    bucket_keys, bucket_values: (batch, heads, n_hashes, window, d_head), per round the normalised
+        keys and the values of the latest earlier positions in the new position's bucket.
+    bucket_valid: (batch, heads, n_hashes, window) bool, False for slots that hold nothing yet.
+    Returns out (batch, heads, 1, d_head) and log-sum-exp (batch, heads, 1), rounds combined
+    exactly as `lsh_attention` combines them.
+    """
+    n_hashes = bucket_keys.shape[2]
+    query = upcast(query_key)[:, :, None]  # (b, h, 1, 1, d)
+    logits = torch.matmul(query, upcast(bucket_keys).transpose(-1, -2))  # (b, h, n_hashes, 1, window)
+    logits = torch.where(bucket_valid[:, :, :, None, :], logits, MASK_VALUE)
+    self_logit = logits.new_full((*logits.shape[:-1], 1), SELF_MASK_VALUE)
+    logits = torch.cat([logits, self_logit], dim=-1)
+    own_value = value[:, :, None].expand(-1, -1, n_hashes, -1, -1)
+    values = torch.cat([bucket_values, own_value], dim=3)  # (b, h, n_hashes, window + 1, d)
+    round_out, round_lse = _softmax_attend(logits, values, dropout_p, training)  # (b, h, n, 1, d), (b, h, n, 1)
+    return combine_hash_rounds(round_out, round_lse)
+
+
+def local_decode_step(
+    query, window_keys, window_values, window_positions, window_is_pad, position, *, chunk_length,
+    n_chunks_before=1, dropout_p=0.0, training=False,
+):
+    """One new position of causal local attention, from a buffer of the latest keys.
+
+    query: (batch, heads, 1, d_head) at sequence index `position`.
+    window_keys, window_values: (batch, heads, slots, d_head), the latest positions up to and
+        including `position` (a ring buffer: the order of the slots does not matter).
+    window_positions: (slots,) sequence index held by each slot, -1 where empty.
+    window_is_pad: (batch, slots) bool, True where the held position is padding.
+    The position sees what `local_attention` shows it: every position from the start of the chunk
+    `n_chunks_before` chunks before its own, up to itself.
+    """
+    first_visible = max(0, (position // chunk_length - n_chunks_before) * chunk_length)
+    out_of_window = (window_positions < first_visible) | (window_positions > position)
+    hidden_keys = out_of_window[None, :] | window_is_pad
+    return full_attention(
+        query, window_keys, window_values, pad_mask=hidden_keys, dropout_p=dropout_p, training=training
+    )
+
+
 def split_heads(hidden, n_heads, d_head):
     """(batch, length, n_heads * d_head) -> (batch, n_heads, length, d_head)."""
     batch, length = hidden.shape[:2]
@@ -352,11 +398,18 @@ class LSHSelfAttention(nn.Module):
             return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
         return torch.randn(shape, device=device, dtype=dtype)
 
-    def forward(self, hidden, pad_mask=None, rotations=None):
-        """hidden (batch, length, hidden_size) -> (batch, length, heads * d_head)."""
+    def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
+        """hidden (batch, length, hidden_size) -> (batch, length, heads * d_head).
+
+        With a `layer_cache` (generation, see cache.py) the first pass stores its hashing and
+        what decoding needs; a later full pass over a cache hashes with the stored rotations
+        and bucket count, so that every step of one generation hashes alike.
+        """
         query_key = split_heads(self.query_key(hidden), self.n_heads, self.d_head)
         value = split_heads(self.value(hidden), self.n_heads, self.d_head)
         num_buckets = self.num_buckets_for(hidden.shape[1])
+        if rotations is None and layer_cache is not None and layer_cache.rotations is not None:
+            num_buckets, rotations = layer_cache.num_buckets, layer_cache.rotations
         if rotations is None:
             rotations = self.draw_rotations(num_buckets, hidden.device, torch.float32)
         bucket_ids = hash_vectors(query_key.detach().float(), rotations, num_buckets)
@@ -375,6 +428,36 @@ class LSHSelfAttention(nn.Module):
             dropout_p=self.config.lsh_attention_probs_dropout,
             training=self.training,
         )
+        if layer_cache is not None and layer_cache.rotations is None:
+            layer_cache.prefill(rotations, num_buckets, normalize_keys(query_key), value, bucket_ids, pad_mask)
+        return merge_heads(out)
+
+    def decode_step(self, hidden, layer_cache, is_pad):
+        """One new position, hidden (batch, 1, hidden_size), against the per-bucket keys of `layer_cache`.
+
+        Only "bucket_window" mode decodes this way (cache.py says why "chunk" mode cannot).
+        is_pad: (batch,) bool; a padding position is not kept as a key.
+        """
+        if self.config.lsh_window_mode != "bucket_window":
+            raise RuntimeError(
+                f"LSHSelfAttention.decode_step needs lsh_window_mode='bucket_window', "
+                f"got {self.config.lsh_window_mode!r}; 'chunk' mode decodes by recomputing the whole sequence."
+            )
+        query_key = split_heads(self.query_key(hidden), self.n_heads, self.d_head)
+        value = split_heads(self.value(hidden), self.n_heads, self.d_head)
+        bucket_ids = hash_vectors(query_key.detach().float(), layer_cache.rotations, layer_cache.num_buckets)
+        bucket_ids = bucket_ids[..., 0]  # (batch, heads, n_hashes)
+        bucket_keys, bucket_values, bucket_valid = layer_cache.bucket_window(bucket_ids)
+        out, _ = lsh_decode_step(
+            query_key,
+            value,
+            bucket_keys,
+            bucket_values,
+            bucket_valid,
+            dropout_p=self.config.lsh_attention_probs_dropout,
+            training=self.training,
+        )
+        layer_cache.append(normalize_keys(query_key), value, bucket_ids, is_pad)
         return merge_heads(out)
 
 
@@ -393,9 +476,11 @@ class LocalSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, inner, bias=False)
         self.value = nn.Linear(config.hidden_size, inner, bias=False)
 
-    def forward(self, hidden, pad_mask=None, rotations=None):
+    def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
         query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
                              for proj in (self.query, self.key, self.value))
+        if layer_cache is not None:
+            layer_cache.prefill(key, value, pad_mask)
         out, _ = local_attention(
             query,
             key,
@@ -406,6 +491,25 @@ class LocalSelfAttention(nn.Module):
             causal=self.config.is_decoder,
             wrap_around=self.config.local_attn_wrap_around,
             pad_mask=pad_mask,
+            dropout_p=self.config.local_attention_probs_dropout,
+            training=self.training,
+        )
+        return merge_heads(out)
+
+    def decode_step(self, hidden, layer_cache, is_pad):
+        """One new position, hidden (batch, 1, hidden_size), against the latest keys in `layer_cache`."""
+        query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
+                             for proj in (self.query, self.key, self.value))
+        layer_cache.append(key, value, is_pad)
+        out, _ = local_decode_step(
+            query,
+            layer_cache.keys,
+            layer_cache.values,
+            layer_cache.slot_positions,
+            layer_cache.slot_is_pad,
+            layer_cache.length - 1,
+            chunk_length=self.config.local_attn_chunk_length,
+            n_chunks_before=self.config.local_num_chunks_before,
             dropout_p=self.config.local_attention_probs_dropout,
             training=self.training,
         )
@@ -427,15 +531,32 @@ class FullSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, inner, bias=False)
         self.value = nn.Linear(config.hidden_size, inner, bias=False)
 
-    def forward(self, hidden, pad_mask=None, rotations=None):
+    def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
         query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
                              for proj in (self.query, self.key, self.value))
+        if layer_cache is not None:
+            layer_cache.prefill(key, value, pad_mask)
         out, _ = full_attention(
             query,
             key,
             value,
             causal=self.config.is_decoder,
             pad_mask=pad_mask,
+            dropout_p=self.config.full_attention_probs_dropout,
+            training=self.training,
+        )
+        return merge_heads(out)
+
+    def decode_step(self, hidden, layer_cache, is_pad):
+        """One new position, hidden (batch, 1, hidden_size), against every earlier key in `layer_cache`."""
+        query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
+                             for proj in (self.query, self.key, self.value))
+        layer_cache.append(key, value, is_pad)
+        out, _ = full_attention(
+            query,
+            layer_cache.keys,
+            layer_cache.values,
+            pad_mask=layer_cache.key_is_pad,
             dropout_p=self.config.full_attention_probs_dropout,
             training=self.training,
         )

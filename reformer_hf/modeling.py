@@ -11,6 +11,7 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import ModelOutput
 
 from .attention import SELF_ATTENTION_CLASSES
+from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import AxialPositionEmbeddings, ReformerEmbeddings
 from .reversible import ReformerStack, ReversibleLayer
@@ -28,8 +29,13 @@ class AttentionBlock(nn.Module):
         self.output = nn.Linear(inner, config.hidden_size, bias=False)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden, pad_mask=None):
-        return self.dropout(self.output(self.self_attention(self.layer_norm(hidden), pad_mask)))
+    def forward(self, hidden, pad_mask=None, layer_cache=None):
+        attended = self.self_attention(self.layer_norm(hidden), pad_mask, layer_cache=layer_cache)
+        return self.dropout(self.output(attended))
+
+    def decode_step(self, hidden, layer_cache, is_pad):
+        """One new position (batch, 1, hidden_size) attending through its generation cache."""
+        return self.dropout(self.output(self.self_attention.decode_step(self.layer_norm(hidden), layer_cache, is_pad)))
 
 
 class FeedForwardBlock(nn.Module):
@@ -87,12 +93,29 @@ class ReformerCausalLMOutput(ModelOutput):
     attentions: tuple = None
 
 
+# Every head is the shared stack plus a small projection, so a folder saved from any head loads as any head.
+REMOTE_CODE_AUTO_MAP = {
+    "AutoModel": "ReformerModel",
+    "AutoModelForCausalLM": "ReformerForCausalLM",
+    "AutoModelForSequenceClassification": "ReformerForSequenceClassification",
+}
+
+
 class ReformerPreTrainedModel(PreTrainedModel):
     config_class = ReformerConfig
     base_model_prefix = "reformer"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = False
     _no_split_modules = ["ReversibleLayer"]
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """transformers' save_pretrained; for a class registered for trust_remote_code (the package's
+        __init__ does that) config.json's auto_map names every head, not only the saved one."""
+        if self._auto_class is not None:
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            heads = {auto: f"{module}.{name}" for auto, name in REMOTE_CODE_AUTO_MAP.items()}
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **heads}
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @torch.no_grad()
     def _init_weights(self, module):
@@ -129,7 +152,7 @@ class ReformerModel(ReformerPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, output_attentions):
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length=0):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("ReformerModel: pass exactly one of input_ids and inputs_embeds.")
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -140,17 +163,19 @@ class ReformerModel(ReformerPreTrainedModel):
                 f"ReformerModel: inputs_embeds has last dimension {inputs_embeds.shape[-1]}; "
                 f"expected hidden_size={self.config.hidden_size}."
             )
-        if attention_mask is not None and tuple(attention_mask.shape) != tuple(shape):
+        expected_mask = (shape[0], past_length + shape[1])
+        if attention_mask is not None and tuple(attention_mask.shape) != expected_mask:
+            covers = f"the {past_length} cached positions and the new inputs" if past_length else "the inputs"
             raise ValueError(
                 f"ReformerModel: attention_mask has shape {tuple(attention_mask.shape)}; "
-                f"expected {tuple(shape)} to match the inputs."
+                f"expected {expected_mask}, one entry for each of {covers}."
             )
         if position_ids is not None and tuple(position_ids.shape[-1:]) != tuple(shape[-1:]):
             raise ValueError(
                 f"ReformerModel: position_ids has shape {tuple(position_ids.shape)}; expected (batch, {shape[1]})."
             )
         limit = self.config.max_sequence_length
-        longest = shape[1] if position_ids is None else int(position_ids.max()) + 1
+        longest = past_length + shape[1] if position_ids is None else int(position_ids.max()) + 1
         if longest > limit:
             raise ValueError(
                 f"ReformerModel: sequence length {longest} exceeds the model's maximum of {limit} positions "
@@ -163,44 +188,131 @@ class ReformerModel(ReformerPreTrainedModel):
             )
         return shape
 
+    def _resolve_cache(self, past_key_values, use_cache, batch, length, cache_position):
+        """The generation cache this pass fills or reads, or None; raises on one that cannot be used."""
+        if past_key_values is not None and not isinstance(past_key_values, ReformerCache):
+            raise ValueError(
+                f"ReformerModel: past_key_values must be a ReformerCache (as returned by a previous call with "
+                f"use_cache=True), got {type(past_key_values).__name__}."
+            )
+        wants_cache = past_key_values is not None or use_cache
+        if wants_cache and not self.config.is_decoder:
+            raise ValueError(
+                f"ReformerModel: use_cache={use_cache} (past_key_values={type(past_key_values).__name__}) needs a "
+                "causal model: a bidirectional one (is_decoder=False) changes earlier outputs with every new token."
+            )
+        if use_cache is None:
+            wants_cache = past_key_values is not None or (
+                self.config.use_cache and self.config.is_decoder and not self.training
+            )
+        if not wants_cache:
+            return None
+        cache = past_key_values if past_key_values is not None else ReformerCache(self.config)
+        past_length = cache.get_seq_length()
+        if past_length and cache.batch_size != batch:
+            raise ValueError(
+                f"ReformerModel: the inputs have batch size {batch} but past_key_values holds {cache.batch_size} rows."
+            )
+        if cache_position is not None:
+            expected = torch.arange(past_length, past_length + length, device=cache_position.device)
+            if cache_position.shape != expected.shape or not torch.equal(cache_position, expected):
+                raise ValueError(
+                    f"ReformerModel: cache_position={cache_position.tolist()} does not continue the cache; expected "
+                    f"positions {past_length}..{past_length + length - 1} (the cache already holds {past_length})."
+                )
+        return cache
+
     def forward(
         self,
         input_ids=None,
         attention_mask=None,
         position_ids=None,
         inputs_embeds=None,
+        past_key_values=None,
+        use_cache=None,
         output_hidden_states=None,
         output_attentions=None,
         return_dict=None,
         **kwargs,
     ):
-        batch, length = self._check_inputs(input_ids, inputs_embeds, attention_mask, position_ids, output_attentions)
+        """past_key_values: a ReformerCache (see cache.py).  An empty one, or None with use_cache, is
+        filled by this pass (the prefill); a filled one makes the inputs the positions that follow the
+        cached ones, and then attention_mask covers the cached and the new positions (batch,
+        past + length) and position_ids (batch, length) default to their sequence indices.
+        use_cache: return a cache; defaults to config.use_cache for a causal model in eval mode.
+        """
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        batch, length = self._check_inputs(
+            input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length
+        )
+        cache = self._resolve_cache(past_key_values, use_cache, batch, length, kwargs.get("cache_position"))
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         if position_ids is None:
-            position_ids = torch.arange(length, device=device).expand(batch, length)
+            position_ids = torch.arange(past_length, past_length + length, device=device).expand(batch, length)
 
         hidden = self.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids)
-        pad_mask = None if attention_mask is None else attention_mask == 0
+        pad_mask = None if attention_mask is None else attention_mask == 0  # (batch, past_length + length)
+        if past_length:
+            new_is_pad = pad_mask[:, past_length:] if pad_mask is not None else hidden.new_zeros(batch, length, dtype=torch.bool)
+            y1, y2, all_hidden = self._continue(hidden, new_is_pad, cache, output_hidden_states)
+        else:
+            layer_caches = None
+            if cache is not None:
+                cache.begin_prefill(length, batch)
+                layer_caches = cache.layers
+                if cache.recomputes:
+                    is_pad = pad_mask if pad_mask is not None else hidden.new_zeros(batch, length, dtype=torch.bool)
+                    cache.extend_sequence(hidden, is_pad)
+            y1, y2, all_hidden = self._run_stack(hidden, pad_mask, layer_caches, output_hidden_states)
+        if cache is not None:
+            cache.advance(length)
+
+        sequence_output = self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1)))
+        if not return_dict:
+            return tuple(v for v in (sequence_output, cache, all_hidden) if v is not None)
+        return ReformerModelOutput(last_hidden_state=sequence_output, past_key_values=cache, hidden_states=all_hidden)
+
+    def _run_stack(self, hidden, pad_mask, layer_caches, output_hidden_states):
+        """The stack over a whole sequence, padded internally to the chunk multiple and stripped again."""
+        batch, length = hidden.shape[:2]
         padded_length = -(-length // padding_multiple(self.config)) * padding_multiple(self.config)
         if padded_length != length:
             hidden = nn.functional.pad(hidden, (0, 0, 0, padded_length - length))
             if pad_mask is None:
-                pad_mask = torch.zeros(batch, length, dtype=torch.bool, device=device)
+                pad_mask = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
             pad_mask = nn.functional.pad(pad_mask, (0, padded_length - length), value=True)
         if pad_mask is not None and not pad_mask.any():
             pad_mask = None
 
-        y1, y2, all_hidden = self.encoder(hidden, pad_mask, output_hidden_states)
-        sequence_output = self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1)))[:, :length]
+        y1, y2, all_hidden = self.encoder(hidden, pad_mask, output_hidden_states, layer_caches)
         if all_hidden is not None:
             all_hidden = tuple(h[:, :length] for h in all_hidden)
-        if not return_dict:
-            return tuple(v for v in (sequence_output, all_hidden) if v is not None)
-        return ReformerModelOutput(last_hidden_state=sequence_output, hidden_states=all_hidden)
+        return y1[:, :length], y2[:, :length], all_hidden
+
+    def _continue(self, hidden, new_is_pad, cache, output_hidden_states):
+        """The positions after a filled cache: one at a time through every layer's cache, or, for a
+        cache that recomputes (cache.py says when), the whole sequence again keeping the new part."""
+        length = hidden.shape[1]
+        if cache.recomputes:
+            sequence, pad_mask = cache.extend_sequence(hidden, new_is_pad)
+            y1, y2, all_hidden = self._run_stack(sequence, pad_mask, cache.layers, output_hidden_states)
+            if all_hidden is not None:
+                all_hidden = tuple(h[:, -length:] for h in all_hidden)
+            return y1[:, -length:], y2[:, -length:], all_hidden
+        steps = [
+            self.encoder.decode_step(hidden[:, t : t + 1], cache.layers, new_is_pad[:, t], output_hidden_states)
+            for t in range(length)
+        ]
+        y1 = torch.cat([step[0] for step in steps], dim=1)
+        y2 = torch.cat([step[1] for step in steps], dim=1)
+        all_hidden = None
+        if output_hidden_states:
+            all_hidden = tuple(torch.cat(per_layer, dim=1) for per_layer in zip(*(step[2] for step in steps)))
+        return y1, y2, all_hidden
 
 
 def shifted_token_losses(logits, labels):
@@ -217,6 +329,9 @@ def shifted_token_losses(logits, labels):
 
 class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
     """Reformer with a language-modelling head over the concatenated residual streams."""
+
+    # The cache (ReformerCache) cannot drop its last positions, which assisted generation needs.
+    _is_stateful = True
 
     def __init__(self, config):
         if not config.is_decoder:
@@ -235,12 +350,58 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, value):
         self.lm_head = value
 
+    @classmethod
+    def _supports_default_dynamic_cache(cls):
+        """generate() must not create a DynamicCache: the model creates its own ReformerCache."""
+        return False
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids,
+        past_key_values=None,
+        attention_mask=None,
+        inputs_embeds=None,
+        position_ids=None,
+        use_cache=None,
+        **kwargs,
+    ):
+        """The forward arguments of one generation step.
+
+        Without a filled cache: the whole sequence (or the prompt's inputs_embeds on the first
+        step).  With one: only the positions the cache has not seen.  position_ids count the
+        non-padding tokens of each row (left padding starts every row at position 0).
+        """
+        kwargs.pop("is_first_iteration", None)
+        kwargs.pop("next_sequence_length", None)
+        kwargs.pop("labels", None)
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        model_inputs = {}
+        if past_length == 0 and inputs_embeds is not None:
+            model_inputs["input_ids"], model_inputs["inputs_embeds"] = None, inputs_embeds
+            new_length = inputs_embeds.shape[1]
+        else:
+            total_length = attention_mask.shape[1] if attention_mask is not None else input_ids.shape[1]
+            new_length = total_length - past_length
+            model_inputs["input_ids"] = input_ids[:, -new_length:].contiguous()
+        if position_ids is None:
+            if attention_mask is not None:
+                position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+            else:
+                position_ids = torch.arange(past_length + new_length, device=self.device)[None]
+        model_inputs["position_ids"] = position_ids[..., -new_length:].contiguous()
+        model_inputs.update(
+            attention_mask=attention_mask, past_key_values=past_key_values, use_cache=use_cache, **kwargs
+        )
+        return model_inputs
+
     def forward(
         self,
         input_ids=None,
         attention_mask=None,
         position_ids=None,
         inputs_embeds=None,
+        past_key_values=None,
+        use_cache=None,
         labels=None,
         output_hidden_states=None,
         output_attentions=None,
@@ -255,6 +416,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         many positions, each chunk's logits rebuilt in the backward pass instead of kept, and
         `logits` is returned as None: the (length, vocab) logits are what that setting avoids.
         `logits_to_keep=n` computes logits for the last n positions only (generation).
+        past_key_values, use_cache: the generation cache, as in ReformerModel.forward.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.reformer(
@@ -262,9 +424,12 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,
+            cache_position=kwargs.get("cache_position"),
         )
         hidden = outputs.last_hidden_state
         if labels is not None and tuple(labels.shape) != tuple(hidden.shape[:2]):
@@ -283,8 +448,10 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
             loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(min=1)
 
         if not return_dict:
-            return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
-        return ReformerCausalLMOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+            return tuple(v for v in (loss, logits, outputs.past_key_values, outputs.hidden_states) if v is not None)
+        return ReformerCausalLMOutput(
+            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+        )
 
 
 def chunked_lm_loss(lm_head, hidden, labels, chunk_size):
@@ -365,6 +532,7 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            use_cache=False,
             output_hidden_states=output_hidden_states,
             output_attentions=output_attentions,
             return_dict=True,

@@ -5,6 +5,10 @@ backward pass rebuilds them layer by layer from the stack's output and keeps one
 activations for the whole stack.  Rebuilding needs F and G to compute exactly what they computed
 forward: every sub-layer runs under its own seed (dropout masks, hash rotations) and under the
 autocast state of the forward pass.
+
+A stack may also read a `context` that is not one of the streams, e.g. the encoder output that
+a decoder's cross attention attends to: every layer's attention half receives it (and its
+`context_mask`), and the backward pass sums its gradient over the layers.
 """
 
 import contextlib
@@ -38,23 +42,35 @@ class ReversibleLayer(nn.Module):
         self.attention = attention_block
         self.feed_forward = feed_forward_block
 
-    def attention_half(self, x2, seed, pad_mask):
+    def attention_half(self, x2, seed, pad_mask, layer_cache=None, context=None, context_mask=None):
         with seeded(seed, x2.device):
-            return self.attention(x2, pad_mask)
+            if context is None:
+                return self.attention(x2, pad_mask, layer_cache)
+            return self.attention(x2, pad_mask, layer_cache, context=context, context_mask=context_mask)
 
     def feed_forward_half(self, y1, seed):
         with seeded(seed, y1.device):
             return self.feed_forward(y1)
 
-    def forward(self, x1, x2, seeds, pad_mask=None):
-        y1 = x1 + self.attention_half(x2, seeds[0], pad_mask)
+    def forward(self, x1, x2, seeds, pad_mask=None, layer_cache=None, context=None, context_mask=None):
+        y1 = x1 + self.attention_half(x2, seeds[0], pad_mask, layer_cache, context, context_mask)
         y2 = x2 + self.feed_forward_half(y1, seeds[1])
         return y1, y2
 
-    def backward_pass(self, y1, y2, grad_y1, grad_y2, seeds, pad_mask):
+    def decode_step(self, x1, x2, layer_cache, is_pad):
+        """The layer on one new position (batch, 1, d) per stream, attending through `layer_cache`.
+
+        Decoding has no backward pass, so nothing is rebuilt and no seed is replayed.
+        """
+        y1 = x1 + self.attention.decode_step(x2, layer_cache, is_pad)
+        y2 = x2 + self.feed_forward(y1)
+        return y1, y2
+
+    def backward_pass(self, y1, y2, grad_y1, grad_y2, seeds, pad_mask, context=None, context_mask=None):
         """Rebuild (x1, x2) from (y1, y2) and push the gradients through this layer.
 
-        Returns x1, x2, grad_x1, grad_x2 and the gradients of this layer's parameters.
+        Returns x1, x2, grad_x1, grad_x2 and a dict {tensor: gradient} over this layer's parameters
+        and, when `context` requires grad, the context (this layer's share of its gradient).
         """
         ff_params = [p for p in self.feed_forward.parameters() if p.requires_grad]
         attn_params = [p for p in self.attention.parameters() if p.requires_grad]
@@ -70,15 +86,16 @@ class ReversibleLayer(nn.Module):
 
         with torch.enable_grad():
             x2 = x2.detach().requires_grad_(True)
-            f_out = self.attention_half(x2, seeds[0], pad_mask)
-            grads = torch.autograd.grad(f_out, [x2, *attn_params], grad_y1_total, allow_unused=True)
+            f_out = self.attention_half(x2, seeds[0], pad_mask, context=context, context_mask=context_mask)
+            attn_inputs = [context, *attn_params] if context is not None and context.requires_grad else attn_params
+            grads = torch.autograd.grad(f_out, [x2, *attn_inputs], grad_y1_total, allow_unused=True)
         grad_x2 = grad_y2 + grads[0]
         attn_grads = grads[1:]
         with torch.no_grad():
             x1 = y1 - f_out
 
         param_grads = dict(zip(ff_params, ff_grads))
-        param_grads.update(zip(attn_params, attn_grads))
+        param_grads.update(zip(attn_inputs, attn_grads))
         return x1.detach(), x2.detach(), grad_y1_total, grad_x2, param_grads
 
 
@@ -86,31 +103,39 @@ class _ReversibleStackFunction(torch.autograd.Function):
     """Runs the layers without recording a graph and keeps only the stack's output."""
 
     @staticmethod
-    def forward(ctx, x1, x2, layers, seeds, pad_mask, hidden_states_sink, *params):
+    def forward(ctx, x1, x2, layers, seeds, pad_mask, hidden_states_sink, layer_caches, context, context_mask, *params):
         ctx.layers, ctx.seeds, ctx.params = layers, seeds, params
         ctx.autocast = _autocast_state(x1.device.type)
         with torch.no_grad():
-            for layer, layer_seeds in zip(layers, seeds):
-                x1, x2 = layer(x1, x2, layer_seeds, pad_mask)
+            for layer, layer_seeds, layer_cache in zip(layers, seeds, layer_caches):
+                x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
                 if hidden_states_sink is not None:
                     hidden_states_sink.append(torch.cat([x1, x2], dim=-1))
-        ctx.save_for_backward(x1, x2, pad_mask)
+        ctx.save_for_backward(x1, x2, pad_mask, context, context_mask)
         return x1, x2
 
     @staticmethod
     def backward(ctx, grad_y1, grad_y2):
-        y1, y2, pad_mask = ctx.saved_tensors
+        y1, y2, pad_mask, context, context_mask = ctx.saved_tensors
+        if context is not None:
+            # One leaf shared by every layer, so that the layers' gradients add up under one key.
+            context = context.detach().requires_grad_(ctx.needs_input_grad[_CONTEXT_INPUT])
         device_type, dtype, enabled = ctx.autocast
-        param_grads = {}
+        grads = {}
         with torch.autocast(device_type, dtype=dtype, enabled=enabled):
             for layer, layer_seeds in zip(reversed(ctx.layers), reversed(ctx.seeds)):
                 y1, y2, grad_y1, grad_y2, layer_grads = layer.backward_pass(
-                    y1, y2, grad_y1, grad_y2, layer_seeds, pad_mask
+                    y1, y2, grad_y1, grad_y2, layer_seeds, pad_mask, context, context_mask
                 )
-                for param, grad in layer_grads.items():
+                for tensor, grad in layer_grads.items():
                     if grad is not None:
-                        param_grads[param] = grad if param not in param_grads else param_grads[param] + grad
-        return (grad_y1, grad_y2, None, None, None, None, *(param_grads.get(p) for p in ctx.params))
+                        grads[tensor] = grad if tensor not in grads else grads[tensor] + grad
+        grad_context = grads.get(context) if context is not None else None
+        return (grad_y1, grad_y2, None, None, None, None, None, grad_context, None, *(grads.get(p) for p in ctx.params))
+
+
+# Position of `context` among the Function's inputs (x1, x2, layers, seeds, pad_mask, sink, caches, context, ...).
+_CONTEXT_INPUT = 7
 
 
 def _autocast_state(device_type):
@@ -125,17 +150,38 @@ class ReformerStack(nn.Module):
         self.layers = nn.ModuleList(layers)
         self.reversible = reversible
 
-    def forward(self, hidden, pad_mask=None, output_hidden_states=False):
-        """hidden (batch, length, d) -> (y1, y2) and, if asked, the concatenated streams per layer."""
+    def forward(self, hidden, pad_mask=None, output_hidden_states=False, layer_caches=None, context=None,
+                context_mask=None):
+        """hidden (batch, length, d) -> (y1, y2) and, if asked, the concatenated streams per layer.
+
+        layer_caches: one generation cache per layer (see cache.py), filled or read by the
+        attention layers, or None.
+        context: a tensor every layer's attention half also reads (e.g. the encoder output,
+        (batch, context_length, d_context), for cross attention), or None; it receives gradients.
+        context_mask: passed along with it (e.g. its padding, (batch, context_length)), no gradient.
+        """
         seeds = draw_seeds(len(self.layers))
+        layer_caches = layer_caches if layer_caches is not None else [None] * len(self.layers)
         all_hidden = [torch.cat([hidden, hidden], dim=-1)] if output_hidden_states else None
         x1 = x2 = hidden
         if self.reversible and torch.is_grad_enabled():
             params = [p for p in self.layers.parameters() if p.requires_grad]
-            x1, x2 = _ReversibleStackFunction.apply(x1, x2, list(self.layers), seeds, pad_mask, all_hidden, *params)
+            x1, x2 = _ReversibleStackFunction.apply(
+                x1, x2, list(self.layers), seeds, pad_mask, all_hidden, layer_caches, context, context_mask, *params
+            )
         else:
-            for layer, layer_seeds in zip(self.layers, seeds):
-                x1, x2 = layer(x1, x2, layer_seeds, pad_mask)
+            for layer, layer_seeds, layer_cache in zip(self.layers, seeds, layer_caches):
+                x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
                 if all_hidden is not None:
                     all_hidden.append(torch.cat([x1, x2], dim=-1))
+        return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)
+
+    def decode_step(self, hidden, layer_caches, is_pad, output_hidden_states=False):
+        """One new position, hidden (batch, 1, d), through every layer and its cache; is_pad (batch,)."""
+        all_hidden = [torch.cat([hidden, hidden], dim=-1)] if output_hidden_states else None
+        x1 = x2 = hidden
+        for layer, layer_cache in zip(self.layers, layer_caches):
+            x1, x2 = layer.decode_step(x1, x2, layer_cache, is_pad)
+            if all_hidden is not None:
+                all_hidden.append(torch.cat([x1, x2], dim=-1))
         return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)

@@ -1,0 +1,270 @@
+"""The generation cache (`past_key_values`) of ReformerForCausalLM.
+
+A causal Reformer decodes token by token from what each attention layer keeps of the prefix:
+
+- local layers keep the latest `(local_num_chunks_before + 1) * local_attn_chunk_length` keys
+  and values (a ring buffer): a new position sees the chunk-aligned window that
+  `local_attention` shows it, and nothing older;
+- LSH layers in "bucket_window" mode keep, per hash round and bucket, the keys and values of the
+  latest `window = lsh_num_chunks_before * lsh_attn_chunk_length` positions that fell in that
+  bucket (a ring per bucket), because that is exactly what `lsh_attention` lets a causal query
+  see.  They also keep the hash rotations and the bucket count of the prefill: with
+  `hash_seed=None` the rotations are random per pass, and with `num_buckets=None` the count
+  depends on the length; decoding goes on hashing as the prefill did.  (A full pass over a
+  longer sequence with `num_buckets=None` may pick a larger count; set `num_buckets` in the
+  config when cached and uncached generation must agree.)
+- full layers keep every key and value.
+
+So a decoding step costs the same whatever the prefix length on local and LSH layers (one
+bucket's window per round; memory is `n_buckets * window` per round and head), and grows
+linearly only on full layers.  Reversible layers need no special state: without a backward
+pass, decoding runs each layer forward on the new position's two residual streams.
+
+Two configurations cannot be decoded from such state, because a position's attention there
+depends on later positions: LSH in "chunk" mode (the paper's; later tokens move the sorted
+chunk boundaries, so earlier positions' views change) and local attention with
+`local_attn_wrap_around` (the ring of chunks changes with the number of chunks).  For those
+the cache keeps the embedded prefix and the prefill's hash rotations and bucket count, and
+every step recomputes the full forward pass over the whole sequence: the logits are exactly
+those of an uncached pass hashed with the same rotations, at the cost of an uncached pass.
+"""
+
+import torch
+
+from .attention import bucket_factors
+
+
+def decoding_recomputes(config):
+    """Whether cached decoding must rerun the full sequence (see the module docstring)."""
+    chunk_lsh = "lsh" in config.attn_layers and config.lsh_window_mode == "chunk"
+    wrapped_local = "local" in config.attn_layers and getattr(config, "local_attn_wrap_around", False)
+    return chunk_lsh or wrapped_local
+
+
+def _write(buffer, dim, index, source):
+    """`buffer.scatter_(dim, index, source)`, out of place when autograd must see the write."""
+    if torch.is_grad_enabled() and (buffer.requires_grad or source.requires_grad):
+        return buffer.scatter(dim, index, source)
+    return buffer.scatter_(dim, index, source)
+
+
+class FullLayerCache:
+    """Every key and value so far: keys, values (batch, heads, length, d_head), key_is_pad (batch, length)."""
+
+    def __init__(self):
+        self.length = 0
+        self.keys = self.values = self.key_is_pad = None
+
+    def prefill(self, keys, values, pad_mask):
+        """Keys and values of the (internally right-padded) prefill; positions past `length` are dropped."""
+        self.keys, self.values = keys[:, :, : self.length], values[:, :, : self.length]
+        self.key_is_pad = _pad_flags(pad_mask, keys, self.length)
+
+    def append(self, key, value, is_pad):
+        """key, value: (batch, heads, 1, d_head); is_pad: (batch,)."""
+        self.keys = torch.cat([self.keys, key], dim=2)
+        self.values = torch.cat([self.values, value], dim=2)
+        self.key_is_pad = torch.cat([self.key_is_pad, is_pad[:, None]], dim=1)
+        self.length += 1
+
+    def reorder(self, batch_index):
+        self.keys, self.values = self.keys[batch_index], self.values[batch_index]
+        self.key_is_pad = self.key_is_pad[batch_index]
+
+
+class LocalLayerCache:
+    """The latest `slots = (n_chunks_before + 1) * chunk_length` keys and values, position p in slot p % slots.
+
+    A position in chunk c sees every position from the start of chunk c - n_chunks_before, at
+    most `n_chunks_before * chunk_length + chunk_length - 1` positions back: they all fit.
+    """
+
+    def __init__(self, chunk_length, n_chunks_before):
+        self.slots = (n_chunks_before + 1) * chunk_length
+        self.length = 0
+        self.keys = self.values = self.slot_is_pad = self.slot_positions = None
+
+    def prefill(self, keys, values, pad_mask):
+        batch, heads, _, d_head = keys.shape
+        kept = torch.arange(max(0, self.length - self.slots), self.length, device=keys.device)
+        slot_of_kept = kept % self.slots
+        self.keys = keys.new_zeros(batch, heads, self.slots, d_head)
+        self.values = values.new_zeros(batch, heads, self.slots, d_head)
+        self.keys[:, :, slot_of_kept] = keys[:, :, kept]
+        self.values[:, :, slot_of_kept] = values[:, :, kept]
+        self.slot_positions = torch.full((self.slots,), -1, dtype=torch.long, device=keys.device)
+        self.slot_positions[slot_of_kept] = kept
+        self.slot_is_pad = torch.zeros(batch, self.slots, dtype=torch.bool, device=keys.device)
+        self.slot_is_pad[:, slot_of_kept] = _pad_flags(pad_mask, keys, self.length)[:, kept]
+
+    def append(self, key, value, is_pad):
+        """key, value: (batch, heads, 1, d_head) at sequence index `length`; is_pad: (batch,)."""
+        batch, heads, _, d_head = key.shape
+        slot = self.length % self.slots
+        index = torch.full((batch, heads, 1, d_head), slot, dtype=torch.long, device=key.device)
+        self.keys = _write(self.keys, 2, index, key)
+        self.values = _write(self.values, 2, index, value)
+        self.slot_is_pad[:, slot] = is_pad
+        self.slot_positions[slot] = self.length
+        self.length += 1
+
+    def reorder(self, batch_index):
+        self.keys, self.values = self.keys[batch_index], self.values[batch_index]
+        self.slot_is_pad = self.slot_is_pad[batch_index]
+
+
+class LSHLayerCache:
+    """The prefill's hashing and, with `keep_buckets`, the latest `window` keys of every bucket.
+
+    rotations: (heads, d_head, n_hashes, rotation_size); num_buckets: an int or a factor pair.
+    keys, values: (batch, heads, n_hashes, n_buckets * window + 1, d_head); bucket b of round r
+    keeps its j-th position (counting from 0 in position order) in slot b * window + j % window.
+    The one extra slot at the end takes the writes of padding positions and is never read.
+    counts: (batch, heads, n_hashes, n_buckets), positions that have fallen in each bucket.
+    """
+
+    def __init__(self, window, keep_buckets):
+        self.window = window
+        self.keep_buckets = keep_buckets
+        self.length = 0
+        self.rotations = self.num_buckets = self.n_buckets = None
+        self.keys = self.values = self.counts = None
+
+    def prefill(self, rotations, num_buckets, keys, values, bucket_ids, pad_mask):
+        """keys: normalised (batch, heads, length, d_head); bucket_ids (batch, heads, n_hashes, length)."""
+        self.rotations, self.num_buckets = rotations, num_buckets
+        self.n_buckets = 1
+        for factor in bucket_factors(num_buckets):
+            self.n_buckets *= factor
+        if not self.keep_buckets:
+            return
+        batch, heads, n_hashes, length = bucket_ids.shape
+        n_buckets, window, d_head = self.n_buckets, self.window, keys.shape[-1]
+        sink = n_buckets * window
+        # Positions past `length` (the internal right padding) and padding go to bucket n_buckets, never kept.
+        is_pad = _pad_flags(pad_mask, keys, self.length)
+        is_pad = torch.nn.functional.pad(is_pad, (0, length - self.length), value=True)
+        bucket_ids = bucket_ids.masked_fill(is_pad[:, None, None, :], n_buckets)
+
+        positions = torch.arange(length, device=keys.device)
+        sorted_positions = (bucket_ids * length + positions).argsort(dim=-1)  # by (bucket, position)
+        sorted_buckets = bucket_ids.gather(-1, sorted_positions)
+        counts = torch.zeros(batch, heads, n_hashes, n_buckets + 1, dtype=torch.long, device=keys.device)
+        counts.scatter_add_(-1, bucket_ids, torch.ones_like(bucket_ids))
+        bucket_starts = counts.cumsum(-1) - counts
+        rank_in_bucket = positions - bucket_starts.gather(-1, sorted_buckets)
+        kept = (sorted_buckets < n_buckets) & (rank_in_bucket >= counts.gather(-1, sorted_buckets) - window)
+        slots = torch.where(kept, sorted_buckets * window + rank_in_bucket % max(window, 1), sink)
+        slots = slots[..., None].expand(-1, -1, -1, -1, d_head)
+
+        def bucketed(tensor):
+            per_round = tensor[:, :, None].expand(-1, -1, n_hashes, -1, -1)
+            ordered = per_round.gather(3, sorted_positions[..., None].expand(-1, -1, -1, -1, d_head))
+            buffer = tensor.new_zeros(batch, heads, n_hashes, sink + 1, d_head)
+            return buffer.scatter_(3, slots, ordered)
+
+        self.keys, self.values = bucketed(keys), bucketed(values)
+        self.counts = counts[..., :n_buckets]
+
+    def bucket_window(self, bucket_ids):
+        """Keys, values (batch, heads, n_hashes, window, d_head) and validity of each round's bucket."""
+        window, d_head = self.window, self.keys.shape[-1]
+        offsets = torch.arange(window, device=bucket_ids.device)
+        slots = bucket_ids[..., None] * window + offsets  # (batch, heads, n_hashes, window)
+        keys = self.keys.gather(3, slots[..., None].expand(-1, -1, -1, -1, d_head))
+        values = self.values.gather(3, slots[..., None].expand(-1, -1, -1, -1, d_head))
+        filled = self.counts.gather(-1, bucket_ids[..., None]).clamp(max=window)
+        return keys, values, offsets < filled
+
+    def append(self, key, value, bucket_ids, is_pad):
+        """key (normalised), value: (batch, heads, 1, d_head); bucket_ids (batch, heads, n_hashes); is_pad (batch,)."""
+        n_hashes, d_head = bucket_ids.shape[2], key.shape[-1]
+        count = self.counts.gather(-1, bucket_ids[..., None])[..., 0]
+        slot = bucket_ids * self.window + count % max(self.window, 1)
+        slot = torch.where(is_pad[:, None, None] | (self.window == 0), self.n_buckets * self.window, slot)
+        index = slot[..., None, None].expand(-1, -1, -1, 1, d_head)
+        self.keys = _write(self.keys, 3, index, key[:, :, None].expand(-1, -1, n_hashes, -1, -1))
+        self.values = _write(self.values, 3, index, value[:, :, None].expand(-1, -1, n_hashes, -1, -1))
+        added = (~is_pad).long()[:, None, None, None].expand(-1, *bucket_ids.shape[1:], 1)
+        self.counts = self.counts.scatter_add(-1, bucket_ids[..., None], added)
+        self.length += 1
+
+    def reorder(self, batch_index):
+        if self.keys is not None:
+            self.keys, self.values = self.keys[batch_index], self.values[batch_index]
+            self.counts = self.counts[batch_index]
+
+
+def _pad_flags(pad_mask, like, length):
+    """(batch, length) bool padding flags of the first `length` positions (all False without a mask)."""
+    if pad_mask is None:
+        return torch.zeros(like.shape[0], length, dtype=torch.bool, device=like.device)
+    return pad_mask[:, :length]
+
+
+class ReformerCache:
+    """`past_key_values` of ReformerForCausalLM: one layer cache per attention layer.
+
+    Created empty by the model (or by the caller: `ReformerCache(config)`); the first forward pass
+    that receives it fills it (the prefill), later passes decode from it.  `generate()` uses it
+    through `get_seq_length` and, for beam search, `reorder_cache`.  It holds tensors of one
+    batch, device and dtype.  Pass `use_cache=False` to `generate` to recompute every step instead.
+    """
+
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, config):
+        self.recomputes = decoding_recomputes(config)
+        self.seq_length = 0
+        self.batch_size = None
+        # Recomputing caches keep the embedded sequence (batch, length, hidden_size) and its padding.
+        self.embedded = self.pad_mask = None
+        self.layers = [self._layer_cache(config, kind) for kind in config.attn_layers]
+
+    def _layer_cache(self, config, kind):
+        if kind == "lsh":
+            window = config.lsh_num_chunks_before * config.lsh_attn_chunk_length
+            return LSHLayerCache(window, keep_buckets=not self.recomputes)
+        if self.recomputes:
+            return None
+        if kind == "local":
+            return LocalLayerCache(config.local_attn_chunk_length, config.local_num_chunks_before)
+        return FullLayerCache()
+
+    def __len__(self):
+        return len(self.layers)
+
+    def get_seq_length(self, layer_idx=0):
+        """Positions seen so far, padding included (the sequence index of the next position)."""
+        return self.seq_length
+
+    def begin_prefill(self, length, batch_size):
+        """Called by the model before the prefill pass over `length` positions of `batch_size` rows."""
+        if self.seq_length:
+            raise ValueError(f"ReformerCache already holds {self.seq_length} positions; it cannot be prefilled again.")
+        self.batch_size = batch_size
+        for layer in self.layers:
+            if layer is not None:
+                layer.length = length
+
+    def extend_sequence(self, embedded, pad_mask):
+        """Recomputing caches: append (batch, new, hidden_size) and its padding flags; return the whole sequence."""
+        if self.embedded is not None:
+            embedded = torch.cat([self.embedded, embedded], dim=1)
+            pad_mask = torch.cat([self.pad_mask, pad_mask], dim=1)
+        self.embedded, self.pad_mask = embedded, pad_mask
+        return embedded, pad_mask
+
+    def advance(self, new_positions):
+        self.seq_length += new_positions
+
+    def reorder_cache(self, beam_idx):
+        """Keep batch rows `beam_idx` (beam search): every row of every layer follows its beam."""
+        self.batch_size = len(beam_idx)
+        for layer in self.layers:
+            if layer is not None:
+                layer.reorder(beam_idx)
+        if self.embedded is not None:
+            self.embedded, self.pad_mask = self.embedded[beam_idx], self.pad_mask[beam_idx]
+        return self
