@@ -13,6 +13,7 @@ largest difference of their outputs is printed.
 
 import argparse
 import logging
+import sys
 
 import reformer_hf.conversion as conversion
 
@@ -26,6 +27,12 @@ def parse_num_buckets(text):
     return factors[0] if len(factors) == 1 else factors
 
 
+def positive_int(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a positive integer")
+    return int(text)
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("source_dir", help="folder saved by transformers' Reformer save_pretrained")
@@ -34,7 +41,7 @@ def parse_args(argv=None):
                         help="the transformers class to read SOURCE_DIR as (default: the one its config names)")
     parser.add_argument("--num-buckets", type=parse_num_buckets,
                         help="pin the LSH bucket count of a checkpoint saved with num_buckets=None")
-    parser.add_argument("--verify-length", type=int, help="tokens per sequence for the output comparison")
+    parser.add_argument("--verify-length", type=positive_int, help="tokens per sequence for the output comparison")
     parser.add_argument("--no-verify", action="store_true", help="skip the output comparison")
     return parser.parse_args(argv)
 
@@ -42,9 +49,13 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    source_model = conversion.load_transformers_checkpoint(args.source_dir, args.architecture)
-    model = conversion.convert_transformers_model(source_model, num_buckets=args.num_buckets)
-    conversion.save_converted(model, args.source_dir, args.output_dir)
+    try:
+        source_model = conversion.load_transformers_checkpoint(args.source_dir, args.architecture)
+        model = conversion.convert_transformers_model(source_model, num_buckets=args.num_buckets)
+        conversion.save_converted(model, args.source_dir, args.output_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     config = model.config
     print(f"wrote {type(model).__name__} to {args.output_dir}: {len(config.attn_layers)} layers {config.attn_layers}, "
           f"num_buckets={config.num_buckets}, hash_seed={config.hash_seed}, lsh_window_mode={config.lsh_window_mode!r}, "

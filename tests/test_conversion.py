@@ -411,3 +411,10 @@ def test_script_converts_and_verifies_a_checkpoint_without_hash_seed(tmp_path, c
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "converted")
     assert model.config.hash_seed is None and model.config.lsh_window_mode == "chunk"
     assert (tmp_path / "converted" / "tokenizer.json").is_file()
+
+
+def test_script_reports_a_refusal_without_writing(tmp_path, capsys):
+    save_source_checkpoint(tmp_path / "source", hidden_act="gelu_fast")
+    assert load_script().main([str(tmp_path / "source"), str(tmp_path / "converted")]) == 1
+    assert "hidden_act='gelu_fast'" in capsys.readouterr().err
+    assert not (tmp_path / "converted").exists()
