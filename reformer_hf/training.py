@@ -32,7 +32,7 @@ _NO_DROPOUT = dict(hidden_dropout_prob=0.0, lsh_attention_probs_dropout=0.0,
 PRESETS = {
     # A model for tests and smoke runs: two layers, every feature on, 256 positions.
     "tiny": dict(
-        vocab_size=260, hidden_size=32, num_attention_heads=2, feed_forward_size=64,
+        vocab_size=260, hidden_size=32, num_attention_heads=2, attention_head_size=16, feed_forward_size=64,
         attn_layers=["local", "lsh"], num_hashes=2, num_buckets=4, lsh_attn_chunk_length=16,
         local_attn_chunk_length=16, axial_pos_shape=[16, 16], axial_pos_embds_dim=[16, 16],
         max_position_embeddings=256, is_decoder=True, **_NO_DROPOUT,
@@ -61,7 +61,7 @@ PRESETS = {
     # A 6-layer byte LM for 16K-byte sequences (the LSH-versus-dense comparison): local and LSH
     # layers alternate; `--attn-layers full` turns it into the dense model of the same size.
     "lm-6layer-16k": dict(
-        vocab_size=260, hidden_size=512, num_attention_heads=8, feed_forward_size=2048,
+        vocab_size=260, hidden_size=512, num_attention_heads=8, attention_head_size=64, feed_forward_size=2048,
         attn_layers=["local", "lsh"] * 3, num_hashes=2, num_buckets=None, lsh_attn_chunk_length=128,
         local_attn_chunk_length=128, axial_pos_shape=[128, 128], axial_pos_embds_dim=[128, 384],
         max_position_embeddings=16384, is_decoder=True, **_NO_DROPOUT,
@@ -69,7 +69,7 @@ PRESETS = {
     # The paper's duplication task (section 5): one LSH layer, d_model 256, 4 heads, length 1024,
     # symbols 1..127 (vocabulary 128).
     "duplication": dict(
-        vocab_size=128, hidden_size=256, num_attention_heads=4, feed_forward_size=512,
+        vocab_size=128, hidden_size=256, num_attention_heads=4, attention_head_size=64, feed_forward_size=512,
         attn_layers=["lsh"], num_hashes=4, num_buckets=32, lsh_attn_chunk_length=64,
         axial_pos_shape=[32, 32], axial_pos_embds_dim=[64, 192], max_position_embeddings=1024,
         is_decoder=True, pad_token_id=0, eos_token_id=None, **_NO_DROPOUT,
@@ -109,7 +109,8 @@ def preset_config(name, overrides=None):
     if name not in PRESETS:
         raise ValueError(f"preset={name!r} is unknown; choose one of {sorted(PRESETS)}.")
     fields = dict(PRESETS[name])
-    unknown = sorted(set(overrides or {}) - set(ReformerConfig().to_dict()) - {"num_hidden_layers"})
+    defaults = ReformerConfig()
+    unknown = sorted(key for key in overrides or {} if not hasattr(defaults, key))
     if unknown:
         raise ValueError(f"config overrides {unknown} are not ReformerConfig fields.")
     fields.update(overrides or {})
