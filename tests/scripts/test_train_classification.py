@@ -1,0 +1,73 @@
+"""scripts/train_classification.py and the offline evaluate metrics it loads from scripts/metrics/."""
+
+import importlib.util
+import json
+
+import evaluate
+import pytest
+from script_runner import SCRIPTS, check, run_script
+
+
+def load_script_module():
+    spec = importlib.util.spec_from_file_location("train_classification_script", SCRIPTS / "train_classification.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_offline_metrics_load_through_evaluate_and_match_hand_computed_values():
+    accuracy = evaluate.load(str(SCRIPTS / "metrics" / "accuracy"))
+    f1 = evaluate.load(str(SCRIPTS / "metrics" / "f1"))
+    predictions, references = [0, 1, 2, 2, 1], [0, 1, 1, 2, 2]
+    assert accuracy.compute(predictions=predictions, references=references)["accuracy"] == pytest.approx(3 / 5)
+    # per class: 0 -> 2*1/(1+1) = 1; 1 -> 2*1/(2+2) = 0.5; 2 -> 2*1/(2+2) = 0.5
+    assert f1.compute(predictions=predictions, references=references, average=None)["f1"] == pytest.approx([1, 0.5, 0.5])
+    assert f1.compute(predictions=predictions, references=references, average="macro")["f1"] == pytest.approx(2 / 3)
+    assert f1.compute(predictions=predictions, references=references, average="micro")["f1"] == pytest.approx(3 / 5)
+    # binary, positive class 1: tp 1, predicted 2, actual 2
+    assert f1.compute(predictions=[1, 1, 0, 0], references=[1, 0, 1, 0])["f1"] == pytest.approx(0.5)
+
+
+def test_stdlib_package_task_trains_evaluates_and_saves_a_card(tmp_path):
+    completed = check(run_script(
+        "train_classification.py", "--task", "stdlib-packages", "--packages", "json,email", "--max-length", "128",
+        "--max_steps", "3", "--per_device_train_batch_size", "4", "--output_dir", tmp_path, "--report_to", "none",
+        "--use_cpu", "--disable_tqdm", "true", "--save_strategy", "no"))
+    assert "cut to their first 128" in completed.stdout
+    results = json.loads((tmp_path / "test_results.json").read_text())
+    assert 0.0 <= results["test_accuracy"] <= 1.0 and 0.0 <= results["test_f1_macro"] <= 1.0
+    config = json.loads((tmp_path / "final" / "config.json").read_text())
+    assert config["id2label"] == {"0": "email", "1": "json"}
+    assert "text-classification" in (tmp_path / "final" / "README.md").read_text()
+
+
+def test_a_local_datasets_file_with_string_labels_trains(tmp_path):
+    rows = [{"review": text, "stars": label} for text, label in [
+        ("The parser returns a dict for every JSON object.", "docs"), ("def loads(s): return decode(s)", "code"),
+        ("Encoding errors raise UnicodeDecodeError.", "docs"), ("class Encoder: pass", "code")] * 5]
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    module = load_script_module()
+    assert module.main(["--dataset", str(data), "--text-column", "review", "--label-column", "stars",
+                        "--max-length", "64", "--max_steps", "2", "--per_device_train_batch_size", "4",
+                        "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--use_cpu",
+                        "--disable_tqdm", "true", "--save_strategy", "no"]) == 0
+    config = json.loads((tmp_path / "out" / "final" / "config.json").read_text())
+    assert config["label2id"] == {"code": 0, "docs": 1}
+
+
+@pytest.mark.parametrize("argv, message", [
+    ([], "give exactly one of --task and --dataset"),
+    (["--task", "news"], "--task='news'; expected one of"),
+    (["--task", "docs-sections"], "--task docs-sections needs --corpus"),
+    (["--task", "stdlib-packages", "--packages", "json,nosuchpackage"], "'nosuchpackage' is not a package folder"),
+    (["--task", "stdlib-packages", "--packages", "json,email", "--max-length", "4096"],
+     "--max-length=4096 is larger than the model's maximum of 256"),
+    (["--dataset", "{tmp}/missing.jsonl"], "missing.jsonl"),
+])
+def test_bad_arguments_fail_with_a_clear_message(tmp_path, capsys, argv, message):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        load_script_module().main([*argv, "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
