@@ -241,7 +241,7 @@ class ReformerModel(ReformerPreTrainedModel):
         past + length) and position_ids (batch, length) default to their sequence indices.
         use_cache: return a cache; defaults to config.use_cache for a causal model in eval mode.
         """
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = past_key_values.get_seq_length() if isinstance(past_key_values, ReformerCache) else 0
         batch, length = self._check_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length
         )
@@ -374,7 +374,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         kwargs.pop("is_first_iteration", None)
         kwargs.pop("next_sequence_length", None)
         kwargs.pop("labels", None)
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = past_key_values.get_seq_length() if isinstance(past_key_values, ReformerCache) else 0
         model_inputs = {}
         if past_length == 0 and inputs_embeds is not None:
             model_inputs["input_ids"], model_inputs["inputs_embeds"] = None, inputs_embeds

@@ -164,7 +164,10 @@ class ReformerStack(nn.Module):
         layer_caches = layer_caches if layer_caches is not None else [None] * len(self.layers)
         all_hidden = [torch.cat([hidden, hidden], dim=-1)] if output_hidden_states else None
         x1 = x2 = hidden
-        if self.reversible and torch.is_grad_enabled():
+        # A generation cache keeps keys and values that later steps differentiate through; the
+        # reversible function keeps no graph, so a pass that fills a cache under grad runs plainly.
+        fills_cache = any(layer_cache is not None for layer_cache in layer_caches)
+        if self.reversible and torch.is_grad_enabled() and not fills_cache:
             params = [p for p in self.layers.parameters() if p.requires_grad]
             x1, x2 = _ReversibleStackFunction.apply(
                 x1, x2, list(self.layers), seeds, pad_mask, all_hidden, layer_caches, context, context_mask, *params

@@ -1,0 +1,310 @@
+"""The generation cache: every cached decoding step against a full forward pass over the same prefix."""
+
+import pytest
+import torch
+from tiny_models import tiny_config
+
+from reformer_hf import ReformerCache, ReformerForCausalLM, ReformerModel
+from reformer_hf.attention import (
+    buckets_for_length,
+    local_attention,
+    local_decode_step,
+    lsh_attention,
+    lsh_decode_step,
+    normalize_keys,
+)
+from reformer_hf.cache import LocalLayerCache, LSHLayerCache
+from reformer_hf.modeling import padding_multiple
+
+TOLERANCE = dict(rtol=1e-5, atol=1e-5)
+
+
+def left_padded_batch(n_pads, total, vocab_size, seed):
+    """Token ids (batch, total) whose row i starts with n_pads[i] positions of left padding (id 0)."""
+    generator = torch.Generator().manual_seed(seed)
+    input_ids = torch.randint(4, vocab_size, (len(n_pads), total), generator=generator)
+    attention_mask = torch.ones(len(n_pads), total, dtype=torch.long)
+    for row, pads in enumerate(n_pads):
+        attention_mask[row, :pads] = 0
+    return input_ids.masked_fill(attention_mask == 0, 0), attention_mask
+
+
+def positions_from_mask(attention_mask):
+    """What generate() feeds: each row counts its real tokens from 0."""
+    return (attention_mask.cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
+
+
+def tiny_lm(seed=0, **overrides):
+    torch.manual_seed(seed)
+    return ReformerForCausalLM(tiny_config(**overrides)).eval()
+
+
+def assert_steps_match_full_forward(model, prompt_length, total, n_pads=(0, 5, 10), seed=1):
+    """Prefill `prompt_length` positions (rows left-padded by n_pads), decode the rest one at a time,
+    and compare every step's logits and hidden states with a cache-free pass over the whole prefix."""
+    input_ids, attention_mask = left_padded_batch(n_pads, total, model.config.vocab_size, seed)
+    position_ids = positions_from_mask(attention_mask)
+    with torch.no_grad():
+        prefill = model(
+            input_ids[:, :prompt_length],
+            attention_mask=attention_mask[:, :prompt_length],
+            position_ids=position_ids[:, :prompt_length],
+            use_cache=True,
+        )
+        cache = prefill.past_key_values
+        assert cache.get_seq_length() == prompt_length
+        for end in range(prompt_length + 1, total + 1):
+            step = model(
+                input_ids[:, end - 1 : end],
+                attention_mask=attention_mask[:, :end],
+                position_ids=position_ids[:, end - 1 : end],
+                past_key_values=cache,
+                output_hidden_states=True,
+            )
+            full = model(
+                input_ids[:, :end],
+                attention_mask=attention_mask[:, :end],
+                position_ids=position_ids[:, :end],
+                use_cache=False,
+                output_hidden_states=True,
+            )
+            torch.testing.assert_close(step.logits[:, -1], full.logits[:, -1], **TOLERANCE)
+            for step_hidden, full_hidden in zip(step.hidden_states, full.hidden_states, strict=True):
+                torch.testing.assert_close(step_hidden[:, -1], full_hidden[:, -1], **TOLERANCE)
+            assert step.past_key_values is cache and cache.get_seq_length() == end
+
+
+# ---------------------------------------------------------------- pure decode steps
+
+
+@pytest.mark.parametrize("n_hashes,n_chunks_before", [(1, 1), (2, 2), (3, 0)])
+def test_lsh_decode_step_equals_lsh_attention_at_every_position(n_hashes, n_chunks_before):
+    batch, heads, length, d_head, chunk_length, n_buckets, prompt = 2, 2, 32, 8, 4, 4, 10
+    generator = torch.Generator().manual_seed(0)
+    query_key = torch.randn(batch, heads, length, d_head, generator=generator)
+    value = torch.randn(batch, heads, length, d_head, generator=generator)
+    bucket_ids = torch.randint(0, n_buckets, (batch, heads, n_hashes, length), generator=generator)
+    pad_mask = torch.zeros(batch, length, dtype=torch.bool)
+    pad_mask[1, :3] = True
+    expected, expected_lse = lsh_attention(
+        query_key, value, bucket_ids, n_buckets=n_buckets, chunk_length=chunk_length,
+        n_chunks_before=n_chunks_before, causal=True, window_mode="bucket_window", pad_mask=pad_mask,
+    )
+
+    cache = LSHLayerCache(window=n_chunks_before * chunk_length, keep_buckets=True)
+    cache.length = prompt
+    rotations = torch.randn(heads, d_head, n_hashes, n_buckets // 2, generator=generator)
+    cache.prefill(rotations, n_buckets, normalize_keys(query_key[:, :, :prompt]), value[:, :, :prompt],
+                  bucket_ids[..., :prompt], pad_mask[:, :prompt])
+    for position in range(prompt, length):
+        new = slice(position, position + 1)
+        keys, values, valid = cache.bucket_window(bucket_ids[..., position])
+        out, lse = lsh_decode_step(query_key[:, :, new], value[:, :, new], keys, values, valid)
+        torch.testing.assert_close(out[:, :, 0], expected[:, :, position], **TOLERANCE)
+        torch.testing.assert_close(lse[:, :, 0], expected_lse[:, :, position], **TOLERANCE)
+        cache.append(normalize_keys(query_key[:, :, new]), value[:, :, new], bucket_ids[..., position],
+                     pad_mask[:, position])
+
+
+def test_lsh_cache_keeps_the_latest_window_of_each_bucket():
+    # One head, one round, buckets of positions 0..5 = [0, 1, 0, 0, 1, 0], window 2: bucket 0 keeps
+    # positions 3 and 5 (of 0, 2, 3, 5) and bucket 1 keeps 1 and 4; padding (position 6) is not kept.
+    bucket_ids = torch.tensor([0, 1, 0, 0, 1, 0, 0]).view(1, 1, 1, 7)
+    keys = torch.arange(7.0).view(1, 1, 7, 1)
+    pad_mask = torch.tensor([[False] * 6 + [True]])
+    cache = LSHLayerCache(window=2, keep_buckets=True)
+    cache.length = 7
+    cache.prefill(torch.zeros(1, 1, 1, 1), 2, keys, keys + 100, bucket_ids, pad_mask)
+    held, held_values, valid = cache.bucket_window(torch.tensor([[[0]]]))
+    assert sorted(held.flatten().tolist()) == [3.0, 5.0] and valid.all()
+    assert sorted(held_values.flatten().tolist()) == [103.0, 105.0]
+    held, _, valid = cache.bucket_window(torch.tensor([[[1]]]))
+    assert sorted(held.flatten().tolist()) == [1.0, 4.0] and valid.all()
+    # The next position of bucket 0 replaces the oldest one kept (3).
+    cache.append(torch.full((1, 1, 1, 1), 7.0), torch.full((1, 1, 1, 1), 107.0), torch.tensor([[[0]]]),
+                 torch.tensor([False]))
+    held, _, _ = cache.bucket_window(torch.tensor([[[0]]]))
+    assert sorted(held.flatten().tolist()) == [5.0, 7.0]
+    assert cache.counts.flatten().tolist() == [5, 2]
+
+
+@pytest.mark.parametrize("n_chunks_before", [0, 1, 2])
+def test_local_decode_step_equals_local_attention_at_every_position(n_chunks_before):
+    batch, heads, length, d_head, chunk_length, prompt = 2, 2, 30, 8, 6, 7
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(batch, heads, length, d_head, generator=generator) for _ in range(3))
+    pad_mask = torch.zeros(batch, length, dtype=torch.bool)
+    pad_mask[0, :4] = True
+    expected, expected_lse = local_attention(
+        query, key, value, chunk_length=chunk_length, n_chunks_before=n_chunks_before, causal=True,
+        pad_mask=pad_mask,
+    )
+    cache = LocalLayerCache(chunk_length, n_chunks_before)
+    cache.length = prompt
+    cache.prefill(key[:, :, :prompt], value[:, :, :prompt], pad_mask[:, :prompt])
+    for position in range(prompt, length):
+        new = slice(position, position + 1)
+        cache.append(key[:, :, new], value[:, :, new], pad_mask[:, position])
+        out, lse = local_decode_step(
+            query[:, :, new], cache.keys, cache.values, cache.slot_positions, cache.slot_is_pad, position,
+            chunk_length=chunk_length, n_chunks_before=n_chunks_before,
+        )
+        torch.testing.assert_close(out[:, :, 0], expected[:, :, position], **TOLERANCE)
+        torch.testing.assert_close(lse[:, :, 0], expected_lse[:, :, position], **TOLERANCE)
+
+
+# ---------------------------------------------------------------- the model with a cache
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(attn_layers=["local", "local"]),
+        dict(attn_layers=["lsh", "lsh"]),
+        dict(attn_layers=["full", "full"]),
+        dict(attn_layers=["local", "lsh", "full"]),
+        dict(attn_layers=["lsh", "local"], num_hashes=3, num_buckets=[2, 4], lsh_num_chunks_before=2),
+        dict(attn_layers=["local", "lsh"], local_num_chunks_before=2, reversible=False, chunk_size_feed_forward=3),
+        dict(attn_layers=["lsh", "local"], axial_pos_embds=False, lsh_num_chunks_before=0),
+    ],
+    ids=["local", "lsh", "full", "mixed", "lsh-3-hashes-factored", "plain-residual", "learned-positions"],
+)
+def test_every_cached_step_equals_full_forward_over_the_prefix(overrides):
+    assert_steps_match_full_forward(tiny_lm(**overrides), prompt_length=14, total=40)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [dict(lsh_window_mode="chunk"), dict(attn_layers=["local", "full"], local_attn_wrap_around=True,
+                                         local_num_chunks_before=2)],
+    ids=["lsh-chunk-mode", "local-wrap-around"],
+)
+def test_recomputing_cache_equals_full_forward_over_the_prefix(overrides):
+    model = tiny_lm(**overrides)
+    assert ReformerCache(model.config).recomputes
+    assert_steps_match_full_forward(model, prompt_length=14, total=30)
+
+
+def test_several_new_tokens_in_one_call_equal_full_forward():
+    model = tiny_lm()
+    input_ids, attention_mask = left_padded_batch([0, 7, 14], 31, model.config.vocab_size, seed=3)
+    position_ids = positions_from_mask(attention_mask)
+    with torch.no_grad():
+        cache = model(input_ids[:, :20], attention_mask=attention_mask[:, :20], position_ids=position_ids[:, :20]
+                      ).past_key_values
+        step = model(input_ids[:, 20:], attention_mask=attention_mask, position_ids=position_ids[:, 20:],
+                     past_key_values=cache)
+        full = model(input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    torch.testing.assert_close(step.logits, full.logits[:, 20:], **TOLERANCE)
+
+
+def test_decoding_without_hash_seed_hashes_with_the_prefill_rotations():
+    model = tiny_lm(hash_seed=None)
+    input_ids = torch.randint(4, model.config.vocab_size, (2, 25), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        torch.manual_seed(11)
+        cache = model(input_ids[:, :12]).past_key_values
+        torch.manual_seed(12)
+        other_rotations = model(input_ids[:, :12]).past_key_values.layers[1].rotations
+        rotations = cache.layers[1].rotations
+        assert not torch.equal(rotations, other_rotations)  # rotations really are random per pass
+        steps = [model(input_ids[:, end - 1 : end], past_key_values=cache).logits[:, -1] for end in range(13, 26)]
+        # The reference: full passes whose LSH layer draws exactly the prefill's rotations.
+        lsh_attention_module = model.reformer.encoder.layers[1].attention.self_attention
+        lsh_attention_module.draw_rotations = lambda num_buckets, device, dtype: rotations
+        for end, step_logits in zip(range(13, 26), steps):
+            full = model(input_ids[:, :end], use_cache=False).logits[:, -1]
+            torch.testing.assert_close(step_logits, full, **TOLERANCE)
+
+
+def test_num_buckets_none_decodes_with_the_prefill_bucket_count():
+    model = tiny_lm(num_buckets=None)
+    prompt, total = 13, 40
+    multiple = padding_multiple(model.config)
+    padded_prompt, padded_total = -(-prompt // multiple) * multiple, -(-total // multiple) * multiple
+    prefill_count = buckets_for_length(padded_prompt, model.config.lsh_attn_chunk_length)
+    assert prefill_count != buckets_for_length(padded_total, model.config.lsh_attn_chunk_length)
+    fixed = ReformerForCausalLM(tiny_config(num_buckets=prefill_count)).eval()
+    fixed.load_state_dict(model.state_dict())
+    input_ids = torch.randint(4, model.config.vocab_size, (2, total), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        cache = model(input_ids[:, :prompt]).past_key_values
+        assert cache.layers[1].n_buckets == prefill_count
+        for end in range(prompt + 1, total + 1):
+            step = model(input_ids[:, end - 1 : end], past_key_values=cache).logits[:, -1]
+            full = fixed(input_ids[:, :end], use_cache=False).logits[:, -1]
+            torch.testing.assert_close(step, full, **TOLERANCE)
+
+
+def test_reorder_cache_moves_every_row_with_its_beam():
+    model = tiny_lm()
+    input_ids, attention_mask = left_padded_batch([0, 7], 16, model.config.vocab_size, seed=4)
+    next_ids = torch.tensor([[7], [9], [11]])
+    beam_idx = torch.tensor([1, 1, 0])
+    with torch.no_grad():
+        cache = model(input_ids, attention_mask=attention_mask).past_key_values
+        cache.reorder_cache(beam_idx)
+        mask = torch.cat([attention_mask[beam_idx], torch.ones(3, 1, dtype=torch.long)], dim=1)
+        reordered = model(next_ids, attention_mask=mask, past_key_values=cache).logits
+        fresh_cache = model(input_ids[beam_idx], attention_mask=attention_mask[beam_idx]).past_key_values
+        fresh = model(next_ids, attention_mask=mask, past_key_values=fresh_cache).logits
+    torch.testing.assert_close(reordered, fresh, **TOLERANCE)
+
+
+def test_decoding_state_does_not_grow_with_the_prefix_on_local_and_lsh_layers():
+    model = tiny_lm(attn_layers=["local", "lsh", "full"], max_position_embeddings=128)
+    sizes = {}
+    with torch.no_grad():
+        for prompt in (16, 96):
+            input_ids = torch.randint(4, model.config.vocab_size, (1, prompt))
+            cache = model(input_ids).past_key_values
+            before = [cache.layers[0].keys.shape, cache.layers[1].keys.shape, cache.layers[2].keys.shape]
+            for _ in range(5):
+                cache = model(torch.tensor([[5]]), past_key_values=cache).past_key_values
+            after = [cache.layers[0].keys.shape, cache.layers[1].keys.shape, cache.layers[2].keys.shape]
+            assert after[:2] == before[:2]  # ring buffers: fixed size
+            assert after[2][2] == before[2][2] + 5  # full attention keeps every key
+            sizes[prompt] = after[:2]
+    assert sizes[16] == sizes[96]
+
+
+def test_gradients_flow_through_the_cache_as_through_a_full_pass():
+    model = tiny_lm(reversible=True)
+    input_ids = torch.randint(4, model.config.vocab_size, (2, 18), generator=torch.Generator().manual_seed(6))
+    cache = model(input_ids[:, :17], use_cache=True).past_key_values
+    model(input_ids[:, 17:], past_key_values=cache).logits.sum().backward()
+    cached_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(input_ids, use_cache=False).logits[:, -1].sum().backward()
+    for cached, full in zip(cached_grads, (p.grad for p in model.parameters()), strict=True):
+        torch.testing.assert_close(cached, full, **TOLERANCE)
+
+
+def test_use_cache_defaults_to_a_cache_only_for_a_causal_model_in_eval_mode():
+    model = tiny_lm()
+    input_ids = torch.randint(4, model.config.vocab_size, (1, 9))
+    with torch.no_grad():
+        assert isinstance(model(input_ids).past_key_values, ReformerCache)
+        assert model(input_ids, use_cache=False).past_key_values is None
+        model.train()
+        assert model(input_ids).past_key_values is None
+        bidirectional = ReformerModel(tiny_config(is_decoder=False)).eval()
+        assert bidirectional(input_ids).past_key_values is None
+        with pytest.raises(ValueError, match="use_cache=True.*needs a causal model"):
+            bidirectional(input_ids, use_cache=True)
+
+
+def test_bad_cache_inputs_raise_naming_the_argument():
+    model = tiny_lm()
+    input_ids = torch.randint(4, model.config.vocab_size, (2, 9))
+    with torch.no_grad():
+        cache = model(input_ids).past_key_values
+        with pytest.raises(ValueError, match="past_key_values must be a ReformerCache.*got tuple"):
+            model(input_ids[:, :1], past_key_values=((torch.zeros(1),),))
+        with pytest.raises(ValueError, match="batch size 1 but past_key_values holds 2 rows"):
+            model(input_ids[:1, :1], past_key_values=cache)
+        with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 1\); expected \(2, 10\)"):
+            model(input_ids[:, :1], attention_mask=torch.ones(2, 1, dtype=torch.long), past_key_values=cache)
+        with pytest.raises(ValueError, match="cache_position=\\[3\\] does not continue the cache"):
+            model(input_ids[:, :1], past_key_values=cache, cache_position=torch.tensor([3]))
+        assert cache.get_seq_length() == 9  # nothing was consumed by the refused calls
