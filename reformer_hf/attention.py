@@ -6,10 +6,17 @@ These functions are the reference path that the fused kernels in `kernels.py` ar
 against, and they never build a length x length tensor on the LSH and local paths.
 """
 
+import importlib.util
+import logging
 import math
 
 import torch
 from torch import nn
+
+from .configuration import ATTENTION_BACKENDS
+
+logger = logging.getLogger(__name__)
+_ANNOUNCED = set()
 
 # Masked logits are *replaced* by these values (not added to), in float32.  A finite value
 # instead of -inf keeps a row whose keys are all masked finite (a uniform average instead of
@@ -412,7 +419,7 @@ class LSHSelfAttention(nn.Module):
             num_buckets, rotations = layer_cache.num_buckets, layer_cache.rotations
         if rotations is None:
             rotations = self.draw_rotations(num_buckets, hidden.device, torch.float32)
-        bucket_ids = hash_vectors(query_key.detach().float(), rotations, num_buckets)
+        bucket_ids = hash_vectors_dispatch(self.config.attn_backend)(query_key.detach(), rotations, num_buckets)
         n_buckets = math.prod(bucket_factors(num_buckets))
         out, _ = lsh_attention_dispatch(self.config.attn_backend)(
             query_key,
@@ -481,7 +488,7 @@ class LocalSelfAttention(nn.Module):
                              for proj in (self.query, self.key, self.value))
         if layer_cache is not None:
             layer_cache.prefill(key, value, pad_mask)
-        out, _ = local_attention(
+        out, _ = local_attention_dispatch(self.config.attn_backend)(
             query,
             key,
             value,
@@ -566,6 +573,95 @@ class FullSelfAttention(nn.Module):
 SELF_ATTENTION_CLASSES = {"lsh": LSHSelfAttention, "local": LocalSelfAttention, "full": FullSelfAttention}
 
 
+def _check_backend(backend):
+    if backend not in ATTENTION_BACKENDS:
+        raise ValueError(f"attn_backend={backend!r} is invalid: expected one of {ATTENTION_BACKENDS}.")
+
+
+def _announce(message, level=logging.INFO):
+    """Log each distinct backend decision once per process."""
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+        logger.log(level, message)
+
+
+def _runs_kernel(backend, kind, tensors, dropout_p=0.0, training=False):
+    """Whether this call goes to the fused Triton kernel: "auto" takes it on CUDA when triton
+    imports, "triton" takes it or raises, and attention dropout in training always goes to torch
+    because the kernels do not implement it."""
+    if backend == "torch":
+        return False
+    if dropout_p > 0.0 and training:
+        _announce(f"{kind}: torch path, because the Triton kernel does not implement attention dropout "
+                  f"(dropout_p={dropout_p} in training)", logging.WARNING if backend == "triton" else logging.INFO)
+        return False
+    if backend == "auto" and not all(tensor.is_cuda for tensor in tensors):
+        return False
+    if importlib.util.find_spec("triton") is None:
+        reason = "triton is not installed"
+    else:
+        from .kernels import triton_unusable_reason
+
+        reason = triton_unusable_reason(*tensors)
+    if reason is None:
+        _announce(f"{kind}: fused Triton kernel (attn_backend={backend!r})")
+        return True
+    if backend == "triton":
+        raise RuntimeError(f"attn_backend='triton' cannot run {kind} here: {reason}.")
+    _announce(f"{kind}: torch path, attn_backend='auto' found {reason}")
+    return False
+
+
 def lsh_attention_dispatch(backend):
-    """The LSH attention function for a backend: the torch reference until a kernel is chosen."""
-    return lsh_attention
+    """The LSH attention function for `backend` ("auto", "torch" or "triton").
+
+    The returned function has `lsh_attention`'s signature and decides per call (see
+    `_runs_kernel`); the decision is logged once.
+    """
+    _check_backend(backend)
+    if backend == "torch":
+        return lsh_attention
+
+    def dispatched(query_key, value, bucket_ids, **options):
+        if _runs_kernel(backend, "LSH attention", (query_key, value), options.get("dropout_p", 0.0),
+                        options.get("training", False)):
+            from .kernels import lsh_attention as fused_lsh_attention
+
+            return fused_lsh_attention(query_key, value, bucket_ids, **options)
+        return lsh_attention(query_key, value, bucket_ids, **options)
+
+    return dispatched
+
+
+def local_attention_dispatch(backend):
+    """The local attention function for `backend`, with `local_attention`'s signature."""
+    _check_backend(backend)
+    if backend == "torch":
+        return local_attention
+
+    def dispatched(query, key, value, **options):
+        if _runs_kernel(backend, "local attention", (query, key, value), options.get("dropout_p", 0.0),
+                        options.get("training", False)):
+            from .kernels import local_attention as fused_local_attention
+
+            return fused_local_attention(query, key, value, **options)
+        return local_attention(query, key, value, **options)
+
+    return dispatched
+
+
+def hash_vectors_dispatch(backend):
+    """The hashing function for `backend`: takes query_keys in their own dtype and hashes them in
+    float32 (the reference upcasts first; the kernel upcasts as it reads, never storing x @ R)."""
+    _check_backend(backend)
+
+    def dispatched(vectors, rotations, num_buckets):
+        if backend != "torch" and len(bucket_factors(num_buckets)) <= 2 and _runs_kernel(
+            backend, "LSH hashing", (vectors,)
+        ):
+            from .kernels import hash_vectors as fused_hash_vectors
+
+            return fused_hash_vectors(vectors, rotations, num_buckets)
+        return hash_vectors(vectors.float(), rotations, num_buckets)
+
+    return dispatched

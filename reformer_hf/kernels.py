@@ -1,0 +1,905 @@
+"""Fused Triton kernels for LSH attention, local attention and LSH hashing.
+
+Each public function has the signature and semantics of its torch reference in `attention.py`
+(`lsh_attention`, `local_attention`, `hash_vectors`), which the tests compare it against.  What
+the kernels do differently is where the work happens:
+
+- no sorted copy of queries, keys or values is ever built: the kernels read rows through the
+  sorted-slot -> position map, and write outputs and gradients back to positions;
+- a query chunk attends to its own and neighbouring chunks with an online softmax, so the
+  (chunk x window) logits live in registers only;
+- the shared-QK key normalisation is recomputed inside the kernels, forward and backward;
+- the hash rounds are combined by their log-sum-exp weights in one extra pass, and the backward
+  never needs the per-round outputs: the rounds together are one softmax over the union of
+  their keys, so its gradient only needs the combined output and log-sum-exp.
+
+Attention dropout is not implemented here: `attention.lsh_attention_dispatch` sends a call
+with `dropout_p > 0` in training to the torch path.  Triton is imported in a `try` block so
+that this file imports (and is copied into saved model folders) on machines without it.
+"""
+
+import math
+import os
+from types import SimpleNamespace
+
+import torch
+
+from .attention import KEY_NORM_EPS, MASK_VALUE, SELF_MASK_VALUE, bucket_factors
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the torch path in attention.py needs nothing from this module
+    triton = None
+    tl = SimpleNamespace(constexpr=None)  # lets the kernel signatures below be defined
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_D_HEAD = 256
+
+# ACC_MODE of the backward kernel: how this round's gradient meets the other rounds'.
+WRITE_ONLY, ACC_FIRST, ACC_MIDDLE, ACC_LAST = 0, 1, 2, 3
+
+
+def _jit(fn):
+    return triton.jit(fn) if triton is not None else fn
+
+
+def _jit_helper(fn):
+    """A device function called by the kernels.  Under TRITON_INTERPRET=1 it stays a plain Python
+    function: the interpreter runs kernels as Python anyway, and it re-patches the whole language
+    module on every call of a jitted helper, which made the CPU tests ten times slower."""
+    return fn if _interpreting() else _jit(fn)
+
+
+def triton_unusable_reason(*tensors):
+    """Why the kernels cannot run on these tensors, or None when they can."""
+    if triton is None:
+        return "triton is not installed"
+    for tensor in tensors:
+        if tensor.device.type != "cuda" and not _interpreting():
+            return f"tensors on {tensor.device.type} (the kernels need CUDA, or TRITON_INTERPRET=1 on the CPU)"
+        if tensor.dtype not in SUPPORTED_DTYPES:
+            return f"dtype {tensor.dtype} (the kernels support float16, bfloat16 and float32)"
+    if tensors and tensors[0].shape[-1] > MAX_D_HEAD:
+        return f"d_head={tensors[0].shape[-1]} (the kernels support d_head <= {MAX_D_HEAD})"
+    return None
+
+
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _require_kernels(name, *tensors):
+    reason = triton_unusable_reason(*tensors)
+    if reason is not None:
+        raise RuntimeError(f"kernels.{name}: the Triton kernel cannot run here: {reason}.")
+
+
+def _refuse_dropout(name, dropout_p, training):
+    if dropout_p > 0.0 and training:
+        raise ValueError(
+            f"kernels.{name}: dropout_p={dropout_p} in training is not implemented by the Triton kernel; "
+            "use the torch path (attention.lsh_attention_dispatch does so automatically)."
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@_jit_helper
+def _dot(a, b, DOT_MODE: tl.constexpr):
+    """DOT_MODE 0: tensor cores; 1: exact float32 (float32 inputs, like torch's matmul); 2: upcast
+    first (bfloat16 under TRITON_INTERPRET=1, whose dot misreads bfloat16; the products of
+    bfloat16 numbers are exact in float32, so this computes what the tensor cores do)."""
+    if DOT_MODE == 0:
+        return tl.dot(a, b)
+    elif DOT_MODE == 1:
+        return tl.dot(a, b, input_precision="ieee")
+    else:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+
+
+@_jit_helper
+def _narrow(x, dtype: tl.constexpr, DOT_MODE: tl.constexpr):
+    """float32 -> dtype, rounding to nearest even.  The GPU does that itself; TRITON_INTERPRET=1
+    truncates bfloat16, so under DOT_MODE 2 the rounding is done on the bits first."""
+    if DOT_MODE == 2:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        x = bits.to(tl.float32, bitcast=True)
+    return x.to(dtype)
+
+
+@_jit_helper
+def _unit_rows(x, D, key_scale, EPS: tl.constexpr):
+    """Shared-QK keys from float32 rows: x * rsqrt(mean(x^2) + eps) / sqrt(d)."""
+    variance = tl.sum(x * x, 1) / D
+    return x * ((1.0 / tl.sqrt(variance + EPS)) * key_scale)[:, None]
+
+
+@_jit_helper
+def _visible(q_slot, q_pos, q_bkt, k_slot, k_pos, k_bkt, k_pad, exists, CHUNK,
+             NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, BUCKET_WINDOW: tl.constexpr,
+             HAS_PAD: tl.constexpr):
+    """Which (query, key) pairs the reference leaves unmasked.
+
+    Query and key operands come already broadcast against each other ((n, 1) and (1, m), or the
+    other way round), so the same rules give the logits or their transpose.
+    """
+    vis = (q_pos >= 0) & (k_pos >= 0) & exists
+    if HAS_PAD:
+        vis = vis & (k_pad == 0)
+    if CAUSAL:
+        vis = vis & (k_pos <= q_pos)
+    if BUCKET_WINDOW:
+        distance = q_slot - k_slot
+        vis = vis & (distance <= NB * CHUNK) & (distance >= -NA * CHUNK) & (k_bkt == q_bkt)
+    return vis
+
+
+@_jit
+def _window_fwd_kernel(
+    Q, K, V, POS, BKT, PAD, OUT, LSE,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_ob, stride_oh, stride_or, stride_ol,
+    stride_lb, stride_lh, stride_lr,
+    H, LENGTH, N_SLOTS, CHUNK, D, scale, key_scale,
+    NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
+    BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
+    HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
+    EPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One block of query rows of one sorted chunk against its window of chunks."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    m_blocks = tl.cdiv(CHUNK, BLOCK_M)
+    chunk = pid_m // m_blocks
+    n_chunks = N_SLOTS // CHUNK
+    rows = (pid_m % m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < CHUNK
+    d_offs = tl.arange(0, BLOCK_D)
+    d_ok = d_offs < D
+
+    q_slot = chunk * CHUNK + rows
+    slot_base = (b * H + h) * N_SLOTS
+    if SORTED:
+        q_pos = tl.load(POS + slot_base + q_slot, mask=row_ok, other=-1).to(tl.int64)
+    else:
+        q_pos = tl.where(row_ok, q_slot, -1).to(tl.int64)
+    q_bkt = q_pos
+    if BUCKET_WINDOW:
+        q_bkt = tl.load(BKT + slot_base + q_slot, mask=row_ok, other=-1)
+    q = tl.load(Q + b * stride_qb + h * stride_qh + q_pos[:, None] * stride_ql + d_offs[None, :],
+                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for w in tl.static_range(NB + NA + 1):
+        key_chunk = chunk + (w - NB)
+        if CIRCULAR:
+            exists = key_chunk == key_chunk
+            key_chunk = (key_chunk + NB * n_chunks) % n_chunks
+        else:
+            exists = (key_chunk >= 0) & (key_chunk < n_chunks)
+            key_chunk = tl.minimum(tl.maximum(key_chunk, 0), n_chunks - 1)
+        for start in range(0, CHUNK, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < CHUNK
+            k_slot = key_chunk * CHUNK + cols
+            if SORTED:
+                k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1).to(tl.int64)
+            else:
+                k_pos = tl.where(col_ok, k_slot, -1).to(tl.int64)
+            k_bkt = k_pos
+            if BUCKET_WINDOW:
+                k_bkt = tl.load(BKT + slot_base + k_slot, mask=col_ok, other=-2)
+            k_pad = k_pos
+            if HAS_PAD:
+                k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
+            kv_mask = col_ok[:, None] & d_ok[None, :]
+            if NORM_KEYS:
+                raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos[:, None] * stride_ql + d_offs[None, :],
+                              mask=kv_mask, other=0.0)
+                k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
+            else:
+                k = tl.load(K + b * stride_kb + h * stride_kh + k_pos[:, None] * stride_kl + d_offs[None, :],
+                            mask=kv_mask, other=0.0)
+            v = tl.load(V + b * stride_vb + h * stride_vh + k_pos[:, None] * stride_vl + d_offs[None, :],
+                        mask=kv_mask, other=0.0)
+
+            logits = _dot(q, tl.trans(k), DOT_MODE) * scale
+            vis = _visible(q_slot[:, None], q_pos[:, None], q_bkt[:, None], k_slot[None, :], k_pos[None, :],
+                           k_bkt[None, :], k_pad[None, :], exists, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
+            logits = tl.where(vis, logits, MASK)
+            if SELF_MASK:
+                logits = tl.where(vis & (k_pos[None, :] == q_pos[:, None]), SELF_VALUE, logits)
+            logits = tl.where(col_ok[None, :], logits, float("-inf"))
+
+            m_new = tl.maximum(m_i, tl.max(logits, 1))
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(logits - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            acc = acc * alpha[:, None] + _dot(_narrow(p, v.dtype, DOT_MODE), v, DOT_MODE)
+            m_i = m_new
+
+    # out = acc * exp(m - lse) rather than acc / l: the reference normalises by exp(-lse) with lse
+    # rounded in float32, which matters where lse is huge (-1e5 when a query sees only itself,
+    # -1e9 when it sees nothing at all and the window's values are summed).
+    lse = m_i + tl.log(tl.where(row_ok, l_i, 1.0))
+    out = acc * tl.exp(m_i - lse)[:, None]
+    round_id = (chunk // (LENGTH // CHUNK)).to(tl.int64)
+    out_ptrs = (OUT + b * stride_ob + h * stride_oh + round_id * stride_or + q_pos[:, None] * stride_ol
+                + d_offs[None, :])
+    tl.store(out_ptrs, _narrow(out, OUT.dtype.element_ty, DOT_MODE), mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + b * stride_lb + h * stride_lh + round_id * stride_lr + q_pos, lse, mask=row_ok)
+
+
+@_jit
+def _combine_rounds_kernel(
+    ROUND_OUT, ROUND_LSE, OUT, LSE,
+    stride_rob, stride_roh, stride_ror, stride_rol,
+    stride_ob, stride_oh, stride_ol,
+    H, LENGTH, D, N_ROUNDS,
+    DOT_MODE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """out = sum_r exp(lse_r - logsumexp_r lse_r) * out_r, in float32, per position."""
+    pid_l = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    pos = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
+    pos_ok = pos < LENGTH
+    d_offs = tl.arange(0, BLOCK_D)
+    mask = pos_ok[:, None] & (d_offs[None, :] < D)
+    lse_base = ROUND_LSE + (b * H + h) * N_ROUNDS * LENGTH + pos
+    top = tl.full([BLOCK_L], float("-inf"), tl.float32)
+    for r in range(N_ROUNDS):
+        top = tl.maximum(top, tl.load(lse_base + r * LENGTH, mask=pos_ok, other=0.0))
+    total = tl.zeros([BLOCK_L], tl.float32)
+    for r in range(N_ROUNDS):
+        total += tl.exp(tl.load(lse_base + r * LENGTH, mask=pos_ok, other=0.0) - top)
+    total_lse = top + tl.log(total)
+    acc = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
+    for r in range(N_ROUNDS):
+        weight = tl.exp(tl.load(lse_base + r * LENGTH, mask=pos_ok, other=0.0) - total_lse)
+        part = tl.load(ROUND_OUT + b * stride_rob + h * stride_roh + r * stride_ror + pos[:, None] * stride_rol
+                       + d_offs[None, :], mask=mask, other=0.0)
+        acc += part.to(tl.float32) * weight[:, None]
+    tl.store(OUT + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + d_offs[None, :],
+             _narrow(acc, OUT.dtype.element_ty, DOT_MODE), mask=mask)
+    tl.store(LSE + (b * H + h) * LENGTH + pos, total_lse, mask=pos_ok)
+
+
+@_jit
+def _delta_kernel(
+    OUT, DOUT, DLSE, DELTA,
+    stride_ob, stride_oh, stride_ol,
+    stride_gb, stride_gh, stride_gl,
+    H, LENGTH, D,
+    HAS_DLSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """delta = rowsum(dout * out) - dlse: the softmax backward's per-query offset."""
+    pid_l = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    pos = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
+    pos_ok = pos < LENGTH
+    d_offs = tl.arange(0, BLOCK_D)
+    mask = pos_ok[:, None] & (d_offs[None, :] < D)
+    out = tl.load(OUT + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + d_offs[None, :], mask=mask, other=0.0)
+    dout = tl.load(DOUT + b * stride_gb + h * stride_gh + pos[:, None] * stride_gl + d_offs[None, :], mask=mask,
+                   other=0.0)
+    delta = tl.sum(out.to(tl.float32) * dout.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + (b * H + h) * LENGTH + pos, mask=pos_ok, other=0.0)
+    tl.store(DELTA + (b * H + h) * LENGTH + pos, delta, mask=pos_ok)
+
+
+@_jit
+def _window_bwd_kernel(
+    Q, K, V, DO, POS, BKT, PAD, LSE, DELTA, DQ, DK, DV, ACC_Q, ACC_V,
+    stride_qb, stride_qh, stride_ql,
+    stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl,
+    stride_gb, stride_gh, stride_gl,
+    stride_dqb, stride_dqh, stride_dql,
+    stride_dkb, stride_dkh, stride_dkl,
+    stride_dvb, stride_dvh, stride_dvl,
+    H, LENGTH, N_SLOTS, CHUNK, D, scale, key_scale, first_chunk,
+    NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
+    BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
+    HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
+    EPS: tl.constexpr, ACC_MODE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Gradients for one block of rows of one sorted chunk, which are keys of the query chunks
+    that see this chunk (dk, dv) and queries of their own window (dq).
+
+    P = exp(logit - lse) with the lse of all rounds together, so each round's share of the
+    combined output is handled without any per-round output.  Masked logits are constants in
+    the reference, so they pass no gradient to q or k, but their (usually zero) probability
+    still weighs the values.
+    """
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    m_blocks = tl.cdiv(CHUNK, BLOCK_M)
+    chunk = first_chunk + pid_m // m_blocks
+    n_chunks = N_SLOTS // CHUNK
+    rows = (pid_m % m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < CHUNK
+    d_offs = tl.arange(0, BLOCK_D)
+    d_ok = d_offs < D
+    row_mask = row_ok[:, None] & d_ok[None, :]
+    slot_base = (b * H + h) * N_SLOTS
+    seq_base = (b * H + h) * LENGTH
+
+    # This block's rows, in both of their roles.
+    my_slot = chunk * CHUNK + rows
+    if SORTED:
+        my_pos = tl.load(POS + slot_base + my_slot, mask=row_ok, other=-1).to(tl.int64)
+    else:
+        my_pos = tl.where(row_ok, my_slot, -1).to(tl.int64)
+    my_bkt = my_pos
+    if BUCKET_WINDOW:
+        my_bkt = tl.load(BKT + slot_base + my_slot, mask=row_ok, other=-1)
+    my_pad = my_pos
+    if HAS_PAD:
+        my_pad = tl.load(PAD + b * LENGTH + my_pos, mask=row_ok, other=1)
+    q_me = tl.load(Q + b * stride_qb + h * stride_qh + my_pos[:, None] * stride_ql + d_offs[None, :],
+                   mask=row_mask, other=0.0)
+    if NORM_KEYS:
+        k_me = _narrow(_unit_rows(q_me.to(tl.float32), D, key_scale, EPS), q_me.dtype, DOT_MODE)
+    else:
+        k_me = tl.load(K + b * stride_kb + h * stride_kh + my_pos[:, None] * stride_kl + d_offs[None, :],
+                       mask=row_mask, other=0.0)
+    v_me = tl.load(V + b * stride_vb + h * stride_vh + my_pos[:, None] * stride_vl + d_offs[None, :],
+                   mask=row_mask, other=0.0)
+    do_me = tl.load(DO + b * stride_gb + h * stride_gh + my_pos[:, None] * stride_gl + d_offs[None, :],
+                    mask=row_mask, other=0.0)
+    lse_me = tl.load(LSE + seq_base + my_pos, mask=row_ok, other=0.0)
+    delta_me = tl.load(DELTA + seq_base + my_pos, mask=row_ok, other=0.0)
+
+    # Keys: every query chunk whose window holds this chunk.
+    dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for w in tl.static_range(NB + NA + 1):
+        query_chunk = chunk - (w - NB)
+        if CIRCULAR:
+            pair_ok = query_chunk == query_chunk
+            query_chunk = (query_chunk + (NA + 1) * n_chunks) % n_chunks
+        else:
+            pair_ok = (query_chunk >= 0) & (query_chunk < n_chunks)
+            query_chunk = tl.minimum(tl.maximum(query_chunk, 0), n_chunks - 1)
+        for start in range(0, CHUNK, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < CHUNK
+            q_slot = query_chunk * CHUNK + cols
+            if SORTED:
+                q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=-1).to(tl.int64)
+            else:
+                q_pos = tl.where(col_ok, q_slot, -1).to(tl.int64)
+            q_bkt = q_pos
+            if BUCKET_WINDOW:
+                q_bkt = tl.load(BKT + slot_base + q_slot, mask=col_ok, other=-2)
+            col_mask = col_ok[:, None] & d_ok[None, :]
+            q = tl.load(Q + b * stride_qb + h * stride_qh + q_pos[:, None] * stride_ql + d_offs[None, :],
+                        mask=col_mask, other=0.0)
+            do = tl.load(DO + b * stride_gb + h * stride_gh + q_pos[:, None] * stride_gl + d_offs[None, :],
+                         mask=col_mask, other=0.0)
+            lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
+            delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
+
+            # Transposed problem: rows are this block's keys, columns the queries.
+            logits_t = _dot(k_me, tl.trans(q), DOT_MODE) * scale
+            vis_t = _visible(q_slot[None, :], q_pos[None, :], q_bkt[None, :], my_slot[:, None], my_pos[:, None],
+                             my_bkt[:, None], my_pad[:, None], pair_ok, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
+            logits_t = tl.where(vis_t, logits_t, MASK)
+            grad_flows = vis_t
+            if SELF_MASK:
+                is_self = vis_t & (my_pos[:, None] == q_pos[None, :])
+                logits_t = tl.where(is_self, SELF_VALUE, logits_t)
+                grad_flows = vis_t & ~is_self
+            p_t = tl.exp(logits_t - lse[None, :])
+            p_t = tl.where(row_ok[:, None] & col_ok[None, :] & pair_ok, p_t, 0.0)
+            dv += _dot(_narrow(p_t, do.dtype, DOT_MODE), do, DOT_MODE)
+            dp_t = _dot(v_me, tl.trans(do), DOT_MODE)
+            ds_t = tl.where(grad_flows, p_t * (dp_t - delta[None, :]), 0.0)
+            dk += _dot(_narrow(ds_t, q.dtype, DOT_MODE), q, DOT_MODE)
+
+    if not CIRCULAR:
+        # Window slots off either end of the sorted sequence are clamped onto its first or last
+        # chunk and fully masked.  Their probability is exp(MASK - lse): zero, except for a query
+        # that sees no key at all (padding), whose window values the reference sums.
+        for w in tl.static_range(NB + NA):
+            if w < NB:
+                count = tl.where(chunk == 0, tl.minimum(NB - w, n_chunks), 0)
+                first = 0
+            else:
+                count = tl.where(chunk == n_chunks - 1, tl.minimum(w - NB + 1, n_chunks), 0)
+                first = n_chunks - count
+            for query_chunk in range(first, first + count):
+                for start in range(0, CHUNK, BLOCK_N):
+                    cols = start + tl.arange(0, BLOCK_N)
+                    col_ok = cols < CHUNK
+                    q_slot = query_chunk * CHUNK + cols
+                    if SORTED:
+                        q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=0).to(tl.int64)
+                    else:
+                        q_pos = q_slot.to(tl.int64)
+                    do = tl.load(DO + b * stride_gb + h * stride_gh + q_pos[:, None] * stride_gl + d_offs[None, :],
+                                 mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+                    lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
+                    p_t = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + tl.exp(MASK - lse)[None, :]
+                    p_t = tl.where(row_ok[:, None] & col_ok[None, :], p_t, 0.0)
+                    dv += _dot(_narrow(p_t, do.dtype, DOT_MODE), do, DOT_MODE)
+
+    # Queries: this block against its own window.
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for w in tl.static_range(NB + NA + 1):
+        key_chunk = chunk + (w - NB)
+        if CIRCULAR:
+            exists = key_chunk == key_chunk
+            key_chunk = (key_chunk + NB * n_chunks) % n_chunks
+        else:
+            exists = (key_chunk >= 0) & (key_chunk < n_chunks)
+            key_chunk = tl.minimum(tl.maximum(key_chunk, 0), n_chunks - 1)
+        for start in range(0, CHUNK, BLOCK_N):
+            cols = start + tl.arange(0, BLOCK_N)
+            col_ok = cols < CHUNK
+            k_slot = key_chunk * CHUNK + cols
+            if SORTED:
+                k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1).to(tl.int64)
+            else:
+                k_pos = tl.where(col_ok, k_slot, -1).to(tl.int64)
+            k_bkt = k_pos
+            if BUCKET_WINDOW:
+                k_bkt = tl.load(BKT + slot_base + k_slot, mask=col_ok, other=-2)
+            k_pad = k_pos
+            if HAS_PAD:
+                k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
+            col_mask = col_ok[:, None] & d_ok[None, :]
+            if NORM_KEYS:
+                raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos[:, None] * stride_ql + d_offs[None, :],
+                              mask=col_mask, other=0.0)
+                k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
+            else:
+                k = tl.load(K + b * stride_kb + h * stride_kh + k_pos[:, None] * stride_kl + d_offs[None, :],
+                            mask=col_mask, other=0.0)
+            v = tl.load(V + b * stride_vb + h * stride_vh + k_pos[:, None] * stride_vl + d_offs[None, :],
+                        mask=col_mask, other=0.0)
+
+            logits = _dot(q_me, tl.trans(k), DOT_MODE) * scale
+            vis = _visible(my_slot[:, None], my_pos[:, None], my_bkt[:, None], k_slot[None, :], k_pos[None, :],
+                           k_bkt[None, :], k_pad[None, :], exists, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
+            logits = tl.where(vis, logits, MASK)
+            grad_flows = vis
+            if SELF_MASK:
+                is_self = vis & (k_pos[None, :] == my_pos[:, None])
+                logits = tl.where(is_self, SELF_VALUE, logits)
+                grad_flows = vis & ~is_self
+            p = tl.exp(logits - lse_me[:, None])
+            p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+            dp = _dot(do_me, tl.trans(v), DOT_MODE)
+            ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0)
+            dq += _dot(_narrow(ds, k.dtype, DOT_MODE), k, DOT_MODE)
+
+    dq = dq * scale
+    dk = dk * scale
+    if NORM_KEYS:
+        # Through k = q * r / sqrt(d), r = rsqrt(mean(q^2) + eps):
+        # dq += (r / sqrt(d)) * (dk - (r^2 / d) * q * <dk, q>).
+        qf = q_me.to(tl.float32)
+        r = 1.0 / tl.sqrt(tl.sum(qf * qf, 1) / D + EPS)
+        dq += (r * key_scale)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
+
+    acc_offs = (b * H + h) * LENGTH * D + my_pos[:, None] * D + d_offs[None, :]
+    if ACC_MODE == 1:
+        tl.store(ACC_Q + acc_offs, dq, mask=row_mask)
+        tl.store(ACC_V + acc_offs, dv, mask=row_mask)
+    elif ACC_MODE == 2:
+        tl.store(ACC_Q + acc_offs, tl.load(ACC_Q + acc_offs, mask=row_mask, other=0.0) + dq, mask=row_mask)
+        tl.store(ACC_V + acc_offs, tl.load(ACC_V + acc_offs, mask=row_mask, other=0.0) + dv, mask=row_mask)
+    else:
+        if ACC_MODE == 3:
+            dq += tl.load(ACC_Q + acc_offs, mask=row_mask, other=0.0)
+            dv += tl.load(ACC_V + acc_offs, mask=row_mask, other=0.0)
+        tl.store(DQ + b * stride_dqb + h * stride_dqh + my_pos[:, None] * stride_dql + d_offs[None, :],
+                 _narrow(dq, DQ.dtype.element_ty, DOT_MODE), mask=row_mask)
+        tl.store(DV + b * stride_dvb + h * stride_dvh + my_pos[:, None] * stride_dvl + d_offs[None, :],
+                 _narrow(dv, DV.dtype.element_ty, DOT_MODE), mask=row_mask)
+        if not NORM_KEYS:
+            tl.store(DK + b * stride_dkb + h * stride_dkh + my_pos[:, None] * stride_dkl + d_offs[None, :],
+                     _narrow(dk, DK.dtype.element_ty, DOT_MODE), mask=row_mask)
+
+
+@_jit
+def _hash_kernel(
+    X, ROT, OUT,
+    stride_xb, stride_xh, stride_xl,
+    stride_rh, stride_rd, stride_rn,
+    stride_ob, stride_oh, stride_on,
+    H, LENGTH, D,
+    HALF0: tl.constexpr, HALF1: tl.constexpr, BLOCK_H0: tl.constexpr, BLOCK_H1: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """bucket = argmax([xR; -xR]) per factor of the bucket count, without keeping xR."""
+    pid_l = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    hash_round = tl.program_id(2).to(tl.int64)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    pos = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
+    pos_ok = pos < LENGTH
+    d_offs = tl.arange(0, BLOCK_D)
+    d_ok = d_offs < D
+    x = tl.load(X + b * stride_xb + h * stride_xh + pos[:, None] * stride_xl + d_offs[None, :],
+                mask=pos_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+    rot_base = ROT + h * stride_rh + hash_round * stride_rn
+    bucket = _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, 0, HALF0, BLOCK_H0)
+    if HALF1 > 0:
+        bucket += 2 * HALF0 * _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, HALF0, HALF1, BLOCK_H1)
+    tl.store(OUT + b * stride_ob + h * stride_oh + hash_round * stride_on + pos, bucket.to(tl.int64), mask=pos_ok)
+
+
+@_jit_helper
+def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+    columns = tl.arange(0, BLOCK_H)
+    column_ok = columns < HALF
+    rotation = tl.load(rot_base + d_offs[:, None] * stride_rd + first_column + columns[None, :],
+                       mask=d_ok[:, None] & column_ok[None, :], other=0.0).to(tl.float32)
+    rotated = tl.dot(x, rotation, input_precision="ieee")
+    highest = tl.where(column_ok[None, :], rotated, float("-inf"))
+    lowest = tl.where(column_ok[None, :], rotated, float("inf"))
+    top = tl.max(highest, 1)
+    bottom = tl.min(lowest, 1)
+    # argmax over [xR, -xR] takes the first maximum, so a tie goes to the positive half.
+    return tl.where(top >= -bottom, tl.argmax(highest, 1), HALF + tl.argmin(lowest, 1))
+
+
+# ----------------------------------------------------------------------------------------------
+# Launchers
+# ----------------------------------------------------------------------------------------------
+
+
+def _dot_mode(dtype):
+    if dtype == torch.float32:
+        return 1
+    return 2 if dtype == torch.bfloat16 and _interpreting() else 0
+
+
+def _pow2(value, floor=16):
+    return max(floor, triton.next_power_of_2(value))
+
+
+def _tiles(chunk_length, d_head):
+    block = min(_pow2(chunk_length), 64)
+    return block, block, _pow2(d_head)
+
+
+def _warps(d_head):
+    return 4 if d_head <= 64 else 8
+
+
+class _Window:
+    """Static description of a chunked-window attention problem, shared by forward and backward."""
+
+    def __init__(self, *, chunk_length, n_chunks_before, n_chunks_after, causal, circular, bucket_window,
+                 self_mask, norm_keys, sorted_slots, scale):
+        self.chunk_length = chunk_length
+        self.n_before = n_chunks_before
+        self.n_after = n_chunks_after
+        self.causal = causal
+        self.circular = circular
+        self.bucket_window = bucket_window
+        self.self_mask = self_mask
+        self.norm_keys = norm_keys
+        self.sorted_slots = sorted_slots
+        self.scale = scale
+
+    def constexprs(self, dtype, d_head):
+        block_m, block_n, block_d = _tiles(self.chunk_length, d_head)
+        return dict(
+            NB=self.n_before, NA=self.n_after, CAUSAL=self.causal, CIRCULAR=self.circular,
+            BUCKET_WINDOW=self.bucket_window, SELF_MASK=self.self_mask, NORM_KEYS=self.norm_keys,
+            SORTED=self.sorted_slots, DOT_MODE=_dot_mode(dtype), MASK=MASK_VALUE, SELF_VALUE=SELF_MASK_VALUE,
+            EPS=KEY_NORM_EPS, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+        )
+
+
+def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds):
+    """Per-round (or, with one round, final) outputs and log-sum-exps.
+
+    Returns out viewed as (batch, heads, length, d_head) and lse (batch, heads, length) when
+    n_rounds == 1; otherwise round_out (batch, heads, n_rounds, length, d_head) and
+    round_lse (batch, heads, n_rounds, length).
+    """
+    batch, heads, length, d_head = query.shape
+    n_slots = n_rounds * length
+    if n_rounds == 1:
+        # (batch, length, heads, d_head) storage: merging heads afterwards is a free view.
+        out = torch.empty(batch, length, heads, d_head, dtype=value.dtype, device=query.device).transpose(1, 2)
+        lse = torch.empty(batch, heads, length, dtype=torch.float32, device=query.device)
+        out_strides = (out.stride(0), out.stride(1), 0, out.stride(2))
+        lse_strides = (lse.stride(0), lse.stride(1), 0)
+    else:
+        out = torch.empty(batch, heads, n_rounds, length, d_head, dtype=value.dtype, device=query.device)
+        lse = torch.empty(batch, heads, n_rounds, length, dtype=torch.float32, device=query.device)
+        out_strides = out.stride()[:4]
+        lse_strides = lse.stride()[:3]
+    consts = window.constexprs(query.dtype, d_head)
+    m_blocks = triton.cdiv(window.chunk_length, consts["BLOCK_M"])
+    grid = (n_slots // window.chunk_length * m_blocks, batch * heads)
+    _window_fwd_kernel[grid](
+        query, key, value, positions, buckets, pad, out, lse,
+        *query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *out_strides, *lse_strides,
+        heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
+        HAS_PAD=pad is not None, num_warps=_warps(d_head), num_stages=1, **consts,
+    )
+    return out, lse
+
+
+def _combine_rounds(round_out, round_lse):
+    batch, heads, n_rounds, length, d_head = round_out.shape
+    out = torch.empty(batch, length, heads, d_head, dtype=round_out.dtype, device=round_out.device).transpose(1, 2)
+    lse = torch.empty(batch, heads, length, dtype=torch.float32, device=round_out.device)
+    block_l = 64
+    grid = (triton.cdiv(length, block_l), batch * heads)
+    _combine_rounds_kernel[grid](
+        round_out, round_lse, out, lse, *round_out.stride()[:4], *out.stride()[:3],
+        heads, length, d_head, n_rounds, DOT_MODE=_dot_mode(round_out.dtype), BLOCK_L=block_l, BLOCK_D=_pow2(d_head),
+    )
+    return out, lse
+
+
+def _delta(out, grad_out, grad_lse):
+    batch, heads, length, d_head = out.shape
+    delta = torch.empty(batch, heads, length, dtype=torch.float32, device=out.device)
+    block_l = 64
+    grid = (triton.cdiv(length, block_l), batch * heads)
+    if grad_lse is not None:
+        grad_lse = grad_lse.float().contiguous()
+    _delta_kernel[grid](
+        out, grad_out, grad_lse, delta, *out.stride()[:3], *grad_out.stride()[:3], heads, length, d_head,
+        HAS_DLSE=grad_lse is not None, BLOCK_L=block_l, BLOCK_D=_pow2(d_head),
+    )
+    return delta
+
+
+def _window_backward(window, query, key, value, positions, buckets, pad, out, lse, grad_out, grad_lse, n_rounds):
+    """dq, dk, dv; with shared QK (window.norm_keys) dk is folded into dq and returned as None."""
+    batch, heads, length, d_head = query.shape
+    n_slots = n_rounds * length
+    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    delta = _delta(out, grad_out, grad_lse)
+    dq = torch.empty_like(query)
+    dv = torch.empty_like(value)
+    dk = None if window.norm_keys else torch.empty_like(key)
+    acc_q = acc_v = None
+    if n_rounds > 1:
+        acc_q = torch.empty(batch, heads, length, d_head, dtype=torch.float32, device=query.device)
+        acc_v = torch.empty_like(acc_q)
+    consts = window.constexprs(query.dtype, d_head)
+    m_blocks = triton.cdiv(window.chunk_length, consts["BLOCK_M"])
+    chunks_per_round = length // window.chunk_length
+    grid = (chunks_per_round * m_blocks, batch * heads)
+    dk_arg = dk if dk is not None else dq
+    for round_id in range(n_rounds):
+        if n_rounds == 1:
+            mode = WRITE_ONLY
+        else:
+            mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
+        # Rounds run one after another: a position appears once per round, so within one launch
+        # every program owns its rows and the accumulation needs no atomics.
+        _window_bwd_kernel[grid](
+            query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
+            *query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *grad_out.stride()[:3],
+            *dq.stride()[:3], *dk_arg.stride()[:3], *dv.stride()[:3],
+            heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
+            round_id * chunks_per_round,
+            HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=_warps(d_head), num_stages=1, **consts,
+        )
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd functions (plain signatures) and the reference-compatible entry points
+# ----------------------------------------------------------------------------------------------
+
+
+class LSHAttentionFunction(torch.autograd.Function):
+    """Shared-QK LSH attention over an already sorted sequence.
+
+    query_key, value: (batch, heads, length, d_head); sorted_positions, sorted_buckets:
+    (batch, heads, n_hashes * length) int32 from `sort_by_bucket`, or both None for one round in
+    sequence order; pad: (batch, length) int8 or None.
+    Returns out (batch, heads, length, d_head) and lse (batch, heads, length).
+    """
+
+    @staticmethod
+    def forward(ctx, query_key, value, sorted_positions, sorted_buckets, pad, chunk_length, n_chunks_before,
+                n_chunks_after, causal, window_mode):
+        is_sorted = sorted_positions is not None
+        n_rounds = sorted_positions.shape[-1] // query_key.shape[2] if is_sorted else 1
+        window = _Window(
+            chunk_length=chunk_length, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+            causal=causal, circular=window_mode == "chunk", bucket_window=window_mode == "bucket_window",
+            self_mask=True, norm_keys=True, sorted_slots=is_sorted, scale=1.0,
+        )
+        out, lse = _window_forward(window, query_key, query_key, value, sorted_positions, sorted_buckets, pad, n_rounds)
+        if n_rounds > 1:
+            out, lse = _combine_rounds(out, lse)
+        ctx.window, ctx.n_rounds = window, n_rounds
+        ctx.save_for_backward(query_key, value, sorted_positions, sorted_buckets, pad, out, lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        query_key, value, sorted_positions, sorted_buckets, pad, out, lse = ctx.saved_tensors
+        dqk, _, dv = _window_backward(ctx.window, query_key, query_key, value, sorted_positions, sorted_buckets, pad,
+                                      out, lse, grad_out, grad_lse, ctx.n_rounds)
+        return dqk, dv, None, None, None, None, None, None, None, None
+
+
+class LocalAttentionFunction(torch.autograd.Function):
+    """Chunk-aligned sliding-window attention; query, key, value (batch, heads, length, d_head)."""
+
+    @staticmethod
+    def forward(ctx, query, key, value, pad, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around):
+        window = _Window(
+            chunk_length=chunk_length, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+            causal=causal, circular=wrap_around, bucket_window=False, self_mask=False, norm_keys=False,
+            sorted_slots=False, scale=1.0 / math.sqrt(query.shape[-1]),
+        )
+        out, lse = _window_forward(window, query, key, value, None, None, pad, 1)
+        ctx.window = window
+        ctx.save_for_backward(query, key, value, pad, out, lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        query, key, value, pad, out, lse = ctx.saved_tensors
+        dq, dk, dv = _window_backward(ctx.window, query, key, value, None, None, pad, out, lse, grad_out, grad_lse, 1)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def _rows_contiguous(tensor):
+    return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
+def _pad_bytes(pad_mask, batch, length):
+    if pad_mask is None:
+        return None
+    if tuple(pad_mask.shape) != (batch, length):
+        raise ValueError(f"pad_mask has shape {tuple(pad_mask.shape)}; expected (batch, length) = {(batch, length)}")
+    return pad_mask.to(torch.int8).contiguous()
+
+
+def sort_by_bucket(bucket_ids, n_buckets, pad_mask=None):
+    """Sorted slot -> position map and the slots' buckets, rounds laid end to end.
+
+    bucket_ids (batch, heads, n_hashes, length) -> sorted_positions, sorted_buckets, both
+    (batch, heads, n_hashes * length) int32.  Round r's buckets are offset by r * (n_buckets + 1)
+    and padding goes to the extra last bucket of its round.  A stable sort by bucket keeps the
+    positions of a bucket in order, which is the reference's (round, bucket, position) order.
+    """
+    n_hashes, length = bucket_ids.shape[2:]
+    buckets = bucket_ids.to(torch.int32)
+    if pad_mask is not None:
+        buckets = buckets.masked_fill(pad_mask[:, None, None, :], n_buckets)
+    offsets = torch.arange(n_hashes, device=buckets.device, dtype=torch.int32) * (n_buckets + 1)
+    buckets = (buckets + offsets.view(1, 1, n_hashes, 1)).flatten(2)
+    sorted_buckets, order = torch.sort(buckets, dim=-1, stable=True)
+    return (order % length).to(torch.int32), sorted_buckets
+
+
+def lsh_attention(
+    query_key,
+    value,
+    bucket_ids,
+    *,
+    n_buckets,
+    chunk_length,
+    n_chunks_before=1,
+    n_chunks_after=0,
+    causal=False,
+    window_mode="bucket_window",
+    pad_mask=None,
+    dropout_p=0.0,
+    training=False,
+):
+    """`attention.lsh_attention` as fused kernels: same arguments, same results (out, lse)."""
+    batch, heads, length, d_head = query_key.shape
+    if length % chunk_length:
+        raise ValueError(f"lsh_attention: length={length} must be a multiple of chunk_length={chunk_length}")
+    if window_mode not in ("chunk", "bucket_window"):
+        raise ValueError(f"lsh_attention: window_mode={window_mode!r}; expected 'chunk' or 'bucket_window'")
+    if tuple(value.shape) != tuple(query_key.shape):
+        raise ValueError(f"lsh_attention: value has shape {tuple(value.shape)}; expected {tuple(query_key.shape)}")
+    if bucket_ids.dim() != 4 or tuple(bucket_ids.shape[:2]) != (batch, heads) or bucket_ids.shape[3] != length:
+        raise ValueError(f"lsh_attention: bucket_ids has shape {tuple(bucket_ids.shape)}; "
+                         f"expected (batch, heads, n_hashes, length) = ({batch}, {heads}, n_hashes, {length})")
+    _refuse_dropout("lsh_attention", dropout_p, training)
+    _require_kernels("lsh_attention", query_key, value)
+    pad = _pad_bytes(pad_mask, batch, length)
+    if window_mode == "chunk" and length == chunk_length:
+        # As in the reference: one chunk per round means every query sees the whole sequence,
+        # so the rounds are n_hashes copies of dense shared-QK attention, each key shown once.
+        out, lse = LSHAttentionFunction.apply(
+            _rows_contiguous(query_key), _rows_contiguous(value), None, None, pad, length, 0, 0, causal, "chunk"
+        )
+        return out, lse + math.log(bucket_ids.shape[2])
+    sorted_positions, sorted_buckets = sort_by_bucket(bucket_ids, n_buckets, pad_mask)
+    return LSHAttentionFunction.apply(
+        _rows_contiguous(query_key), _rows_contiguous(value), sorted_positions, sorted_buckets, pad,
+        chunk_length, n_chunks_before, n_chunks_after, causal, window_mode,
+    )
+
+
+def local_attention(
+    query,
+    key,
+    value,
+    *,
+    chunk_length,
+    n_chunks_before=1,
+    n_chunks_after=0,
+    causal=False,
+    wrap_around=False,
+    pad_mask=None,
+    dropout_p=0.0,
+    training=False,
+):
+    """`attention.local_attention` as a fused kernel: same arguments, same results (out, lse)."""
+    batch, heads, length, d_head = query.shape
+    if length % chunk_length:
+        raise ValueError(f"local_attention: length={length} must be a multiple of chunk_length={chunk_length}")
+    for name, tensor in (("key", key), ("value", value)):
+        if tuple(tensor.shape) != tuple(query.shape):
+            raise ValueError(f"local_attention: {name} has shape {tuple(tensor.shape)}; expected {tuple(query.shape)}")
+    _refuse_dropout("local_attention", dropout_p, training)
+    _require_kernels("local_attention", query, key, value)
+    pad = _pad_bytes(pad_mask, batch, length)
+    return LocalAttentionFunction.apply(
+        _rows_contiguous(query), _rows_contiguous(key), _rows_contiguous(value), pad,
+        chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around,
+    )
+
+
+def hash_vectors(vectors, rotations, num_buckets):
+    """`attention.hash_vectors` fused: the rotated vectors are never stored.
+
+    vectors (batch, heads, length, d_head) of any supported dtype are rotated in float32, as the
+    reference does for float32 inputs; returns bucket_ids (batch, heads, n_hashes, length) int64.
+    """
+    factors = bucket_factors(num_buckets)
+    if len(factors) > 2:
+        raise ValueError(f"hash_vectors: num_buckets={num_buckets!r}; the kernel supports one or two factors")
+    _require_kernels("hash_vectors", vectors)
+    batch, heads, length, d_head = vectors.shape
+    n_hashes = rotations.shape[2]
+    if tuple(rotations.shape) != (heads, d_head, n_hashes, sum(f // 2 for f in factors)):
+        raise ValueError(f"hash_vectors: rotations have shape {tuple(rotations.shape)}; expected "
+                         f"(heads, d_head, n_hashes, rotation_size) = ({heads}, {d_head}, n_hashes, "
+                         f"{sum(f // 2 for f in factors)})")
+    vectors = _rows_contiguous(vectors)
+    rotations = rotations.to(device=vectors.device, dtype=torch.float32).contiguous()
+    halves = [f // 2 for f in factors] + [0]
+    out = torch.empty(batch, heads, n_hashes, length, dtype=torch.long, device=vectors.device)
+    block_l = 64
+    grid = (triton.cdiv(length, block_l), batch * heads, n_hashes)
+    _hash_kernel[grid](
+        vectors, rotations, out, *vectors.stride()[:3], *rotations.stride()[:3], *out.stride()[:3],
+        heads, length, d_head, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=_pow2(halves[0]),
+        BLOCK_H1=_pow2(max(halves[1], 1)), BLOCK_L=block_l, BLOCK_D=_pow2(d_head), num_warps=4,
+    )
+    return out
