@@ -340,7 +340,7 @@ def save_source_checkpoint(folder, case="local_causal_plain_positions_chunked_ff
     return source
 
 
-@pytest.mark.parametrize("use_cache", [False])
+@pytest.mark.parametrize("use_cache", [False, True])
 def test_converted_checkpoint_generates_transformers_tokens(tmp_path, use_cache):
     # one token at a time through transformers' cache: no feed-forward chunks longer than 1
     source = save_source_checkpoint(tmp_path / "source", chunk_size_feed_forward=0, axial_pos_embds=True,
@@ -359,7 +359,7 @@ def test_converted_checkpoint_generates_transformers_tokens(tmp_path, use_cache)
         assert torch.equal(generated, expected)
 
 
-@pytest.mark.parametrize("use_cache", [False])
+@pytest.mark.parametrize("use_cache", [False, True])
 def test_lsh_model_generates_the_tokens_of_transformers_full_forward_passes(use_cache):
     """transformers' own LSH cache is approximate (docs/parity.md); its use_cache=False is the reference."""
     torch.manual_seed(0)
