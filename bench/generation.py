@@ -76,7 +76,8 @@ def cache_bytes(cache):
 
 
 def time_generation(model, prompt_length, new_tokens, use_cache):
-    input_ids = torch.randint(4, model.config.vocab_size, (1, prompt_length), generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(4, model.config.vocab_size, (1, prompt_length), generator=generator)
     clock = TokenClock()
     with torch.no_grad():
         output = model.generate(
@@ -122,12 +123,14 @@ def main():
     args = parser.parse_args()
     for name in ("new_tokens", "uncached_new_tokens"):
         if getattr(args, name) < 3:
-            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)}: need at least 3 (the first step holds the prefill)")
+            flag = "--" + name.replace("_", "-")
+            parser.error(f"{flag}={getattr(args, name)}: need at least 3 (the first interval holds the prefill)")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     longest = max(args.prompt_lengths + args.uncached_lengths)
-    model = ReformerForCausalLM(bench_config(longest + max(args.new_tokens, args.uncached_new_tokens), args.attn_layers)).eval()
+    max_length = longest + max(args.new_tokens, args.uncached_new_tokens)
+    model = ReformerForCausalLM(bench_config(max_length, args.attn_layers)).eval()
     load_before = os.getloadavg()
 
     lengths = sorted(set(args.prompt_lengths + args.uncached_lengths))
@@ -154,7 +157,8 @@ def main():
         f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
         f"- machine: {cpu_name()}, {os.cpu_count()} logical CPUs, torch threads {args.threads}; "
         f"load average before the run {load_before[0]:.2f} (a shared machine: other jobs ran beside this one)",
-        f"- versions: python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        f"- versions: python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}",
         f"- command: `python bench/generation.py {' '.join(sys.argv[1:])}`",
         f"- model: {args.attn_layers} layers, hidden 128, 2 heads x 64, feed-forward 256, "
         f"{parameters / 1e6:.2f}M parameters, num_hashes 2, num_buckets None (chosen from the prompt length), "

@@ -257,7 +257,8 @@ class ReformerModel(ReformerPreTrainedModel):
         hidden = self.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids)
         pad_mask = None if attention_mask is None else attention_mask == 0  # (batch, past_length + length)
         if past_length:
-            new_is_pad = pad_mask[:, past_length:] if pad_mask is not None else hidden.new_zeros(batch, length, dtype=torch.bool)
+            no_padding = torch.zeros(batch, length, dtype=torch.bool, device=device)
+            new_is_pad = pad_mask[:, past_length:] if pad_mask is not None else no_padding
             y1, y2, all_hidden = self._continue(hidden, new_is_pad, cache, output_hidden_states)
         else:
             layer_caches = None
@@ -265,8 +266,8 @@ class ReformerModel(ReformerPreTrainedModel):
                 cache.begin_prefill(length, batch)
                 layer_caches = cache.layers
                 if cache.recomputes:
-                    is_pad = pad_mask if pad_mask is not None else hidden.new_zeros(batch, length, dtype=torch.bool)
-                    cache.extend_sequence(hidden, is_pad)
+                    no_padding = torch.zeros(batch, length, dtype=torch.bool, device=device)
+                    cache.extend_sequence(hidden, pad_mask if pad_mask is not None else no_padding)
             y1, y2, all_hidden = self._run_stack(hidden, pad_mask, layer_caches, output_hidden_states)
         if cache is not None:
             cache.advance(length)
