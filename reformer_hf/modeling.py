@@ -417,9 +417,12 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         many positions, each chunk's logits rebuilt in the backward pass instead of kept, and
         `logits` is returned as None: the (length, vocab) logits are what that setting avoids.
         `logits_to_keep=n` computes logits for the last n positions only (generation).
-        past_key_values, use_cache: the generation cache, as in ReformerModel.forward.
+        past_key_values, use_cache: the generation cache, as in ReformerModel.forward; with labels
+        and no use_cache, no cache is built (scoring a text does not continue it).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if labels is not None and use_cache is None:
+            use_cache = False
         outputs = self.reformer(
             input_ids=input_ids,
             attention_mask=attention_mask,

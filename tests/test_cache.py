@@ -295,6 +295,7 @@ def test_use_cache_defaults_to_a_cache_only_for_a_causal_model_in_eval_mode():
     with torch.no_grad():
         assert isinstance(model(input_ids).past_key_values, ReformerCache)
         assert model(input_ids, use_cache=False).past_key_values is None
+        assert model(input_ids, labels=input_ids).past_key_values is None  # a loss needs no cache
         model.train()
         assert model(input_ids).past_key_values is None
         bidirectional = ReformerModel(tiny_config(is_decoder=False)).eval()
