@@ -50,6 +50,13 @@ TRANSLATION_PRESETS = {
         hidden_dropout_prob=0.0, local_attention_probs_dropout=0.0, full_attention_probs_dropout=0.0,
         pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=0, tie_word_embeddings=True,
     ),
+    # A few-minute model for small corpora (tens of thousands of short pairs): 3 + 3 layers of
+    # d_model 256, heavy dropout against overfitting.
+    "small": dict(
+        _WMT14_COMMON, vocab_size=8000, hidden_size=256, num_attention_heads=4, feed_forward_size=1024,
+        attn_layers=["full"] * 3, decoder_attn_layers=["full"] * 3, max_position_embeddings=512,
+        hidden_dropout_prob=0.3, full_attention_probs_dropout=0.1, tie_word_embeddings=True,
+    ),
     # The paper's reversible Transformer-base for WMT14 En-De (Kitaev et al. 2020, table 4: 27.6
     # BLEU after 100K steps): 6 + 6 layers, d_model 512, d_ff 2048, 8 heads, dropout 0.1, dense
     # attention (sentences are short), embedding and output projection shared.

@@ -14,7 +14,7 @@ pipeline_class=TranslationPipeline)`.  Generation parameters go to `generate()`.
 imports nothing relative: it is loaded on its own by transformers' dynamic-module loader.
 """
 
-from transformers import GenerationConfig, Pipeline
+from transformers import Pipeline
 
 TRANSLATION_CUSTOM_PIPELINES = {
     task: {"impl": "translation_pipeline.TranslationPipeline", "pt": ["AutoModelForSeq2SeqLM"], "type": "text"}
@@ -30,9 +30,9 @@ class TranslationPipeline(Pipeline):
     _load_image_processor = False
     _load_feature_extractor = False
     _load_tokenizer = True
-    # Beam search by default, as translation is usually decoded; the model's generation config and
-    # the caller's arguments take precedence.
-    _default_generation_config = GenerationConfig(max_new_tokens=256, num_beams=4)
+    # No defaults of the pipeline's own: the saved generation_config.json says how the model decodes
+    # (the training script stores the beam search its BLEU was measured with).
+    _default_generation_config = None
 
     def _sanitize_parameters(self, prefix=None, truncation=None, skip_special_tokens=None, **generate_kwargs):
         preprocess = {}
@@ -57,7 +57,12 @@ class TranslationPipeline(Pipeline):
         return self.tokenizer(prefix + text, return_tensors="pt", truncation=truncation)
 
     def _forward(self, model_inputs, **generate_kwargs):
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        # Generation arguments given when the pipeline was built: transformers >= 5.2x keeps them in
+        # `_generate_kwargs`, earlier 5.x releases merge them into `generation_config`.
+        if getattr(self, "_generate_kwargs", None):
+            generate_kwargs = {**self._generate_kwargs, **generate_kwargs}
+        elif getattr(self, "generation_config", None) is not None and "generation_config" not in generate_kwargs:
+            generate_kwargs["generation_config"] = self.generation_config
         output = self.model.generate(input_ids=model_inputs["input_ids"],
                                      attention_mask=model_inputs.get("attention_mask"), **generate_kwargs)
         sequences = output.sequences if hasattr(output, "sequences") else output
