@@ -169,13 +169,13 @@ def _window_fwd_kernel(
     q_slot = chunk * CHUNK + rows
     slot_base = (b * H + h) * N_SLOTS
     if SORTED:
-        q_pos = tl.load(POS + slot_base + q_slot, mask=row_ok, other=-1).to(tl.int64)
+        q_pos = tl.load(POS + slot_base + q_slot, mask=row_ok, other=-1)
     else:
-        q_pos = tl.where(row_ok, q_slot, -1).to(tl.int64)
+        q_pos = tl.where(row_ok, q_slot, -1)
     q_bkt = q_pos
     if BUCKET_WINDOW:
         q_bkt = tl.load(BKT + slot_base + q_slot, mask=row_ok, other=-1)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + q_pos[:, None] * stride_ql + d_offs[None, :],
+    q = tl.load(Q + b * stride_qb + h * stride_qh + q_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -194,9 +194,9 @@ def _window_fwd_kernel(
             col_ok = cols < CHUNK
             k_slot = key_chunk * CHUNK + cols
             if SORTED:
-                k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1).to(tl.int64)
+                k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1)
             else:
-                k_pos = tl.where(col_ok, k_slot, -1).to(tl.int64)
+                k_pos = tl.where(col_ok, k_slot, -1)
             k_bkt = k_pos
             if BUCKET_WINDOW:
                 k_bkt = tl.load(BKT + slot_base + k_slot, mask=col_ok, other=-2)
@@ -205,13 +205,13 @@ def _window_fwd_kernel(
                 k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
             kv_mask = col_ok[:, None] & d_ok[None, :]
             if NORM_KEYS:
-                raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos[:, None] * stride_ql + d_offs[None, :],
+                raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
                               mask=kv_mask, other=0.0)
                 k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
             else:
-                k = tl.load(K + b * stride_kb + h * stride_kh + k_pos[:, None] * stride_kl + d_offs[None, :],
+                k = tl.load(K + b * stride_kb + h * stride_kh + k_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
                             mask=kv_mask, other=0.0)
-            v = tl.load(V + b * stride_vb + h * stride_vh + k_pos[:, None] * stride_vl + d_offs[None, :],
+            v = tl.load(V + b * stride_vb + h * stride_vh + k_pos.to(tl.int64)[:, None] * stride_vl + d_offs[None, :],
                         mask=kv_mask, other=0.0)
 
             logits = _dot(q, tl.trans(k), DOT_MODE) * scale
@@ -235,7 +235,7 @@ def _window_fwd_kernel(
     lse = m_i + tl.log(tl.where(row_ok, l_i, 1.0))
     out = acc * tl.exp(m_i - lse)[:, None]
     round_id = (chunk // (LENGTH // CHUNK)).to(tl.int64)
-    out_ptrs = (OUT + b * stride_ob + h * stride_oh + round_id * stride_or + q_pos[:, None] * stride_ol
+    out_ptrs = (OUT + b * stride_ob + h * stride_oh + round_id * stride_or + q_pos.to(tl.int64)[:, None] * stride_ol
                 + d_offs[None, :])
     tl.store(out_ptrs, _narrow(out, OUT.dtype.element_ty, DOT_MODE), mask=row_ok[:, None] & d_ok[None, :])
     tl.store(LSE + b * stride_lb + h * stride_lh + round_id * stride_lr + q_pos, lse, mask=row_ok)
@@ -346,25 +346,25 @@ def _window_bwd_kernel(
     # This block's rows, in both of their roles.
     my_slot = chunk * CHUNK + rows
     if SORTED:
-        my_pos = tl.load(POS + slot_base + my_slot, mask=row_ok, other=-1).to(tl.int64)
+        my_pos = tl.load(POS + slot_base + my_slot, mask=row_ok, other=-1)
     else:
-        my_pos = tl.where(row_ok, my_slot, -1).to(tl.int64)
+        my_pos = tl.where(row_ok, my_slot, -1)
     my_bkt = my_pos
     if BUCKET_WINDOW:
         my_bkt = tl.load(BKT + slot_base + my_slot, mask=row_ok, other=-1)
     my_pad = my_pos
     if HAS_PAD:
         my_pad = tl.load(PAD + b * LENGTH + my_pos, mask=row_ok, other=1)
-    q_me = tl.load(Q + b * stride_qb + h * stride_qh + my_pos[:, None] * stride_ql + d_offs[None, :],
+    q_me = tl.load(Q + b * stride_qb + h * stride_qh + my_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
                    mask=row_mask, other=0.0)
     if NORM_KEYS:
         k_me = _narrow(_unit_rows(q_me.to(tl.float32), D, key_scale, EPS), q_me.dtype, DOT_MODE)
     else:
-        k_me = tl.load(K + b * stride_kb + h * stride_kh + my_pos[:, None] * stride_kl + d_offs[None, :],
+        k_me = tl.load(K + b * stride_kb + h * stride_kh + my_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
                        mask=row_mask, other=0.0)
-    v_me = tl.load(V + b * stride_vb + h * stride_vh + my_pos[:, None] * stride_vl + d_offs[None, :],
+    v_me = tl.load(V + b * stride_vb + h * stride_vh + my_pos.to(tl.int64)[:, None] * stride_vl + d_offs[None, :],
                    mask=row_mask, other=0.0)
-    do_me = tl.load(DO + b * stride_gb + h * stride_gh + my_pos[:, None] * stride_gl + d_offs[None, :],
+    do_me = tl.load(DO + b * stride_gb + h * stride_gh + my_pos.to(tl.int64)[:, None] * stride_gl + d_offs[None, :],
                     mask=row_mask, other=0.0)
     lse_me = tl.load(LSE + seq_base + my_pos, mask=row_ok, other=0.0)
     delta_me = tl.load(DELTA + seq_base + my_pos, mask=row_ok, other=0.0)
@@ -385,16 +385,16 @@ def _window_bwd_kernel(
             col_ok = cols < CHUNK
             q_slot = query_chunk * CHUNK + cols
             if SORTED:
-                q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=-1).to(tl.int64)
+                q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=-1)
             else:
-                q_pos = tl.where(col_ok, q_slot, -1).to(tl.int64)
+                q_pos = tl.where(col_ok, q_slot, -1)
             q_bkt = q_pos
             if BUCKET_WINDOW:
                 q_bkt = tl.load(BKT + slot_base + q_slot, mask=col_ok, other=-2)
             col_mask = col_ok[:, None] & d_ok[None, :]
-            q = tl.load(Q + b * stride_qb + h * stride_qh + q_pos[:, None] * stride_ql + d_offs[None, :],
+            q = tl.load(Q + b * stride_qb + h * stride_qh + q_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
                         mask=col_mask, other=0.0)
-            do = tl.load(DO + b * stride_gb + h * stride_gh + q_pos[:, None] * stride_gl + d_offs[None, :],
+            do = tl.load(DO + b * stride_gb + h * stride_gh + q_pos.to(tl.int64)[:, None] * stride_gl + d_offs[None, :],
                          mask=col_mask, other=0.0)
             lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
             delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
@@ -433,18 +433,34 @@ def _window_bwd_kernel(
                     col_ok = cols < CHUNK
                     q_slot = query_chunk * CHUNK + cols
                     if SORTED:
-                        q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=0).to(tl.int64)
+                        q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=0)
                     else:
-                        q_pos = q_slot.to(tl.int64)
-                    do = tl.load(DO + b * stride_gb + h * stride_gh + q_pos[:, None] * stride_gl + d_offs[None, :],
+                        q_pos = q_slot
+                    do = tl.load(DO + b * stride_gb + h * stride_gh + q_pos.to(tl.int64)[:, None] * stride_gl + d_offs[None, :],
                                  mask=col_ok[:, None] & d_ok[None, :], other=0.0)
                     lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
                     p_t = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + tl.exp(MASK - lse)[None, :]
                     p_t = tl.where(row_ok[:, None] & col_ok[None, :], p_t, 0.0)
                     dv += _dot(_narrow(p_t, do.dtype, DOT_MODE), do, DOT_MODE)
 
+    # dv and dk are final here; store dv and fold dk into dq now, so that the query loop below
+    # runs with one accumulator live instead of three.
+    acc_offs = (b * H + h) * LENGTH * D + my_pos.to(tl.int64)[:, None] * D + d_offs[None, :]
+    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + my_pos.to(tl.int64)[:, None] * stride_dvl + d_offs[None, :]
+    _accumulate(ACC_V, acc_offs, dv_ptrs, dv, row_mask, ACC_MODE, DOT_MODE)
+    dk = dk * scale
+    if NORM_KEYS:
+        # Through k = q * r / sqrt(d), r = rsqrt(mean(q^2) + eps):
+        # dq = (r / sqrt(d)) * (dk - (r^2 / d) * q * <dk, q>) + (the queries' own gradient, below).
+        qf = q_me.to(tl.float32)
+        r = 1.0 / tl.sqrt(tl.sum(qf * qf, 1) / D + EPS)
+        dq = (r * key_scale)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
+    else:
+        tl.store(DK + b * stride_dkb + h * stride_dkh + my_pos.to(tl.int64)[:, None] * stride_dkl + d_offs[None, :],
+                 _narrow(dk, DK.dtype.element_ty, DOT_MODE), mask=row_mask)
+        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
     # Queries: this block against its own window.
-    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for w in tl.static_range(NB + NA + 1):
         key_chunk = chunk + (w - NB)
         if CIRCULAR:
@@ -458,9 +474,9 @@ def _window_bwd_kernel(
             col_ok = cols < CHUNK
             k_slot = key_chunk * CHUNK + cols
             if SORTED:
-                k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1).to(tl.int64)
+                k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1)
             else:
-                k_pos = tl.where(col_ok, k_slot, -1).to(tl.int64)
+                k_pos = tl.where(col_ok, k_slot, -1)
             k_bkt = k_pos
             if BUCKET_WINDOW:
                 k_bkt = tl.load(BKT + slot_base + k_slot, mask=col_ok, other=-2)
@@ -469,13 +485,13 @@ def _window_bwd_kernel(
                 k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
             col_mask = col_ok[:, None] & d_ok[None, :]
             if NORM_KEYS:
-                raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos[:, None] * stride_ql + d_offs[None, :],
+                raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
                               mask=col_mask, other=0.0)
                 k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
             else:
-                k = tl.load(K + b * stride_kb + h * stride_kh + k_pos[:, None] * stride_kl + d_offs[None, :],
+                k = tl.load(K + b * stride_kb + h * stride_kh + k_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
                             mask=col_mask, other=0.0)
-            v = tl.load(V + b * stride_vb + h * stride_vh + k_pos[:, None] * stride_vl + d_offs[None, :],
+            v = tl.load(V + b * stride_vb + h * stride_vh + k_pos.to(tl.int64)[:, None] * stride_vl + d_offs[None, :],
                         mask=col_mask, other=0.0)
 
             logits = _dot(q_me, tl.trans(k), DOT_MODE) * scale
@@ -490,36 +506,25 @@ def _window_bwd_kernel(
             p = tl.exp(logits - lse_me[:, None])
             p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
             dp = _dot(do_me, tl.trans(v), DOT_MODE)
-            ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0)
+            ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0) * scale
             dq += _dot(_narrow(ds, k.dtype, DOT_MODE), k, DOT_MODE)
 
-    dq = dq * scale
-    dk = dk * scale
-    if NORM_KEYS:
-        # Through k = q * r / sqrt(d), r = rsqrt(mean(q^2) + eps):
-        # dq += (r / sqrt(d)) * (dk - (r^2 / d) * q * <dk, q>).
-        qf = q_me.to(tl.float32)
-        r = 1.0 / tl.sqrt(tl.sum(qf * qf, 1) / D + EPS)
-        dq += (r * key_scale)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
+    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + my_pos.to(tl.int64)[:, None] * stride_dql + d_offs[None, :]
+    _accumulate(ACC_Q, acc_offs, dq_ptrs, dq, row_mask, ACC_MODE, DOT_MODE)
 
-    acc_offs = (b * H + h) * LENGTH * D + my_pos[:, None] * D + d_offs[None, :]
+
+@_jit_helper
+def _accumulate(ACC, acc_offs, out_ptrs, grad, mask, ACC_MODE: tl.constexpr, DOT_MODE: tl.constexpr):
+    """Add one round's gradient to the others': ACC_MODE 0 writes it out, 1 starts the float32
+    accumulator, 2 adds to it, 3 adds the accumulator and writes the sum out."""
     if ACC_MODE == 1:
-        tl.store(ACC_Q + acc_offs, dq, mask=row_mask)
-        tl.store(ACC_V + acc_offs, dv, mask=row_mask)
+        tl.store(ACC + acc_offs, grad, mask=mask)
     elif ACC_MODE == 2:
-        tl.store(ACC_Q + acc_offs, tl.load(ACC_Q + acc_offs, mask=row_mask, other=0.0) + dq, mask=row_mask)
-        tl.store(ACC_V + acc_offs, tl.load(ACC_V + acc_offs, mask=row_mask, other=0.0) + dv, mask=row_mask)
+        tl.store(ACC + acc_offs, tl.load(ACC + acc_offs, mask=mask, other=0.0) + grad, mask=mask)
     else:
         if ACC_MODE == 3:
-            dq += tl.load(ACC_Q + acc_offs, mask=row_mask, other=0.0)
-            dv += tl.load(ACC_V + acc_offs, mask=row_mask, other=0.0)
-        tl.store(DQ + b * stride_dqb + h * stride_dqh + my_pos[:, None] * stride_dql + d_offs[None, :],
-                 _narrow(dq, DQ.dtype.element_ty, DOT_MODE), mask=row_mask)
-        tl.store(DV + b * stride_dvb + h * stride_dvh + my_pos[:, None] * stride_dvl + d_offs[None, :],
-                 _narrow(dv, DV.dtype.element_ty, DOT_MODE), mask=row_mask)
-        if not NORM_KEYS:
-            tl.store(DK + b * stride_dkb + h * stride_dkh + my_pos[:, None] * stride_dkl + d_offs[None, :],
-                     _narrow(dk, DK.dtype.element_ty, DOT_MODE), mask=row_mask)
+            grad += tl.load(ACC + acc_offs, mask=mask, other=0.0)
+        tl.store(out_ptrs, _narrow(grad, out_ptrs.dtype.element_ty, DOT_MODE), mask=mask)
 
 
 @_jit
@@ -553,17 +558,28 @@ def _hash_kernel(
 
 @_jit_helper
 def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
-    columns = tl.arange(0, BLOCK_H)
-    column_ok = columns < HALF
-    rotation = tl.load(rot_base + d_offs[:, None] * stride_rd + first_column + columns[None, :],
-                       mask=d_ok[:, None] & column_ok[None, :], other=0.0).to(tl.float32)
-    rotated = tl.dot(x, rotation, input_precision="ieee")
-    highest = tl.where(column_ok[None, :], rotated, float("-inf"))
-    lowest = tl.where(column_ok[None, :], rotated, float("inf"))
-    top = tl.max(highest, 1)
-    bottom = tl.min(lowest, 1)
+    """argmax over [xR, -xR] for one factor's HALF columns, BLOCK_H columns at a time."""
+    best_high = tl.full([x.shape[0]], float("-inf"), tl.float32)
+    best_low = tl.full([x.shape[0]], float("inf"), tl.float32)
+    arg_high = tl.zeros([x.shape[0]], tl.int32)
+    arg_low = tl.zeros([x.shape[0]], tl.int32)
+    for start in range(0, HALF, BLOCK_H):
+        columns = start + tl.arange(0, BLOCK_H)
+        column_ok = columns < HALF
+        rotation = tl.load(rot_base + d_offs[:, None] * stride_rd + first_column + columns[None, :],
+                           mask=d_ok[:, None] & column_ok[None, :], other=0.0).to(tl.float32)
+        rotated = tl.dot(x, rotation, input_precision="ieee")
+        highest = tl.where(column_ok[None, :], rotated, float("-inf"))
+        lowest = tl.where(column_ok[None, :], rotated, float("inf"))
+        block_high = tl.max(highest, 1)
+        block_low = tl.min(lowest, 1)
+        # strict comparisons: on a tie the earlier column wins, as in torch.argmax
+        arg_high = tl.where(block_high > best_high, tl.argmax(highest, 1) + start, arg_high)
+        arg_low = tl.where(block_low < best_low, tl.argmin(lowest, 1) + start, arg_low)
+        best_high = tl.maximum(best_high, block_high)
+        best_low = tl.minimum(best_low, block_low)
     # argmax over [xR, -xR] takes the first maximum, so a tie goes to the positive half.
-    return tl.where(top >= -bottom, tl.argmax(highest, 1), HALF + tl.argmin(lowest, 1))
+    return tl.where(best_high >= -best_low, arg_high, HALF + arg_low)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -586,8 +602,9 @@ def _tiles(chunk_length, d_head):
     return block, block, _pow2(d_head)
 
 
-def _warps(d_head):
-    return 4 if d_head <= 64 else 8
+# Warps per program of the attention kernels.  Eight keep the 64 x 64 tiles of a d_head 64
+# program within the 255-register limit (four spill); bench/attention.py --tune times both.
+LAUNCH_WARPS = {"forward": 8, "backward": 8}
 
 
 class _Window:
@@ -643,7 +660,7 @@ def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds
         query, key, value, positions, buckets, pad, out, lse,
         *query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *out_strides, *lse_strides,
         heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
-        HAS_PAD=pad is not None, num_warps=_warps(d_head), num_stages=1, **consts,
+        HAS_PAD=pad is not None, num_warps=LAUNCH_WARPS["forward"], num_stages=1, **consts,
     )
     return out, lse
 
@@ -652,7 +669,7 @@ def _combine_rounds(round_out, round_lse):
     batch, heads, n_rounds, length, d_head = round_out.shape
     out = torch.empty(batch, length, heads, d_head, dtype=round_out.dtype, device=round_out.device).transpose(1, 2)
     lse = torch.empty(batch, heads, length, dtype=torch.float32, device=round_out.device)
-    block_l = 64
+    block_l = 32
     grid = (triton.cdiv(length, block_l), batch * heads)
     _combine_rounds_kernel[grid](
         round_out, round_lse, out, lse, *round_out.stride()[:4], *out.stride()[:3],
@@ -706,7 +723,7 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
             *dq.stride()[:3], *dk_arg.stride()[:3], *dv.stride()[:3],
             heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
             round_id * chunks_per_round,
-            HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=_warps(d_head), num_stages=1, **consts,
+            HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=LAUNCH_WARPS["backward"], num_stages=1, **consts,
         )
     return dq, dk, dv
 
@@ -895,11 +912,11 @@ def hash_vectors(vectors, rotations, num_buckets):
     rotations = rotations.to(device=vectors.device, dtype=torch.float32).contiguous()
     halves = [f // 2 for f in factors] + [0]
     out = torch.empty(batch, heads, n_hashes, length, dtype=torch.long, device=vectors.device)
-    block_l = 64
+    block_l = 32
     grid = (triton.cdiv(length, block_l), batch * heads, n_hashes)
     _hash_kernel[grid](
         vectors, rotations, out, *vectors.stride()[:3], *rotations.stride()[:3], *out.stride()[:3],
-        heads, length, d_head, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=_pow2(halves[0]),
-        BLOCK_H1=_pow2(max(halves[1], 1)), BLOCK_L=block_l, BLOCK_D=_pow2(d_head), num_warps=4,
+        heads, length, d_head, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=min(_pow2(halves[0]), 64),
+        BLOCK_H1=min(_pow2(max(halves[1], 1)), 64), BLOCK_L=block_l, BLOCK_D=_pow2(d_head), num_warps=4,
     )
     return out

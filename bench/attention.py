@@ -1,0 +1,482 @@
+"""Attention layer on the GPU: full-size kernel checks, launch tuning, and the speed/memory sweep.
+
+    PYTHONPATH=. python bench/attention.py --out DIR --check --tune --sweep --report
+
+--check   fused kernels against the torch path at full sizes (causal / non-causal, padding,
+          n_hashes 1/2/4/8, d_head 64/128, both window modes, local attention, float32): the
+          kernel's error against a float64 reference must be at most twice the torch path's
+          own bfloat16 error (flash-attention's rule).
+--tune    times the kernels' warps per program at 64K tokens and keeps the fastest, and breaks
+          one LSH layer step into hashing, sorting, forward and backward.
+--sweep   forward+backward, batch 1, 8 heads, d_head 64, causal, bf16, chunk 64, lengths 1K..1M:
+          dense SDPA (flash), our LSH attention (n_hashes 1/2/4/8; "bucket_window" and "chunk"),
+          our torch path, and the whole layer (projections + hashing + attention) against
+          transformers' LSHSelfAttention in bf16.
+--report  renders DIR/attention.jsonl as DIR/attention.md and DIR/attention.png.
+"""
+
+import argparse
+import math
+import os
+import sys
+
+if "--smoke" in sys.argv:  # the whole script at toy sizes on the CPU, kernels under Triton's interpreter
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    JsonLines,
+    environment,
+    environment_markdown,
+    fmt_ms,
+    fmt_ratio,
+    free_memory,
+    length_label,
+    lsh_buckets,
+    markdown_table,
+    measure,
+    read_json_lines,
+)
+
+from reformer_hf import attention, kernels  # noqa: E402
+from reformer_hf.configuration import ReformerConfig  # noqa: E402
+
+HEADS, D_HEAD, CHUNK = 8, 64, 64
+LENGTHS = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20]
+DEVICE = "cuda"
+
+
+def relative_error(actual, expected):
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()
+
+
+def total_buckets(num_buckets):
+    return math.prod(attention.bucket_factors(num_buckets))
+
+
+# ---------------------------------------------------------------------------------------------
+# --check
+# ---------------------------------------------------------------------------------------------
+
+CHECKS = [
+    # kind, mode, causal, before, after, n_hashes, d_head, n_pad, dtype, batch, heads, length
+    ("lsh", "bucket_window", True, 1, 0, 1, 64, 100, "bfloat16", 2, 4, 4096),
+    ("lsh", "bucket_window", True, 1, 0, 2, 64, 100, "bfloat16", 2, 4, 4096),
+    ("lsh", "bucket_window", True, 1, 0, 4, 64, 100, "bfloat16", 2, 4, 4096),
+    ("lsh", "bucket_window", True, 1, 0, 8, 64, 100, "bfloat16", 2, 4, 4096),
+    ("lsh", "bucket_window", False, 1, 1, 2, 128, 100, "bfloat16", 2, 4, 4096),
+    ("lsh", "chunk", True, 1, 0, 4, 128, 0, "bfloat16", 2, 4, 4096),
+    ("lsh", "chunk", True, 1, 0, 2, 64, 100, "bfloat16", 2, 4, 4096),
+    ("lsh", "chunk", False, 1, 1, 8, 64, 0, "bfloat16", 2, 4, 4096),
+    ("lsh", "chunk", True, 1, 0, 1, 128, 100, "bfloat16", 2, 4, 4096),
+    ("lsh", "bucket_window", True, 1, 0, 2, 64, 100, "float32", 2, 4, 4096),
+    ("lsh", "bucket_window", True, 1, 0, 4, 64, 0, "bfloat16", 1, 8, 65536),
+    ("lsh", "chunk", True, 1, 0, 4, 64, 0, "bfloat16", 1, 8, 65536),
+    ("local", None, True, 1, 0, 1, 64, 100, "bfloat16", 2, 4, 4096),
+    ("local", None, False, 1, 1, 1, 128, 100, "bfloat16", 2, 4, 4096),
+    ("local", "wrap", False, 1, 0, 1, 64, 0, "bfloat16", 2, 4, 4096),
+]
+
+
+def forward_backward(function, inputs, grads, *args, **kwargs):
+    inputs = [t.detach().requires_grad_(True) for t in inputs]
+    out, lse = function(*inputs, *args, **kwargs)
+    return [out, lse, *torch.autograd.grad([out, lse], inputs, [grads[0].to(out.dtype), grads[1]])]
+
+
+def run_check(case):
+    kind, mode, causal, before, after, n_hashes, d_head, n_pad, dtype_name, batch, heads, length = case
+    dtype = getattr(torch, dtype_name)
+    generator = torch.Generator(device=DEVICE).manual_seed(len(str(case)))
+    randn = lambda *shape: torch.randn(*shape, generator=generator, device=DEVICE)  # noqa: E731
+    pad_mask = None
+    if n_pad:
+        pad_mask = torch.zeros(batch, length, dtype=torch.bool, device=DEVICE)
+        pad_mask[0, length - n_pad:] = True
+    shape = (batch, heads, length, d_head)
+    grad_out, grad_lse = randn(*shape), randn(*shape[:3])
+    if pad_mask is not None:  # the model strips padding positions, so no gradient reaches them
+        grad_out = grad_out.masked_fill(pad_mask[:, None, :, None], 0.0)
+        grad_lse = grad_lse.masked_fill(pad_mask[:, None, :], 0.0)
+    if kind == "lsh":
+        query_key, value = randn(*shape).to(dtype), randn(*shape).to(dtype)
+        num_buckets = lsh_buckets(length, CHUNK)
+        rotations = randn(heads, d_head, n_hashes, attention.rotation_size(num_buckets))
+        bucket_ids = attention.hash_vectors(query_key.float(), rotations, num_buckets)
+        fused_ids = kernels.hash_vectors(query_key, rotations, num_buckets)
+        options = dict(n_buckets=total_buckets(num_buckets), chunk_length=CHUNK, n_chunks_before=before,
+                       n_chunks_after=after, causal=causal, window_mode=mode, pad_mask=pad_mask)
+        inputs, args, reference, fused = [query_key, value], [bucket_ids], attention.lsh_attention, kernels.lsh_attention
+        names = ("out", "lse", "d query_key", "d value")
+        extra = {"hash_mismatch": (fused_ids != bucket_ids).float().mean().item()}
+    else:
+        inputs = [randn(*shape).to(dtype) for _ in range(3)]
+        options = dict(chunk_length=CHUNK, n_chunks_before=before, n_chunks_after=after, causal=causal,
+                       wrap_around=mode == "wrap", pad_mask=pad_mask)
+        args, reference, fused = [], attention.local_attention, kernels.local_attention
+        names = ("out", "lse", "dq", "dk", "dv")
+        extra = {}
+    grads = (grad_out, grad_lse)
+    exact = forward_backward(reference, [t.double() for t in inputs], (grad_out.double(), grad_lse.double()),
+                             *args, **options)
+    low = forward_backward(reference, inputs, grads, *args, **options)
+    kernel = forward_backward(fused, inputs, grads, *args, **options)
+    real = None if pad_mask is None else (~pad_mask)[:, None, :].expand(shape[:3])
+    errors, passed = {}, True
+    for index, name in enumerate(names):
+        pick = (lambda t: t[real]) if (index < 2 and real is not None) else (lambda t: t)  # noqa: E731
+        kernel_error = relative_error(pick(kernel[index]), pick(exact[index]))
+        torch_error = relative_error(pick(low[index]), pick(exact[index]))
+        ok = math.isfinite(kernel_error) and kernel_error <= 2 * torch_error + 1e-6
+        errors[name] = {"kernel": kernel_error, "torch": torch_error, "ok": ok}
+        passed = passed and ok
+    if dtype == torch.float32:
+        # float32: the same formula in the same precision; compare the two paths directly as well
+        same = all(relative_error(k, t) < 1e-4 for k, t in zip(kernel, low))
+        errors["kernel vs torch (float32)"] = {"ok": same}
+        passed = passed and same
+    return dict(errors=errors, passed=passed, **extra)
+
+
+def run_checks(log):
+    print("== checks: error vs float64 (kernel | torch path)", flush=True)
+    for case in CHECKS:
+        fields = dict(zip(("kind", "mode", "causal", "before", "after", "n_hashes", "d_head", "n_pad", "dtype",
+                           "batch", "heads", "length"), case))
+        try:
+            result = run_check(case)
+        except Exception as error:
+            result = {"passed": False, "status": f"error: {type(error).__name__}: {str(error)[:300]}"}
+        free_memory()
+        log.write(section="check", **fields, **result)
+        summary = " ".join(f"{name}={value['kernel']:.1e}|{value['torch']:.1e}"
+                           for name, value in result.get("errors", {}).items() if "kernel" in value)
+        print(("PASS" if result["passed"] else "FAIL"), case, summary, result.get("status", ""), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# --tune
+# ---------------------------------------------------------------------------------------------
+
+
+def lsh_tensors(length, n_hashes, requires_grad=True):
+    generator = torch.Generator(device=DEVICE).manual_seed(length + n_hashes)
+    shape = (1, HEADS, length, D_HEAD)
+    query_key = torch.randn(shape, generator=generator, device=DEVICE, dtype=torch.bfloat16)
+    value = torch.randn(shape, generator=generator, device=DEVICE, dtype=torch.bfloat16)
+    grad_out = torch.randn(shape, generator=generator, device=DEVICE, dtype=torch.bfloat16)
+    num_buckets = lsh_buckets(length, CHUNK)
+    rotations = torch.randn(HEADS, D_HEAD, n_hashes, attention.rotation_size(num_buckets), generator=generator,
+                            device=DEVICE)
+    return query_key.requires_grad_(requires_grad), value.requires_grad_(requires_grad), grad_out, rotations, num_buckets
+
+
+def run_tune(log, length=2**16, n_hashes=4):
+    length = length if DEVICE == "cuda" else 256
+    print(f"== tune at {length_label(length)} tokens, n_hashes {n_hashes}", flush=True)
+    query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes)
+    n_buckets = total_buckets(num_buckets)
+    bucket_ids = kernels.hash_vectors(query_key.detach(), rotations, num_buckets)
+    positions, buckets = kernels.sort_by_bucket(bucket_ids, n_buckets)
+    apply = lambda: kernels.LSHAttentionFunction.apply(  # noqa: E731
+        query_key, value, positions, buckets, None, CHUNK, 1, 0, True, "bucket_window")
+    parts = {
+        "hash": lambda: kernels.hash_vectors(query_key.detach(), rotations, num_buckets),
+        "sort": lambda: kernels.sort_by_bucket(bucket_ids, n_buckets),
+    }
+    for name, step in parts.items():
+        result = measure(step)
+        log.write(section="tune", part=name, length=length, n_hashes=n_hashes, **result)
+        print(name, result, flush=True)
+    best = {}
+    for phase in ("forward", "backward"):
+        timings = {}
+        for warps in (4, 8):
+            kernels.LAUNCH_WARPS[phase] = warps
+            if phase == "forward":
+                result = measure(lambda: apply())
+            else:
+                result = measure(lambda: torch.autograd.grad(apply()[0], (query_key, value), grad_out))
+            log.write(section="tune", part=phase, warps=warps, length=length, n_hashes=n_hashes, **result)
+            print(phase, warps, result, flush=True)
+            if result["status"] == "ok":
+                timings[warps] = result["median_ms"]
+        best[phase] = min(timings, key=timings.get) if timings else 8
+        kernels.LAUNCH_WARPS[phase] = best[phase]
+    log.write(section="tune", part="chosen", warps=best)
+    print("chosen warps", best, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# --sweep
+# ---------------------------------------------------------------------------------------------
+
+
+def sdpa_case(length):
+    shape = (1, HEADS, length, D_HEAD)
+    q, k, v = (torch.randn(shape, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    grad_out = torch.randn(shape, device=DEVICE, dtype=torch.bfloat16)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backends = [SDPBackend.FLASH_ATTENTION] if DEVICE == "cuda" else [SDPBackend.MATH]
+
+    def step():
+        with sdpa_kernel(backends):
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        torch.autograd.grad(out, (q, k, v), grad_out)
+
+    return step
+
+
+def lsh_op_case(length, n_hashes, mode, backend):
+    query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes)
+    options = dict(n_buckets=total_buckets(num_buckets), chunk_length=CHUNK, causal=True, window_mode=mode)
+    hash_function = attention.hash_vectors_dispatch(backend)
+    function = attention.lsh_attention_dispatch(backend)
+
+    def step():
+        bucket_ids = hash_function(query_key.detach(), rotations, num_buckets)
+        out, _ = function(query_key, value, bucket_ids, **options)
+        torch.autograd.grad(out, (query_key, value), grad_out)
+
+    return step
+
+
+def layer_inputs(length):
+    hidden = torch.randn(1, length, HEADS * D_HEAD, device=DEVICE, dtype=torch.bfloat16, requires_grad=True)
+    grad_out = torch.randn(1, length, HEADS * D_HEAD, device=DEVICE, dtype=torch.bfloat16)
+    return hidden, grad_out
+
+
+def our_layer_case(length, n_hashes, mode):
+    config = ReformerConfig(
+        hidden_size=HEADS * D_HEAD, num_attention_heads=HEADS, attention_head_size=D_HEAD, num_hashes=n_hashes,
+        num_buckets=lsh_buckets(length, CHUNK), lsh_attn_chunk_length=CHUNK, lsh_window_mode=mode, is_decoder=True,
+        attn_backend="triton", attn_layers=["lsh"], axial_pos_embds=False, max_position_embeddings=length,
+        hidden_dropout_prob=0.0, lsh_attention_probs_dropout=0.0,
+    )
+    layer = attention.LSHSelfAttention(config).to(DEVICE, torch.bfloat16)
+    hidden, grad_out = layer_inputs(length)
+    params = list(layer.parameters())
+
+    def step():
+        torch.autograd.grad(layer(hidden), [hidden, *params], grad_out)
+
+    return step
+
+
+def transformers_layer_case(length, n_hashes):
+    from transformers import ReformerConfig as TransformersReformerConfig
+    from transformers.models.reformer.modeling_reformer import LSHSelfAttention as TransformersLSHSelfAttention
+
+    config = TransformersReformerConfig(
+        hidden_size=HEADS * D_HEAD, num_attention_heads=HEADS, attention_head_size=D_HEAD, num_hashes=n_hashes,
+        num_buckets=lsh_buckets(length, CHUNK), lsh_attn_chunk_length=CHUNK, lsh_num_chunks_before=1,
+        lsh_num_chunks_after=0, is_decoder=True, attn_layers=["lsh"], max_position_embeddings=length,
+        lsh_attention_probs_dropout_prob=0.0, axial_pos_embds=False,
+    )
+    layer = TransformersLSHSelfAttention(config).to(DEVICE, torch.bfloat16)
+    hidden, grad_out = layer_inputs(length)
+    params = list(layer.parameters())
+
+    def step():
+        torch.autograd.grad(layer(hidden).hidden_states, [hidden, *params], grad_out)
+
+    return step
+
+
+def run_sweep(log, lengths, hashes):
+    print("== sweep (fwd+bwd, batch 1, 8 heads, d_head 64, causal, bf16, chunk 64)", flush=True)
+    for length in lengths:
+        qkvo_gib = 4 * HEADS * length * D_HEAD * 2 / 2**30
+        cases = [("sdpa_flash", None, None, lambda: sdpa_case(length))]
+        cases += [("lsh_triton", n, "bucket_window", (lambda n=n: lsh_op_case(length, n, "bucket_window", "triton")))
+                  for n in hashes]
+        cases += [("lsh_triton", 4, "chunk", lambda: lsh_op_case(length, 4, "chunk", "triton"))]
+        if length <= 2**18:
+            cases += [("lsh_torch", 4, "bucket_window", lambda: lsh_op_case(length, 4, "bucket_window", "torch"))]
+        cases += [("layer_ours", 4, "chunk", lambda: our_layer_case(length, 4, "chunk")),
+                  ("layer_ours", 4, "bucket_window", lambda: our_layer_case(length, 4, "bucket_window")),
+                  ("layer_transformers", 4, "chunk", lambda: transformers_layer_case(length, 4))]
+        for impl, n_hashes, mode, build in cases:
+            try:
+                result = measure(build())
+            except torch.cuda.OutOfMemoryError:
+                result = {"status": "OOM"}
+            free_memory()
+            record = log.write(section="sweep", impl=impl, n_hashes=n_hashes, mode=mode, length=length,
+                               qkvo_gib=qkvo_gib, **result)
+            print(f"{length_label(length):>5} {impl:20s} n={n_hashes} {mode or '':13s} "
+                  f"{record.get('median_ms', float('nan')):10.3f} ms {record.get('peak_gib', float('nan')):7.2f} GiB "
+                  f"{record['status'] if record['status'] != 'ok' else ''}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# --report
+# ---------------------------------------------------------------------------------------------
+
+
+def pick(rows, **match):
+    for row in rows:
+        if all(row.get(key) == value for key, value in match.items()) and row.get("status") == "ok":
+            return row
+    return None
+
+
+def write_report(out_dir):
+    rows = read_json_lines(os.path.join(out_dir, "attention.jsonl"))
+    env = next((row for row in rows if row.get("section") == "environment"), {})
+    sweep = [row for row in rows if row.get("section") == "sweep"]
+    lengths = sorted({row["length"] for row in sweep})
+    text = ["# Attention layer benchmark", "", environment_markdown(env), ""]
+
+    checks = [row for row in rows if row.get("section") == "check"]
+    if checks:
+        text += ["## Kernel vs torch path at full size", "",
+                 "Relative error against a float64 reference: kernel | torch path in the same dtype. "
+                 "Pass: kernel <= 2 x torch + 1e-6 (outputs at non-padding positions; gradients with "
+                 "zero upstream gradient at padding positions).", ""]
+        table = []
+        for row in checks:
+            errors = row.get("errors", {})
+            cells = "; ".join(f"{name} {value['kernel']:.1e} / {value['torch']:.1e}"
+                              for name, value in errors.items() if "kernel" in value)
+            table.append([row["kind"], row["mode"] or "", row["causal"], row["n_hashes"], row["d_head"], row["n_pad"],
+                          row["dtype"], f"{row['batch']}x{row['heads']}x{length_label(row['length'])}",
+                          cells or row.get("status", ""), "PASS" if row["passed"] else "FAIL"])
+        text += [markdown_table(["kind", "mode", "causal", "n_hashes", "d_head", "pad", "dtype", "b x h x L",
+                                 "errors (kernel / torch)", "result"], table), ""]
+
+    tune = [row for row in rows if row.get("section") == "tune"]
+    if tune:
+        text += ["## One LSH step at 64K tokens, n_hashes 4, by part", ""]
+        table = [[row["part"], row.get("warps", ""), fmt_ms(row.get("median_ms")), row.get("status", "")]
+                 for row in tune if row["part"] != "chosen"]
+        text += [markdown_table(["part", "warps", "median ms", "status"], table), ""]
+
+    def time_of(**match):
+        row = pick(sweep, **match)
+        return None if row is None else row["median_ms"]
+
+    def memory_of(**match):
+        row = pick(sweep, **match)
+        return None if row is None else row["peak_gib"]
+
+    hashes = sorted({row["n_hashes"] for row in sweep if row["impl"] == "lsh_triton" and row["mode"] == "bucket_window"})
+    header = ["length", "SDPA flash ms"] + [f"LSH n={n} ms" for n in hashes] + [
+        "LSH n=4 chunk ms", "LSH n=4 torch path ms", "SDPA / LSH n=4"]
+    table = []
+    for length in lengths:
+        sdpa = time_of(impl="sdpa_flash", length=length)
+        ours = time_of(impl="lsh_triton", n_hashes=4, mode="bucket_window", length=length)
+        table.append([length_label(length), fmt_ms(sdpa)]
+                     + [fmt_ms(time_of(impl="lsh_triton", n_hashes=n, mode="bucket_window", length=length)) for n in hashes]
+                     + [fmt_ms(time_of(impl="lsh_triton", n_hashes=4, mode="chunk", length=length)),
+                        fmt_ms(time_of(impl="lsh_torch", n_hashes=4, length=length)), fmt_ratio(sdpa, ours)])
+    text += ["## Attention op, forward + backward (hashing and sorting included)", "",
+             "Batch 1, 8 heads, d_head 64, causal, bf16, chunk 64, buckets 2L/64 (factorised above 128). "
+             "Median of >= 10 runs (3 for steps over 2 s).", "", markdown_table(header, table), ""]
+
+    header = ["length", "SDPA GiB", "LSH n=4 GiB", "LSH n=4 / SDPA", "q/k/v/out GiB", "LSH n=4 / qkvo"]
+    table = []
+    for length in lengths:
+        sdpa = memory_of(impl="sdpa_flash", length=length)
+        ours = memory_of(impl="lsh_triton", n_hashes=4, mode="bucket_window", length=length)
+        qkvo = 4 * HEADS * length * D_HEAD * 2 / 2**30
+        table.append([length_label(length), f"{sdpa:.2f}" if sdpa else "–", f"{ours:.2f}" if ours else "–",
+                      fmt_ratio(ours, sdpa), f"{qkvo:.2f}", fmt_ratio(ours, qkvo)])
+    text += ["## Peak memory (inputs, outputs and gradients included)", "", markdown_table(header, table), ""]
+
+    header = ["length", "transformers LSHSelfAttention ms", "ours chunk ms", "ours bucket_window ms",
+              "speed-up (chunk)", "transformers GiB", "ours chunk GiB"]
+    table = []
+    for length in lengths:
+        theirs = time_of(impl="layer_transformers", length=length)
+        ours = time_of(impl="layer_ours", mode="chunk", length=length)
+        table.append([length_label(length), fmt_ms(theirs), fmt_ms(ours),
+                      fmt_ms(time_of(impl="layer_ours", mode="bucket_window", length=length)), fmt_ratio(theirs, ours),
+                      f"{memory_of(impl='layer_transformers', length=length) or float('nan'):.2f}",
+                      f"{memory_of(impl='layer_ours', mode='chunk', length=length) or float('nan'):.2f}"])
+    text += ["## Whole layer (projections + hashing + attention), n_hashes 4, vs transformers", "",
+             "Hidden 512 -> 8 heads of 64, bf16 weights and activations, same bucket counts.", "",
+             markdown_table(header, table), ""]
+    failed = [row for row in sweep if row.get("status") != "ok"]
+    if failed:
+        text += ["## Cases that did not run", ""]
+        text += [f"- {row['impl']} n={row['n_hashes']} {row['mode']} at {length_label(row['length'])}: {row['status']}"
+                 for row in failed]
+        text.append("")
+    with open(os.path.join(out_dir, "attention.md"), "w", encoding="utf-8") as file:
+        file.write("\n".join(text))
+    plot(sweep, os.path.join(out_dir, "attention.png"))
+
+
+def plot(sweep, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", flush=True)
+        return
+    series = [("SDPA flash (dense)", dict(impl="sdpa_flash")),
+              ("transformers LSHSelfAttention layer", dict(impl="layer_transformers"))]
+    series += [(f"ours LSH n_hashes={n}", dict(impl="lsh_triton", n_hashes=n, mode="bucket_window")) for n in (1, 2, 4, 8)]
+    series += [("ours LSH layer n_hashes=4", dict(impl="layer_ours", mode="chunk")),
+               ("ours torch path n_hashes=4", dict(impl="lsh_torch"))]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
+    for label, match in series:
+        points = sorted((row["length"], row["median_ms"], row["peak_gib"]) for row in sweep
+                        if all(row.get(k) == v for k, v in match.items()) and row.get("status") == "ok")
+        if points:
+            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+    for axis, ylabel in ((left, "forward + backward time (ms)"), (right, "peak memory (GiB)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("sequence length (tokens)")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    figure.suptitle("Causal attention, batch 1, 8 heads, d_head 64, bf16, one H100")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for attention.jsonl, .md and .png")
+    parser.add_argument("--check", action="store_true")
+    parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=LENGTHS)
+    parser.add_argument("--hashes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, to test this script")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.smoke:
+        global DEVICE, CHECKS
+        DEVICE = "cpu"
+        CHECKS = [case[:9] + (1, 2, 256) for case in CHECKS[::3]]
+        args.lengths = [128, 256]
+    if args.check or args.tune or args.sweep:
+        if not torch.cuda.is_available() and not args.smoke:
+            raise SystemExit("bench/attention.py measures on a CUDA GPU; none is available here.")
+        log = JsonLines(os.path.join(args.out, "attention.jsonl"))
+        log.write(section="environment", **environment())
+        if args.check:
+            run_checks(log)
+        if args.tune:
+            run_tune(log)
+        if args.sweep:
+            run_sweep(log, args.lengths, args.hashes)
+    if args.report:
+        write_report(args.out)
+
+
+if __name__ == "__main__":
+    main()

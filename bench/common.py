@@ -1,0 +1,152 @@
+"""Timing, memory and reporting helpers shared by the benchmarks (see docs/benchmarking.md)."""
+
+import datetime
+import gc
+import json
+import math
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+import torch
+
+GIB = 2**30
+
+
+def environment():
+    """Device, driver, versions, command and date: what every committed figure carries."""
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "python " + " ".join(shlex.quote(arg) for arg in sys.argv),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+    }
+    for name in ("triton", "transformers"):
+        try:
+            info[name] = __import__(name).__version__
+        except ImportError:
+            info[name] = "not installed"
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+        try:
+            info["nvidia_smi"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit",
+                 "--format=csv,noheader"], capture_output=True, text=True, timeout=30,
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError) as error:
+            info["nvidia_smi"] = f"unavailable ({error})"
+    return info
+
+
+class JsonLines:
+    """Append one JSON object per line, flushed at once, so a killed run keeps what it measured."""
+
+    def __init__(self, path):
+        self.path = path
+        self.file = open(path, "a", encoding="utf-8")
+
+    def write(self, **record):
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        return record
+
+
+def read_json_lines(*paths):
+    rows = []
+    for path in paths:
+        with open(path, encoding="utf-8") as file:
+            rows += [json.loads(line) for line in file if line.strip()]
+    return rows
+
+
+def free_memory():
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def measure(step, *, min_runs=10, budget_s=20.0, warmup=2):
+    """Median time (ms) of `step` after warm-up, with CUDA events, and its peak memory (GiB).
+
+    Peak memory is `max_memory_allocated` over the first (warm-up) call after
+    `reset_peak_memory_stats`, so it includes the inputs held by the caller.  A step slower
+    than budget_s / min_runs runs fewer times (at least 3); the run count is reported.
+    Returns a dict with status "ok", "OOM" or "error: ...".
+    """
+    free_memory()
+    if not torch.cuda.is_available():  # --smoke runs on the CPU: one timed call, no memory figure
+        started = time.perf_counter()
+        step()
+        return {"status": "ok", "median_ms": (time.perf_counter() - started) * 1000, "runs": 1, "peak_gib": 0.0}
+    try:
+        torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        step()
+        torch.cuda.synchronize()
+        first_s = time.perf_counter() - started
+        peak = torch.cuda.max_memory_allocated() / GIB
+        for _ in range(0 if first_s > 1.0 else warmup):  # a slow first call has warmed up enough
+            step()
+        torch.cuda.synchronize()
+        single = _time_once(step)
+        runs = min_runs if single * min_runs <= budget_s * 1000 else max(3, int(budget_s * 1000 // single))
+        times = [single] + [_time_once(step) for _ in range(runs - 1)]
+        return {"status": "ok", "median_ms": float(sorted(times)[len(times) // 2]), "runs": runs,
+                "min_ms": float(min(times)), "peak_gib": peak}
+    except torch.cuda.OutOfMemoryError:
+        return {"status": "OOM"}
+    except Exception as error:  # a failed case is a result to report, not a reason to stop the sweep
+        message = f"{type(error).__name__}: {error}".splitlines()[0][:300]
+        return {"status": f"error: {message}"}
+    finally:
+        free_memory()
+
+
+def _time_once(step):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    step()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def markdown_table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def environment_markdown(info):
+    keys = ("device", "nvidia_smi", "torch", "triton", "transformers", "python", "date", "command")
+    return "\n".join(f"- {key}: `{info[key]}`" for key in keys if key in info)
+
+
+def fmt_ms(value):
+    if value is None:
+        return "–"
+    return f"{value:.3g}" if value < 100 else f"{value:.0f}"
+
+
+def fmt_ratio(numerator, denominator):
+    if numerator is None or denominator is None or denominator == 0:
+        return "–"
+    ratio = numerator / denominator
+    return f"{ratio:.1f}x" if ratio < 100 else f"{ratio:.0f}x"
+
+
+def length_label(length):
+    if length >= 2**20 and length % 2**20 == 0:
+        return f"{length // 2**20}M"
+    return f"{length // 1024}K" if length % 1024 == 0 else str(length)
+
+
+def lsh_buckets(length, chunk_length):
+    """The paper's bucket count (2 * length / chunk_length, a power of two), factorised into two
+    near-equal factors above 128 as transformers' Reformer does, so the hash rotation stays small."""
+    power = max(1, round(math.log2(max(2.0, 2.0 * length / chunk_length))))
+    if 2**power <= 128:
+        return 2**power
+    return [2 ** (power // 2), 2 ** (power - power // 2)]

@@ -1,0 +1,323 @@
+"""Whole-model training step on the GPU: our Reformer against a dense Llama and transformers' Reformer.
+
+    PYTHONPATH=. python bench/model.py --out DIR --sweep --depth --million --report
+
+One step = forward + backward of the language-model loss on one sequence of random bytes
+(optimizer excluded), bf16 autocast over float32 weights, dropout off in every model.
+Shared shape: byte vocabulary (256), d_model 1024, d_ff 4096, 16 heads of 64.
+
+--sweep    ours (12 layers, local/LSH alternating) at 4K..1M tokens; LlamaForCausalLM (SDPA) with
+           and without gradient checkpointing and transformers' ReformerModelWithLMHead where
+           their step fits the time budget.
+--depth    ours at 64K tokens with 2 / 6 / 12 / 24 layers (memory flat in depth).
+--million  three AdamW steps of ours on one 1M-token sequence (the loss must fall).
+--report   renders DIR/model.jsonl as DIR/model.md and DIR/model.png.
+"""
+
+import argparse
+import math
+import os
+import sys
+import time
+
+if "--smoke" in sys.argv:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import (  # noqa: E402
+    JsonLines,
+    environment,
+    environment_markdown,
+    fmt_ms,
+    fmt_ratio,
+    free_memory,
+    length_label,
+    lsh_buckets,
+    markdown_table,
+    measure,
+    read_json_lines,
+)
+
+from reformer_hf import ReformerConfig, ReformerForCausalLM  # noqa: E402
+
+VOCAB, D_MODEL, D_FF, HEADS, D_HEAD, CHUNK = 256, 1024, 4096, 16, 64, 64
+N_HASHES = 2
+PEAK_TFLOPS = {"H100 SXM datasheet": 989.0, "measured bf16 matmul ceiling": 790.0}
+DEVICE = "cuda"
+
+
+def axial_shape(length):
+    power = int(math.log2(length))
+    return [2 ** (power - power // 2), 2 ** (power // 2)]
+
+
+def our_model(length, n_layers, n_hashes=N_HASHES):
+    config = ReformerConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, num_attention_heads=HEADS, attention_head_size=D_HEAD,
+        feed_forward_size=D_FF, attn_layers=["local", "lsh"] * (n_layers // 2), num_hashes=n_hashes,
+        num_buckets=lsh_buckets(length, CHUNK), lsh_attn_chunk_length=CHUNK, local_attn_chunk_length=CHUNK,
+        is_decoder=True, axial_pos_shape=axial_shape(length), axial_pos_embds_dim=[D_MODEL // 2, D_MODEL // 2],
+        max_position_embeddings=length, hidden_dropout_prob=0.0, lsh_attention_probs_dropout=0.0,
+        local_attention_probs_dropout=0.0, attn_backend="auto",
+    )
+    return ReformerForCausalLM(config)
+
+
+def llama_model(length, n_layers):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=VOCAB, hidden_size=D_MODEL, intermediate_size=D_FF, num_hidden_layers=n_layers,
+                         num_attention_heads=HEADS, num_key_value_heads=HEADS, max_position_embeddings=length,
+                         tie_word_embeddings=False, use_cache=False)
+    return LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
+
+
+def transformers_reformer(length, n_layers, n_hashes=N_HASHES):
+    from transformers import ReformerConfig as TransformersReformerConfig
+    from transformers import ReformerModelWithLMHead
+
+    config = TransformersReformerConfig(
+        vocab_size=VOCAB, hidden_size=D_MODEL, num_attention_heads=HEADS, attention_head_size=D_HEAD,
+        feed_forward_size=D_FF, attn_layers=["local", "lsh"] * (n_layers // 2), num_hashes=n_hashes,
+        num_buckets=lsh_buckets(length, CHUNK), lsh_attn_chunk_length=CHUNK, local_attn_chunk_length=CHUNK,
+        lsh_num_chunks_after=0, local_num_chunks_after=0, is_decoder=True, axial_pos_shape=axial_shape(length),
+        axial_pos_embds_dim=[D_MODEL // 2, D_MODEL // 2], max_position_embeddings=length, hidden_dropout_prob=0.0,
+        lsh_attention_probs_dropout_prob=0.0, local_attention_probs_dropout_prob=0.0, use_cache=False,
+    )
+    return ReformerModelWithLMHead(config)
+
+
+def matmul_params(model):
+    """Weights that take part in matrix products (every nn.Linear), i.e. not embedding tables."""
+    return sum(module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Linear))
+
+
+def useful_flops(kind, model, length, n_layers, n_hashes=N_HASHES):
+    """6 x matmul parameters x tokens + the attention products the architecture needs
+    (forward 4 * d_head per query-key pair, backward twice that); recomputation not counted."""
+    dense = 6 * matmul_params(model) * length
+    if kind == "llama":
+        pairs = n_layers * HEADS * length * (length + 1) / 2
+    else:
+        window = 2 * CHUNK  # own chunk + the one before, for local and for each LSH round
+        pairs = (n_layers // 2) * HEADS * length * window * (1 + n_hashes)
+    return dense + 3 * 4 * D_HEAD * pairs
+
+
+def training_step(model, length, checkpointing=False):
+    model.to(DEVICE).train()
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    generator = torch.Generator().manual_seed(length)
+    input_ids = torch.randint(0, VOCAB, (1, length), generator=generator).to(DEVICE)
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+
+    return step
+
+
+def run_case(log, kind, length, n_layers, checkpointing=False, budget_s=20.0):
+    build = {"ours": our_model, "llama": llama_model, "transformers_reformer": transformers_reformer}[kind]
+    try:
+        model = build(length, n_layers)
+        flops = useful_flops(kind, model, length, n_layers)
+        result = measure(training_step(model, length, checkpointing), budget_s=budget_s)
+    except torch.cuda.OutOfMemoryError:
+        result, flops = {"status": "OOM"}, None
+    except Exception as error:
+        result, flops = {"status": f"error: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}, None
+    model = None
+    free_memory()
+    record = dict(kind=kind, length=length, n_layers=n_layers, checkpointing=checkpointing, useful_flops=flops,
+                  **result)
+    if result["status"] == "ok":
+        record["tokens_per_s"] = length / (result["median_ms"] / 1000)
+        record["mfu"] = {name: flops / (result["median_ms"] / 1000) / (peak * 1e12) for name, peak in PEAK_TFLOPS.items()}
+    log.write(section="model", **record)
+    mfu = record.get("mfu", {}).get("H100 SXM datasheet", float("nan"))
+    print(f"{kind:22s} ckpt={checkpointing!s:5s} L={length_label(length):>5} layers={n_layers:2d} "
+          f"{record.get('median_ms', float('nan')):10.1f} ms {record.get('peak_gib', float('nan')):7.2f} GiB "
+          f"MFU {mfu:6.1%} {'' if result['status'] == 'ok' else result['status']}", flush=True)
+    return record
+
+
+def run_sweep(log, lengths, baseline_limit):
+    for length in lengths:
+        run_case(log, "ours", length, 12)
+        if length <= baseline_limit:
+            run_case(log, "llama", length, 12, checkpointing=True)
+            run_case(log, "llama", length, 12, checkpointing=False)
+            run_case(log, "transformers_reformer", length, 12)
+
+
+def run_depth(log, length):
+    for n_layers in (2, 6, 24):
+        run_case(log, "ours", length, n_layers)
+
+
+def run_million(log, length, steps=3):
+    """A few optimizer steps on one long sequence: it fits, and the loss falls."""
+    model = our_model(length, 12).to(DEVICE).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, VOCAB, (1, length), generator=generator).to(DEVICE)
+    losses, seconds = [], []
+    torch.cuda.reset_peak_memory_stats() if DEVICE == "cuda" else None
+    try:
+        for _ in range(steps):
+            started = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.autocast(DEVICE, dtype=torch.bfloat16):
+                loss = model(input_ids=input_ids, labels=input_ids).loss
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+            seconds.append(time.perf_counter() - started)
+        status = "ok"
+    except torch.cuda.OutOfMemoryError:
+        status = "OOM"
+    peak = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0
+    record = log.write(section="million", length=length, n_layers=12, losses=losses, step_seconds=seconds,
+                       peak_gib=peak, status=status)
+    print("1M-token training steps:", record, flush=True)
+    model = optimizer = None
+    free_memory()
+
+
+def write_report(out_dir):
+    rows = read_json_lines(os.path.join(out_dir, "model.jsonl"))
+    env = next((row for row in rows if row.get("section") == "environment"), {})
+    model_rows = [row for row in rows if row.get("section") == "model"]
+
+    def pick(**match):
+        for row in model_rows:
+            if all(row.get(key) == value for key, value in match.items()) and row.get("status") == "ok":
+                return row
+        return None
+
+    text = ["# Whole-model training step", "", environment_markdown(env), "",
+            f"Byte vocabulary, d_model {D_MODEL}, d_ff {D_FF}, {HEADS} heads of {D_HEAD}, bf16 autocast over float32 "
+            f"weights, dropout off, one sequence, forward + backward (optimizer excluded). Ours: local/LSH alternating, "
+            f"n_hashes {N_HASHES}, chunk {CHUNK}, buckets 2L/64 factorised, reversible, Triton kernels. "
+            "MFU = (6 x matmul parameters x tokens + needed attention FLOPs) / time / peak; the reversible "
+            "recomputation is not counted as useful.", ""]
+    lengths = sorted({row["length"] for row in model_rows if row["n_layers"] == 12})
+    header = ["length", "ours ms", "ours tokens/s", "ours GiB", "ours MFU (989 / 790)", "Llama+ckpt ms", "Llama+ckpt GiB",
+              "Llama ms", "Llama GiB", "transformers Reformer ms", "transformers GiB", "ours vs Llama+ckpt",
+              "ours vs transformers"]
+    table = []
+    for length in lengths:
+        ours = pick(kind="ours", length=length, n_layers=12)
+        ckpt = pick(kind="llama", length=length, n_layers=12, checkpointing=True)
+        plain = pick(kind="llama", length=length, n_layers=12, checkpointing=False)
+        theirs = pick(kind="transformers_reformer", length=length, n_layers=12)
+        ms = lambda row: fmt_ms(row["median_ms"]) if row else "–"  # noqa: E731
+        gib = lambda row: f"{row['peak_gib']:.1f}" if row else "–"  # noqa: E731
+        mfu = (f"{ours['mfu']['H100 SXM datasheet']:.1%} / {ours['mfu']['measured bf16 matmul ceiling']:.1%}"
+               if ours else "–")
+        table.append([length_label(length), ms(ours), f"{ours['tokens_per_s']:,.0f}" if ours else "–", gib(ours), mfu,
+                      ms(ckpt), gib(ckpt), ms(plain), gib(plain), ms(theirs), gib(theirs),
+                      fmt_ratio(ckpt and ckpt["median_ms"], ours and ours["median_ms"]),
+                      fmt_ratio(theirs and theirs["median_ms"], ours and ours["median_ms"])])
+    text += ["## Tokens/s, memory and MFU by length (12 layers)", "", markdown_table(header, table), ""]
+
+    depth_rows = sorted((row for row in model_rows if row["kind"] == "ours" and row.get("status") == "ok"
+                         and row["length"] == 2**16), key=lambda row: row["n_layers"])
+    if depth_rows:
+        table = [[row["n_layers"], fmt_ms(row["median_ms"]), f"{row['peak_gib']:.2f}",
+                  f"{matmul_params_estimate(row['n_layers']) * 8 / 2**30:.2f}"] for row in depth_rows]
+        text += ["## Depth at 64K tokens (ours)", "",
+                 "Parameters + gradients (float32) shown for comparison: growth beyond them would be activations.", "",
+                 markdown_table(["layers", "ms", "peak GiB", "params + grads GiB (approx.)"], table), ""]
+    million = [row for row in rows if row.get("section") == "million"]
+    for row in million:
+        text += ["## One 1M-token sequence, 12 layers, AdamW", "",
+                 f"status {row['status']}; losses {', '.join(f'{x:.4f}' for x in row['losses'])}; "
+                 f"seconds per step {', '.join(f'{x:.2f}' for x in row['step_seconds'])}; peak {row['peak_gib']:.1f} GiB", ""]
+    failed = [row for row in model_rows if row.get("status") != "ok"]
+    if failed:
+        text += ["## Cases that did not run", ""]
+        text += [f"- {row['kind']} ckpt={row['checkpointing']} {length_label(row['length'])} x {row['n_layers']}: "
+                 f"{row['status']}" for row in failed]
+        text.append("")
+    with open(os.path.join(out_dir, "model.md"), "w", encoding="utf-8") as file:
+        file.write("\n".join(text))
+    plot(model_rows, os.path.join(out_dir, "model.png"))
+
+
+def matmul_params_estimate(n_layers):
+    per_layer = (3 * D_MODEL * HEADS * D_HEAD + 2 * D_MODEL * D_FF) / 2 + (4 * D_MODEL * HEADS * D_HEAD + 2 * D_MODEL * D_FF) / 2
+    return n_layers * per_layer + 2 * D_MODEL * VOCAB
+
+
+def plot(model_rows, path):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", flush=True)
+        return
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
+    for label, match in (("ours (Reformer, Triton)", dict(kind="ours")),
+                         ("Llama SDPA + checkpointing", dict(kind="llama", checkpointing=True)),
+                         ("Llama SDPA", dict(kind="llama", checkpointing=False)),
+                         ("transformers Reformer", dict(kind="transformers_reformer"))):
+        points = sorted((row["length"], row["tokens_per_s"], row["peak_gib"]) for row in model_rows
+                        if row["n_layers"] == 12 and row.get("status") == "ok"
+                        and all(row.get(k) == v for k, v in match.items()))
+        if points:
+            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+    for axis, ylabel in ((left, "training tokens / s"), (right, "peak memory (GiB)")):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("sequence length (tokens)")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    figure.suptitle("One training step, 12 layers, d_model 1024, bf16 autocast, one H100")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--depth", action="store_true")
+    parser.add_argument("--million", action="store_true")
+    parser.add_argument("--report", action="store_true")
+    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[2**12, 2**14, 2**16, 2**18, 2**20])
+    parser.add_argument("--baseline-limit", type=int, default=2**16, help="longest length for the baselines")
+    parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, to test this script")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    global DEVICE, D_MODEL, D_FF, HEADS
+    million, depth_length = 2**20, 2**16
+    if args.smoke:
+        DEVICE, D_MODEL, D_FF, HEADS = "cpu", 64, 128, 2
+        args.lengths, args.baseline_limit, million, depth_length = [256], 256, 512, 256
+    if args.sweep or args.depth or args.million:
+        log = JsonLines(os.path.join(args.out, "model.jsonl"))
+        log.write(section="environment", **environment())
+        if args.sweep:
+            run_sweep(log, args.lengths, args.baseline_limit)
+        if args.depth:
+            run_depth(log, depth_length)
+        if args.million:
+            run_million(log, million)
+    if args.report:
+        write_report(args.out)
+
+
+if __name__ == "__main__":
+    main()
