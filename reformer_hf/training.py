@@ -61,17 +61,22 @@ PRESETS = {
     # A 6-layer byte LM for 16K-byte sequences (the LSH-versus-dense comparison): local and LSH
     # layers alternate; `--attn-layers full` turns it into the dense model of the same size.
     "lm-6layer-16k": dict(
-        vocab_size=260, hidden_size=512, num_attention_heads=8, attention_head_size=64, feed_forward_size=2048,
+        vocab_size=260, hidden_size=512, num_attention_heads=4, attention_head_size=128, feed_forward_size=2048,
         attn_layers=["local", "lsh"] * 3, num_hashes=2, num_buckets=None, lsh_attn_chunk_length=128,
         local_attn_chunk_length=128, axial_pos_shape=[128, 128], axial_pos_embds_dim=[128, 384],
         max_position_embeddings=16384, is_decoder=True, **_NO_DROPOUT,
     ),
     # The paper's duplication task (section 5): one LSH layer, d_model 256, 4 heads, length 1024,
-    # symbols 1..127 (vocabulary 128).
+    # symbols 1..127 (vocabulary 128).  One learned vector per position, not axial embeddings: with
+    # shared-QK attention a query at 512 + j finds its source j + 1 only if the two positions have
+    # nearly the same code (a code of period 511), which a per-position table learns directly; an
+    # axial code is a sum of a row and a column part and cannot express that shift for every
+    # position (trained axially, the model stalls at 78% accuracy, with full attention too:
+    # bench/results/duplication_axial_table.md).
     "duplication": dict(
         vocab_size=128, hidden_size=256, num_attention_heads=4, attention_head_size=64, feed_forward_size=512,
         attn_layers=["lsh"], num_hashes=4, num_buckets=32, lsh_attn_chunk_length=64,
-        axial_pos_shape=[32, 32], axial_pos_embds_dim=[64, 192], max_position_embeddings=1024,
+        axial_pos_embds=False, max_position_embeddings=1024,
         is_decoder=True, pad_token_id=0, eos_token_id=None, **_NO_DROPOUT,
     ),
 }

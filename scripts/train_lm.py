@@ -299,7 +299,9 @@ def main(argv=None):
         if step % args.log_steps == 0 or step == args.max_steps:
             values.update(loss=step_loss, train_bpb=step_loss / math.log(2), lr=scheduler.get_last_lr()[0],
                           tokens=step * tokens_per_step, elapsed_seconds=elapsed)
-        if args.eval_steps and step % args.eval_steps == 0:
+        out_of_time = args.time_budget is not None and time.perf_counter() - session_start >= args.time_budget
+        # A run stopped by its time budget is evaluated where it stops, so equal-time comparisons have a point.
+        if args.eval_steps and (step % args.eval_steps == 0 or (out_of_time and step < args.max_steps)):
             eval_start = time.perf_counter()
             values["eval_bpb"] = evaluate_bpb(accelerator, model, splits["validation"], args.seq_len,
                                               args.eval_windows, args.seed)
@@ -308,7 +310,6 @@ def main(argv=None):
             accelerator.print(f"step {step}: validation {values['eval_bpb']:.4f} bits per byte")
         if values:
             metrics.log(step, values)
-        out_of_time = args.time_budget is not None and time.perf_counter() - session_start >= args.time_budget
         if (args.save_steps and step % args.save_steps == 0) or (out_of_time and step < args.max_steps):
             checkpoints.save(step, checkpoint_info(step))
             last_saved = step

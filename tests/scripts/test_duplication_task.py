@@ -9,7 +9,7 @@ from script_runner import SCRIPTS, check, run_script
 from reformer_hf.training import read_metrics
 
 SMALL = ["--length", "32", "--config-overrides",
-         "hidden_size=32,attention_head_size=16,num_attention_heads=2,feed_forward_size=32,axial_pos_embds_dim=[16,16],"
+         "hidden_size=32,attention_head_size=16,num_attention_heads=2,feed_forward_size=32,"
          "lsh_attn_chunk_length=8,num_buckets=4",
          "--batch-size", "4", "--eval-size", "8", "--log-steps", "1", "--eval-steps", "3", "--save-steps", "3",
          "--warmup-steps", "0", "--no-progress"]
