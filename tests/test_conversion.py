@@ -129,11 +129,9 @@ def relative_difference(actual, expected):
     return ((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30)).item()
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", [name for name in sorted(CASES) if CASES[name][0] != "ReformerModel"])
 def test_training_loss_and_gradients_match_transformers(case):
     architecture = CASES[case][0]
-    if architecture == "ReformerModel":
-        pytest.skip("the bare model has no loss")
     source = build_source(case).train()
     model = conversion.convert_transformers_model(source)
     assert model.training
