@@ -4,6 +4,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Triton reads TRITON_INTERPRET when it is first imported, and any test module may import it
+# (through transformers or the package): set it before collection starts, on CPU-only machines.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 # Strings of the kind found in office-suite gettext catalogs, with their German translations.
 EN_DE_PAIRS = [

@@ -9,6 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
+from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from reformer_hf.tokenization import (
     BYTE_ID_OFFSET,
@@ -138,10 +139,13 @@ def test_auto_class_registration_makes_the_folder_load_with_remote_code(tmp_path
     config = json.loads((tmp_path / "tokenizer_config.json").read_text())
     assert config["auto_map"]["AutoTokenizer"] == ["tokenization.ReformerByteTokenizer", None]
     assert (tmp_path / "tokenization.py").is_file()
-    loaded = AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)
-    # The class comes from the copied file, not from this package.
-    assert type(loaded).__name__ == "ReformerByteTokenizer" and type(loaded) is not ReformerByteTokenizer
+    # With reformer_hf imported, AutoTokenizer prefers the registered package class; the class
+    # that the folder's auto_map names must come from the copied file and work on its own.
+    remote_class = get_class_from_dynamic_module("tokenization.ReformerByteTokenizer", tmp_path)
+    assert remote_class.__name__ == "ReformerByteTokenizer" and remote_class is not ReformerByteTokenizer
+    loaded = remote_class.from_pretrained(tmp_path)
     assert loaded("hé")["input_ids"] == [*reference_byte_ids("hé"), 2]
+    assert AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)("hé")["input_ids"] == loaded("hé")["input_ids"]
     assert loaded.decode(loaded("hé 🎉")["input_ids"], skip_special_tokens=True) == "hé 🎉"
 
 
