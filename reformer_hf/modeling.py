@@ -122,7 +122,7 @@ class ReformerPreTrainedModel(PreTrainedModel):
         std = self.config.initializer_range
         if isinstance(module, AxialPositionEmbeddings):
             for weight in module.weights:
-                nn.init.normal_(weight, mean=0.0, std=getattr(self.config, "axial_norm_std", 1.0))
+                nn.init.normal_(weight, mean=0.0, std=self.config.axial_norm_std)
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, mean=0.0, std=std)
             if module.bias is not None:
