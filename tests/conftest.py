@@ -11,6 +11,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+# The tests run tiny tensors, where a second intra-op thread costs more than it gives (and CI's
+# two cores are also running pytest itself).
+torch.set_num_threads(1)
+
 # Strings of the kind found in office-suite gettext catalogs, with their German translations.
 EN_DE_PAIRS = [
     ("The file could not be saved.", "Die Datei konnte nicht gespeichert werden."),

@@ -19,14 +19,6 @@ from reformer_hf.modeling import padding_multiple
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding runs many tiny ops, for which thread hand-offs on a shared 2-core CI box cost more than the math."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def left_padded_batch(n_pads, total, vocab_size, seed):
     """Token ids (batch, total) whose row i starts with n_pads[i] positions of left padding (id 0)."""

@@ -23,14 +23,11 @@ VOCAB_SIZE = 37
 
 
 @pytest.fixture(autouse=True, scope="module")
-def small_model_settings():
-    """One thread (these tensors are tiny: more threads only add synchronisation) and no
-    transformers notes about padding inputs."""
-    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
-    torch.set_num_threads(1)
+def quiet_transformers():
+    """No transformers notes about padding inputs."""
+    verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
     yield
-    torch.set_num_threads(threads)
     transformers.logging.set_verbosity(verbosity)
 
 

@@ -9,14 +9,6 @@ from reformer_hf import ReformerForCausalLM
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Decoding runs many tiny ops, for which thread hand-offs on a shared 2-core CI box cost more than the math."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def generation_lm(seed=0, **overrides):
     """A local + LSH + full causal model that covers 256 positions and never stops early (no eos)."""
