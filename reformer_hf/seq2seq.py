@@ -18,8 +18,6 @@ ReformerCache) and, per layer, the cross-attention keys and values, computed onc
 encoder output.
 """
 
-import copy
-
 import torch
 from torch import nn
 from transformers import GenerationMixin
@@ -29,7 +27,14 @@ from .attention import full_attention, merge_heads, split_heads
 from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import AxialPositionEmbeddings, PositionEmbeddings
-from .modeling import AttentionBlock, FeedForwardBlock, ReformerModel, ReformerModelOutput, ReformerPreTrainedModel, padding_multiple
+from .modeling import (
+    AttentionBlock,
+    FeedForwardBlock,
+    ReformerModel,
+    ReformerModelOutput,
+    ReformerPreTrainedModel,
+    padding_multiple,
+)
 from .reversible import ReformerStack, ReversibleLayer
 from .translation_pipeline import TRANSLATION_CUSTOM_PIPELINES
 
@@ -469,7 +474,8 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
                                  else self.get_input_embeddings()(decoder_input_ids))
         batch, length = decoder_inputs_embeds.shape[:2]
         if labels is not None and tuple(labels.shape) != (batch, length):
-            raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {(batch, length)}, one per decoder position.")
+            raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {(batch, length)}, one per decoder "
+                             "position.")
         cache = self._resolve_cache(past_key_values, use_cache, batch)
         past_length = cache.get_seq_length() if cache is not None else 0
         decoder_pad_mask = self._decoder_pad_mask(decoder_attention_mask, batch, past_length + length)

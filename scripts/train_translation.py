@@ -376,7 +376,8 @@ def main(argv=None):
                 values.update(loss=step_loss, lr=scheduler.get_last_lr()[0], epoch=epoch, target_tokens=tokens,
                               elapsed_seconds=elapsed, target_tokens_per_second=tokens / elapsed)
             if args.eval_steps and step % args.eval_steps == 0:
-                values["validation_loss"] = validation_loss(accelerator, model, encoded["validation"], args, pad_token_id)
+                values["validation_loss"] = validation_loss(accelerator, model, encoded["validation"], args,
+                                                            pad_token_id)
                 keep_if_best(values["validation_loss"])
                 accelerator.print(f"step {step} (epoch {epoch}, {elapsed:.0f}s): train loss {step_loss:.3f}, "
                                   f"validation loss {values['validation_loss']:.3f}")
@@ -423,8 +424,8 @@ def finish(args, accelerator, model, tokenizer, splits, metrics, summary):
         "eval_seconds": round(time.perf_counter() - eval_start, 2),
     }
     metrics.log(summary["steps"], {key: results[key] for key in ("test_bleu", "copy_source_test_bleu")})
-    accelerator.print(f"test BLEU {results['test_bleu']:.2f} (copying the source: {results['copy_source_test_bleu']:.2f}) "
-                      f"on {len(sources)} pairs")
+    accelerator.print(f"test BLEU {results['test_bleu']:.2f} (copying the source: "
+                      f"{results['copy_source_test_bleu']:.2f}) on {len(sources)} pairs")
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
