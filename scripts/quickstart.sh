@@ -7,7 +7,8 @@ python -m pip install --quiet torch==2.13.0
 python -m pip install --quiet -e ".[dev]"
 STDLIB="$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')"
 OUT="${OUT_DIR:-runs/quickstart}"
-python scripts/train_lm.py --corpus "$STDLIB" --corpus-pattern '*.py' --preset tiny --seq-len 256 \
-    --batch-size 8 --max-steps "${STEPS:-600}" --lr 3e-3 --eval-steps 200 --save-steps 200 \
-    --cpu --output-dir "$OUT"
+MODEL='hidden_size=128,num_attention_heads=4,attention_head_size=32,feed_forward_size=256,axial_pos_embds_dim=[64,64],attn_layers=["local","lsh","local","lsh"],num_buckets=8'
+python scripts/train_lm.py --corpus "$STDLIB" --corpus-pattern '*.py' --preset tiny --config-overrides "$MODEL" \
+    --seq-len 256 --batch-size 8 --max-steps "${STEPS:-600}" --lr 2e-3 \
+    --warmup-steps 50 --eval-steps 250 --save-steps 250 --cpu --output-dir "$OUT"
 python scripts/generate.py "$OUT/final" --prompt "def " --prompt "import " --max-new-tokens 120
