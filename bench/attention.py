@@ -325,12 +325,14 @@ def pick(rows, **match):
     return None
 
 
-def write_report(out_dir):
-    rows = read_json_lines(os.path.join(out_dir, "attention.jsonl"))
+def write_report(out_dir, stem="attention"):
+    rows = read_json_lines(os.path.join(out_dir, stem + ".jsonl"))
     env = next((row for row in rows if row.get("section") == "environment"), {})
     sweep = [row for row in rows if row.get("section") == "sweep"]
     lengths = sorted({row["length"] for row in sweep})
-    text = ["# Attention layer benchmark", "", environment_markdown(env), ""]
+    text = ["# Attention layer benchmark", "", environment_markdown(env), "",
+            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/attention.py --out DIR --check --tune --sweep --report`. "
+            "Plot: `attention_h100.png` (time and memory against length, log-log). Raw numbers: the .jsonl beside this file.", ""]
 
     checks = [row for row in rows if row.get("section") == "check"]
     if checks:
@@ -408,9 +410,9 @@ def write_report(out_dir):
         text += [f"- {row['impl']} n={row['n_hashes']} {row['mode']} at {length_label(row['length'])}: {row['status']}"
                  for row in failed]
         text.append("")
-    with open(os.path.join(out_dir, "attention.md"), "w", encoding="utf-8") as file:
+    with open(os.path.join(out_dir, stem + ".md"), "w", encoding="utf-8") as file:
         file.write("\n".join(text))
-    plot(sweep, os.path.join(out_dir, "attention.png"))
+    plot(sweep, os.path.join(out_dir, stem + ".png"))
 
 
 def plot(sweep, path):
@@ -455,6 +457,7 @@ def main():
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=LENGTHS)
     parser.add_argument("--hashes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
+    parser.add_argument("--stem", default="attention", help="file name stem of the .jsonl/.md/.png in --out")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, to test this script")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
@@ -466,7 +469,7 @@ def main():
     if args.check or args.tune or args.sweep:
         if not torch.cuda.is_available() and not args.smoke:
             raise SystemExit("bench/attention.py measures on a CUDA GPU; none is available here.")
-        log = JsonLines(os.path.join(args.out, "attention.jsonl"))
+        log = JsonLines(os.path.join(args.out, args.stem + ".jsonl"))
         log.write(section="environment", **environment())
         if args.check:
             run_checks(log)
@@ -475,7 +478,7 @@ def main():
         if args.sweep:
             run_sweep(log, args.lengths, args.hashes)
     if args.report:
-        write_report(args.out)
+        write_report(args.out, args.stem)
 
 
 if __name__ == "__main__":

@@ -602,9 +602,11 @@ def _tiles(chunk_length, d_head):
     return block, block, _pow2(d_head)
 
 
-# Warps per program of the attention kernels.  Eight keep the 64 x 64 tiles of a d_head 64
-# program within the 255-register limit (four spill); bench/attention.py --tune times both.
-LAUNCH_WARPS = {"forward": 8, "backward": 8}
+# Warps per program of the attention kernels.  Four spill a few registers at d_head 64 where
+# eight do not, yet on one H100 at 64K tokens, n_hashes 4, four ran the forward in 1.28 ms
+# against 2.34 and the backward in 4.55 ms against 6.45 (bench/results/attention_h100.md,
+# "--tune"): more programs per multiprocessor hide the row gathers better.
+LAUNCH_WARPS = {"forward": 4, "backward": 4}
 
 
 class _Window:

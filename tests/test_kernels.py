@@ -1,8 +1,8 @@
 """The fused Triton kernels against the torch reference path in attention.py.
 
 On a machine without a GPU the kernels run under Triton's interpreter (TRITON_INTERPRET=1, set
-here before the kernels are compiled) at tiny sizes; tests/../bench/attention.py --check runs the
-same comparisons at full size on the GPU.  Tolerances follow flash-attention's tests: in half
+here before the kernels are compiled) at tiny sizes; `bench/attention.py --check` runs the same
+comparisons at full size on the GPU (bench/results/attention_h100.md).  Tolerances follow flash-attention's tests: in half
 precision the kernel's error against a float64 reference may be at most twice the torch path's
 own error in that precision; in float32 both compute the same formula and differ only by the
 order of additions.
@@ -93,7 +93,7 @@ def test_lsh_kernel_equals_torch_path_in_float32(mode, causal, before, after, n_
 
 @pytest.mark.parametrize("dtype, mode, n_hashes", [
     (torch.bfloat16, "bucket_window", 2),
-    (torch.bfloat16, "chunk", 4),
+    (torch.bfloat16, "chunk", 2),
     (torch.float16, "bucket_window", 2),
 ])
 def test_lsh_kernel_half_precision_error_is_within_twice_the_torch_paths(dtype, mode, n_hashes):
