@@ -70,9 +70,6 @@ def our_model(length, n_layers, n_hashes=N_HASHES):
         local_attention_probs_dropout=0.0, attn_backend="auto", chunk_size_feed_forward=chunk,
         chunk_size_lm_head=chunk,
     )
-    # PreTrainedConfig.__init__ resets chunk_size_feed_forward to 0 after ReformerConfig set it
-    # (reported; configuration.py is not this benchmark's to fix), so set it again here.
-    config.chunk_size_feed_forward = chunk
     return ReformerForCausalLM(config)
 
 

@@ -175,7 +175,9 @@ class ReformerConfig(PreTrainedConfig):
             list(decoder_attn_layers) if isinstance(decoder_attn_layers, (list, tuple)) else decoder_attn_layers
         )
         self.decoder_start_token_id = decoder_start_token_id
+        # PreTrainedConfig owns chunk_size_feed_forward too and would reset it to 0: pass it through.
         super().__init__(
+            chunk_size_feed_forward=chunk_size_feed_forward,
             is_decoder=is_decoder,
             is_encoder_decoder=is_encoder_decoder,
             tie_word_embeddings=tie_word_embeddings,

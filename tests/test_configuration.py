@@ -23,10 +23,12 @@ def test_defaults_are_valid_and_layers_counted():
 
 
 def test_round_trip_through_json(tmp_path):
-    config = ReformerConfig(**small(num_buckets=[2, 4], attn_layers=["lsh", "full"], is_decoder=True))
+    config = ReformerConfig(**small(num_buckets=[2, 4], attn_layers=["lsh", "full"], is_decoder=True,
+                                    chunk_size_feed_forward=7, chunk_size_lm_head=9, hash_seed=3))
     config.save_pretrained(tmp_path)
     loaded = ReformerConfig.from_pretrained(tmp_path)
     assert loaded.to_dict() == config.to_dict()
+    assert (loaded.chunk_size_feed_forward, loaded.chunk_size_lm_head, loaded.hash_seed) == (7, 9, 3)
     assert loaded.num_buckets == [2, 4] and loaded.n_buckets_total == 8 and loaded.is_decoder
 
 

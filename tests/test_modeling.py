@@ -57,6 +57,7 @@ def test_chunked_feed_forward_equals_unchunked():
     block = FeedForwardBlock(tiny_config(chunk_size_feed_forward=0))
     chunked = FeedForwardBlock(tiny_config(chunk_size_feed_forward=5))
     chunked.load_state_dict(block.state_dict())
+    assert (block.chunk_size, chunked.chunk_size) == (0, 5)
     hidden = torch.randn(2, 23, 16)
     torch.testing.assert_close(chunked(hidden), block(hidden), atol=0, rtol=0)
 
