@@ -71,3 +71,26 @@ def test_bad_arguments_fail_with_a_clear_message(tmp_path, capsys, argv, message
         load_script_module().main([*argv, "--output_dir", str(tmp_path / "out"), "--report_to", "none"])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_docs_sections_label_each_page_by_its_top_level_folder(tmp_path):
+    """The layout of the Python docs (html/<section>/<page>.html); page text is real stdlib source."""
+    from script_runner import stdlib_package
+
+    sources = sorted(stdlib_package("json").glob("*.py")) + sorted(stdlib_package("email").glob("*.py"))[:15]
+    for index, source in enumerate(sources):
+        section = ("library", "tutorial")[index % 2]
+        page = tmp_path / "html" / section / f"page{index}.html"
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(f"<html><body><pre>{source.read_text()}</pre></body></html>")
+    (tmp_path / "html" / "index.html").write_text("<html>top-level pages have no section</html>")
+    module = load_script_module()
+    parser = module.build_parser()
+    script, _ = parser.parse_args_into_dataclasses(
+        args=["--task", "docs-sections", "--corpus", str(tmp_path / "html"), "--output_dir", str(tmp_path / "o")])
+    dataset, names = module.build_dataset(script)
+    assert names == ["library", "tutorial"]
+    assert sum(len(split) for split in dataset.values()) == len(sources)
+    for split in dataset.values():
+        for row in split:
+            assert row["text"].startswith("<html><body><pre>")

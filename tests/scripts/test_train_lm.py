@@ -51,9 +51,11 @@ def test_help_lists_the_data_and_checkpoint_options():
     (["--corpus", "{corpus}", "--resume", "--output-dir", "{tmp}/missing"], "there is nothing to resume"),
     (["--corpus", "{corpus}", "--seq-len", "200000", "--preset", "enwik8-paper", "--output-dir", "{tmp}/a"],
      "--seq-len=200000 is larger than the model's maximum of 65536"),
+    (["--enwik8", "{tmp}/enwik8", "--output-dir", "{tmp}/a"], "holds 1000 bytes, shorter than split_sizes"),
 ])
 def test_bad_arguments_fail_before_any_work_with_a_clear_message(tmp_path, capsys, argv, message):
     argv = [arg.format(tmp=tmp_path, corpus=stdlib_package("json")) for arg in argv]
+    (tmp_path / "enwik8").write_bytes(stdlib_package("json").joinpath("decoder.py").read_bytes()[:1000])
     with pytest.raises(SystemExit) as exit_info:
         load_script_module().main(argv)
     assert exit_info.value.code == 2
