@@ -14,4 +14,4 @@ MODEL='hidden_size=128,num_attention_heads=4,attention_head_size=32,feed_forward
 python scripts/train_lm.py --corpus "$STDLIB" --corpus-pattern '*.py' --preset tiny --config-overrides "$MODEL" \
     --seq-len 256 --batch-size 8 --max-steps "${STEPS:-600}" --lr 2e-3 \
     --warmup-steps 50 --eval-steps 250 --save-steps 250 --cpu --output-dir "$OUT"
-python scripts/generate.py "$OUT/final" --prompt "def " --prompt "import " --max-new-tokens 120
+python scripts/generate.py "$OUT/final" --prompt "def " --prompt "import " --max-new-tokens 200 --do-sample --top-k 20 --temperature 0.7
