@@ -2,7 +2,10 @@
 cached generation, save/load, the translation pipeline and Seq2SeqTrainer."""
 
 import copy
+import json
 import math
+import subprocess
+import sys
 
 import datasets
 import pytest
@@ -156,6 +159,17 @@ def test_labels_are_shifted_right_into_decoder_inputs_and_give_token_mean_cross_
     torch.testing.assert_close(output.loss, manual)
 
 
+def test_chunked_feed_forward_gives_the_unchunked_outputs():
+    torch.manual_seed(0)
+    model = ReformerForConditionalGeneration(tiny_seq2seq_config(hash_seed=7)).eval()
+    chunked = ReformerForConditionalGeneration(tiny_seq2seq_config(hash_seed=7, chunk_size_feed_forward=3)).eval()
+    chunked.load_state_dict(model.state_dict())
+    source, labels = token_ids((2, 9), seed=1), token_ids((2, 8), seed=2)
+    assert chunked.decoder.layers.layers[0].feed_forward.chunk_size == 3
+    torch.testing.assert_close(chunked(input_ids=source, labels=labels).logits,
+                               model(input_ids=source, labels=labels).logits, atol=1e-6, rtol=0)
+
+
 def test_tied_output_layer_is_the_shared_embedding_and_untied_is_not():
     tied = ReformerForConditionalGeneration(tiny_seq2seq_config(tie_word_embeddings=True))
     untied = ReformerForConditionalGeneration(tiny_seq2seq_config(tie_word_embeddings=False))
@@ -241,6 +255,54 @@ def test_save_load_auto_class_and_translation_pipeline(tmp_path, bpe_tokenizer):
     assert [row["translation_text"] for row in result] == expected
     text2text = pipeline("text2text-generation", model=str(tmp_path), pipeline_class=TranslationPipeline)
     assert text2text("Page size", num_beams=3, max_new_tokens=10) == [{"translation_text": expected[1]}]
+
+
+# A fresh interpreter whose import system refuses `reformer_hf`: the folder's own code must do everything.
+REMOTE_SCRIPT = r'''
+import importlib.abc, json, sys
+
+class RefuseReformerHF(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "reformer_hf" or name.startswith("reformer_hf."):
+            raise ModuleNotFoundError(f"No module named {name!r} (refused)", name=name)
+
+sys.meta_path.insert(0, RefuseReformerHF())
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
+
+folder, sources = sys.argv[1], json.loads(sys.argv[2])
+model = AutoModelForSeq2SeqLM.from_pretrained(folder, trust_remote_code=True).eval()
+tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
+batch = tokenizer(sources, return_tensors="pt", padding=True)
+generated = model.generate(**batch, num_beams=3, max_new_tokens=10).tolist()
+translated = pipeline("translation", model=folder, trust_remote_code=True)(sources, num_beams=3, max_new_tokens=10)
+print(json.dumps({"model_class": type(model).__module__, "generated": generated,
+                  "translated": [row["translation_text"] for row in translated],
+                  "reformer_hf_loaded": any(name.startswith("reformer_hf") for name in sys.modules)}))
+'''
+
+
+def test_saved_folder_translates_where_the_package_cannot_be_imported(tmp_path, bpe_tokenizer):
+    torch.manual_seed(0)
+    model = ReformerForConditionalGeneration(translation_config("tiny", vocab_size=len(bpe_tokenizer))).eval()
+    folder = tmp_path / "folder"
+    model.save_pretrained(folder)
+    bpe_tokenizer.save_pretrained(folder)
+    auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForSeq2SeqLM"] == "seq2seq.ReformerForConditionalGeneration"
+    assert (folder / "translation_pipeline.py").is_file()
+
+    sources = ["The file could not be saved.", "Page size"]
+    env = {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), "PATH": "/usr/bin:/bin",
+           "TRANSFORMERS_VERBOSITY": "error", "OMP_NUM_THREADS": "1"}
+    completed = subprocess.run([sys.executable, "-I", "-c", REMOTE_SCRIPT, str(folder), json.dumps(sources)],
+                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    report = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert report["model_class"].startswith("transformers_modules.") and not report["reformer_hf_loaded"]
+    expected = model.generate(**bpe_tokenizer(sources, return_tensors="pt", padding=True), num_beams=3,
+                              max_new_tokens=10)
+    assert report["generated"] == expected.tolist()
+    assert report["translated"] == bpe_tokenizer.batch_decode(expected, skip_special_tokens=True)
 
 
 def test_seq2seq_trainer_trains_and_predicts_with_generate(tmp_path, bpe_tokenizer, en_de_pairs):
