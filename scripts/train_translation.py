@@ -127,15 +127,21 @@ def check_args(parser, args):
         parser.error(f"--output-dir={args.output_dir!r} is not empty; choose a new folder")
 
 
-def build_config(parser, args, tokenizer):
+def build_config(parser, args, tokenizer=None):
+    """The model's config for `tokenizer`'s vocabulary; without one (the check before any work),
+    for --vocab-size and the BPE tokenizer's special ids (pad 0, bos 1, eos 2)."""
     from reformer_hf.seq2seq import translation_config
     from reformer_hf.training import parse_overrides
 
     try:
         overrides = parse_overrides(args.config_overrides)
-        token_ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         decoder_start_token_id=tokenizer.pad_token_id)
+        if tokenizer is None:
+            token_ids = dict(vocab_size=args.vocab_size, pad_token_id=0, bos_token_id=1, eos_token_id=2,
+                             decoder_start_token_id=0)
+        else:
+            token_ids = dict(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                             decoder_start_token_id=tokenizer.pad_token_id)
         config = translation_config(args.preset, **{**token_ids, **overrides})
     except ValueError as error:
         parser.error(str(error))
@@ -300,6 +306,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     check_args(parser, args)
+    build_config(parser, args)
     splits = load_splits(parser, args)
 
     import torch
@@ -313,7 +320,6 @@ def main(argv=None):
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     set_seed(args.seed)
 
     tokenizer = build_tokenizer(args, splits["train"])
@@ -332,7 +338,7 @@ def main(argv=None):
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps,
                               num_training_steps=args.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process, tensorboard=False)
+    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process, tensorboard=False)  # creates output_dir
     if accelerator.is_main_process:
         (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2), encoding="utf-8")
     pad_token_id = tokenizer.pad_token_id

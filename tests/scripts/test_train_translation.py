@@ -83,7 +83,7 @@ def test_bad_arguments_fail_before_any_training_with_a_clear_message(tmp_path, c
         load_script_module().main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
-    assert not (tmp_path / "a" / "metrics.jsonl").exists()
+    assert not (tmp_path / "a").exists()
 
 
 def test_a_data_set_without_held_out_splits_is_split_by_source_sentence(tmp_path, en_de_pairs):
