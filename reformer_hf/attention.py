@@ -468,10 +468,8 @@ class LSHSelfAttention(nn.Module):
         return merge_heads(out)
 
 
-class LocalSelfAttention(nn.Module):
-    """Chunked sliding-window self-attention with separate query, key and value projections."""
-
-    kind = "local"
+class SeparateQKVAttention(nn.Module):
+    """Base of the attention kinds with separate query, key and value projections (local, full)."""
 
     def __init__(self, config):
         super().__init__()
@@ -483,9 +481,18 @@ class LocalSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, inner, bias=False)
         self.value = nn.Linear(config.hidden_size, inner, bias=False)
 
+    def project(self, hidden):
+        """hidden (batch, length, hidden_size) -> query, key, value, each (batch, heads, length, d_head)."""
+        return tuple(split_heads(proj(hidden), self.n_heads, self.d_head) for proj in (self.query, self.key, self.value))
+
+
+class LocalSelfAttention(SeparateQKVAttention):
+    """Chunked sliding-window self-attention."""
+
+    kind = "local"
+
     def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
-        query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
-                             for proj in (self.query, self.key, self.value))
+        query, key, value = self.project(hidden)
         if layer_cache is not None:
             layer_cache.prefill(key, value, pad_mask)
         out, _ = local_attention_dispatch(self.config.attn_backend)(
@@ -505,8 +512,7 @@ class LocalSelfAttention(nn.Module):
 
     def decode_step(self, hidden, layer_cache, is_pad):
         """One new position, hidden (batch, 1, hidden_size), against the latest keys in `layer_cache`."""
-        query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
-                             for proj in (self.query, self.key, self.value))
+        query, key, value = self.project(hidden)
         layer_cache.append(key, value, is_pad)
         out, _ = local_decode_step(
             query,
@@ -523,24 +529,13 @@ class LocalSelfAttention(nn.Module):
         return merge_heads(out)
 
 
-class FullSelfAttention(nn.Module):
-    """Dense self-attention with separate query, key and value projections."""
+class FullSelfAttention(SeparateQKVAttention):
+    """Dense self-attention."""
 
     kind = "full"
 
-    def __init__(self, config):
-        super().__init__()
-        self.config = config
-        self.n_heads = config.num_attention_heads
-        self.d_head = config.head_size
-        inner = self.n_heads * self.d_head
-        self.query = nn.Linear(config.hidden_size, inner, bias=False)
-        self.key = nn.Linear(config.hidden_size, inner, bias=False)
-        self.value = nn.Linear(config.hidden_size, inner, bias=False)
-
     def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
-        query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
-                             for proj in (self.query, self.key, self.value))
+        query, key, value = self.project(hidden)
         if layer_cache is not None:
             layer_cache.prefill(key, value, pad_mask)
         out, _ = full_attention(
@@ -556,8 +551,7 @@ class FullSelfAttention(nn.Module):
 
     def decode_step(self, hidden, layer_cache, is_pad):
         """One new position, hidden (batch, 1, hidden_size), against every earlier key in `layer_cache`."""
-        query, key, value = (split_heads(proj(hidden), self.n_heads, self.d_head)
-                             for proj in (self.query, self.key, self.value))
+        query, key, value = self.project(hidden)
         layer_cache.append(key, value, is_pad)
         out, _ = full_attention(
             query,

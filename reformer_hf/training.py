@@ -13,6 +13,7 @@ Exact resume rests on three things kept here:
   continues the curve instead of repeating steps.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -278,8 +279,4 @@ def read_metrics(path):
 
 
 def tensorboard_available():
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return importlib.util.find_spec("tensorboard") is not None
