@@ -139,6 +139,56 @@ def _visible(q_slot, q_pos, q_bkt, k_slot, k_pos, k_bkt, k_pad, exists, CHUNK,
     return vis
 
 
+@_jit_helper
+def _window_chunk(chunk, w, n_chunks, NB: tl.constexpr, CIRCULAR: tl.constexpr):
+    """The chunk `w` places into `chunk`'s window (w = NB is `chunk` itself), clamped into range,
+    and whether it exists (on a ring every neighbour does)."""
+    key_chunk = chunk + (w - NB)
+    if CIRCULAR:
+        exists = key_chunk == key_chunk
+        key_chunk = (key_chunk + NB * n_chunks) % n_chunks
+    else:
+        exists = (key_chunk >= 0) & (key_chunk < n_chunks)
+        key_chunk = tl.minimum(tl.maximum(key_chunk, 0), n_chunks - 1)
+    return key_chunk, exists
+
+
+@_jit_helper
+def _key_block(
+    Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+    stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
+    key_scale, SORTED: tl.constexpr, BUCKET_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
+    NORM_KEYS: tl.constexpr, DOT_MODE: tl.constexpr, EPS: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """BLOCK_N key slots of `key_chunk` from `start`: their slots, positions, buckets and padding
+    flags, which of them exist, and their keys and values, read through the slot -> position map
+    (shared-QK keys normalised from the queries here)."""
+    cols = start + tl.arange(0, BLOCK_N)
+    col_ok = cols < CHUNK
+    k_slot = key_chunk * CHUNK + cols
+    if SORTED:
+        k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1)
+    else:
+        k_pos = tl.where(col_ok, k_slot, -1)
+    k_bkt = k_pos
+    if BUCKET_WINDOW:
+        k_bkt = tl.load(BKT + slot_base + k_slot, mask=col_ok, other=-2)
+    k_pad = k_pos
+    if HAS_PAD:
+        k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
+    kv_mask = col_ok[:, None] & d_ok[None, :]
+    if NORM_KEYS:
+        raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
+                      mask=kv_mask, other=0.0)
+        k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
+    else:
+        k = tl.load(K + b * stride_kb + h * stride_kh + k_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
+                    mask=kv_mask, other=0.0)
+    v = tl.load(V + b * stride_vb + h * stride_vh + k_pos.to(tl.int64)[:, None] * stride_vl + d_offs[None, :],
+                mask=kv_mask, other=0.0)
+    return k_slot, k_pos, k_bkt, k_pad, col_ok, k, v
+
+
 @_jit
 def _window_fwd_kernel(
     Q, K, V, POS, BKT, PAD, OUT, LSE,
@@ -182,37 +232,13 @@ def _window_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for w in tl.static_range(NB + NA + 1):
-        key_chunk = chunk + (w - NB)
-        if CIRCULAR:
-            exists = key_chunk == key_chunk
-            key_chunk = (key_chunk + NB * n_chunks) % n_chunks
-        else:
-            exists = (key_chunk >= 0) & (key_chunk < n_chunks)
-            key_chunk = tl.minimum(tl.maximum(key_chunk, 0), n_chunks - 1)
+        key_chunk, exists = _window_chunk(chunk, w, n_chunks, NB, CIRCULAR)
         for start in range(0, CHUNK, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_ok = cols < CHUNK
-            k_slot = key_chunk * CHUNK + cols
-            if SORTED:
-                k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1)
-            else:
-                k_pos = tl.where(col_ok, k_slot, -1)
-            k_bkt = k_pos
-            if BUCKET_WINDOW:
-                k_bkt = tl.load(BKT + slot_base + k_slot, mask=col_ok, other=-2)
-            k_pad = k_pos
-            if HAS_PAD:
-                k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
-            kv_mask = col_ok[:, None] & d_ok[None, :]
-            if NORM_KEYS:
-                raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
-                              mask=kv_mask, other=0.0)
-                k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
-            else:
-                k = tl.load(K + b * stride_kb + h * stride_kh + k_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
-                            mask=kv_mask, other=0.0)
-            v = tl.load(V + b * stride_vb + h * stride_vh + k_pos.to(tl.int64)[:, None] * stride_vl + d_offs[None, :],
-                        mask=kv_mask, other=0.0)
+            k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
+                Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
+                key_scale, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, DOT_MODE, EPS, BLOCK_N,
+            )
 
             logits = _dot(q, tl.trans(k), DOT_MODE) * scale
             vis = _visible(q_slot[:, None], q_pos[:, None], q_bkt[:, None], k_slot[None, :], k_pos[None, :],
@@ -462,37 +488,13 @@ def _window_bwd_kernel(
 
     # Queries: this block against its own window.
     for w in tl.static_range(NB + NA + 1):
-        key_chunk = chunk + (w - NB)
-        if CIRCULAR:
-            exists = key_chunk == key_chunk
-            key_chunk = (key_chunk + NB * n_chunks) % n_chunks
-        else:
-            exists = (key_chunk >= 0) & (key_chunk < n_chunks)
-            key_chunk = tl.minimum(tl.maximum(key_chunk, 0), n_chunks - 1)
+        key_chunk, exists = _window_chunk(chunk, w, n_chunks, NB, CIRCULAR)
         for start in range(0, CHUNK, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_ok = cols < CHUNK
-            k_slot = key_chunk * CHUNK + cols
-            if SORTED:
-                k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1)
-            else:
-                k_pos = tl.where(col_ok, k_slot, -1)
-            k_bkt = k_pos
-            if BUCKET_WINDOW:
-                k_bkt = tl.load(BKT + slot_base + k_slot, mask=col_ok, other=-2)
-            k_pad = k_pos
-            if HAS_PAD:
-                k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
-            col_mask = col_ok[:, None] & d_ok[None, :]
-            if NORM_KEYS:
-                raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
-                              mask=col_mask, other=0.0)
-                k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
-            else:
-                k = tl.load(K + b * stride_kb + h * stride_kh + k_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
-                            mask=col_mask, other=0.0)
-            v = tl.load(V + b * stride_vb + h * stride_vh + k_pos.to(tl.int64)[:, None] * stride_vl + d_offs[None, :],
-                        mask=col_mask, other=0.0)
+            k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
+                Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
+                key_scale, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, DOT_MODE, EPS, BLOCK_N,
+            )
 
             logits = _dot(q_me, tl.trans(k), DOT_MODE) * scale
             vis = _visible(my_slot[:, None], my_pos[:, None], my_bkt[:, None], k_slot[None, :], k_pos[None, :],
