@@ -131,6 +131,23 @@ def shared_qk_full_attention(query_key, value, *, causal=False, pad_mask=None, d
     return _softmax_attend(logits, value, dropout_p, training)
 
 
+def sort_by_bucket(bucket_ids, n_buckets, pad_mask=None):
+    """The hash rounds laid end to end, each sorted by (bucket, position).
+
+    bucket_ids (batch, heads, n_hashes, length) in [0, n_buckets) -> sorted_order, the index of
+    each sorted slot into the rounds laid end to end, and sorted_buckets, its bucket offset by
+    round * (n_buckets + 1); both (batch, heads, n_hashes * length).  Padding goes to the extra
+    last bucket of its round.  A stable sort by bucket keeps each bucket's positions in order.
+    """
+    n_hashes = bucket_ids.shape[2]
+    if pad_mask is not None:
+        bucket_ids = bucket_ids.masked_fill(pad_mask[:, None, None, :], n_buckets)
+    offsets = torch.arange(n_hashes, device=bucket_ids.device, dtype=bucket_ids.dtype) * (n_buckets + 1)
+    round_buckets = (bucket_ids + offsets.view(1, 1, n_hashes, 1)).flatten(2)
+    sorted_buckets, sorted_order = torch.sort(round_buckets, dim=-1, stable=True)
+    return sorted_order, sorted_buckets
+
+
 def lsh_attention(
     query_key,
     value,
@@ -180,15 +197,8 @@ def lsh_attention(
         return out, lse + math.log(n_hashes)
     device = query_key.device
 
-    if pad_mask is not None:
-        bucket_ids = bucket_ids.masked_fill(pad_mask[:, None, None, :], n_buckets)
-    round_offsets = torch.arange(n_hashes, device=device).view(1, 1, n_hashes, 1) * (n_buckets + 1)
-    round_buckets = (bucket_ids + round_offsets).flatten(2)  # (b, h, n_hashes * length)
-    positions = torch.arange(length, device=device).repeat(n_hashes)  # (n_hashes * length,)
-    sort_keys = round_buckets * length + positions
-    sorted_order = sort_keys.argsort(dim=-1)  # (b, h, n_hashes * length): index into the rounds laid end to end
+    sorted_order, sorted_buckets = sort_by_bucket(bucket_ids, n_buckets, pad_mask)
     sorted_positions = sorted_order % length
-    sorted_buckets = round_buckets.gather(-1, sorted_order)
 
     def gather_positions(tensor):
         return tensor.gather(2, sorted_positions[..., None].expand(-1, -1, -1, d_head))

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 
 import torch
 
+from . import attention
 from .attention import KEY_NORM_EPS, MASK_VALUE, SELF_MASK_VALUE, bucket_factors
 
 try:
@@ -806,20 +807,10 @@ def _pad_bytes(pad_mask, batch, length):
 
 
 def sort_by_bucket(bucket_ids, n_buckets, pad_mask=None):
-    """Sorted slot -> position map and the slots' buckets, rounds laid end to end.
-
-    bucket_ids (batch, heads, n_hashes, length) -> sorted_positions, sorted_buckets, both
-    (batch, heads, n_hashes * length) int32.  Round r's buckets are offset by r * (n_buckets + 1)
-    and padding goes to the extra last bucket of its round.  A stable sort by bucket keeps the
-    positions of a bucket in order, which is the reference's (round, bucket, position) order.
-    """
-    n_hashes, length = bucket_ids.shape[2:]
-    buckets = bucket_ids.to(torch.int32)
-    if pad_mask is not None:
-        buckets = buckets.masked_fill(pad_mask[:, None, None, :], n_buckets)
-    offsets = torch.arange(n_hashes, device=buckets.device, dtype=torch.int32) * (n_buckets + 1)
-    buckets = (buckets + offsets.view(1, 1, n_hashes, 1)).flatten(2)
-    sorted_buckets, order = torch.sort(buckets, dim=-1, stable=True)
+    """`attention.sort_by_bucket` as the kernels read it: the sorted slot -> position map and the
+    slots' buckets, both (batch, heads, n_hashes * length) int32."""
+    length = bucket_ids.shape[3]
+    order, sorted_buckets = attention.sort_by_bucket(bucket_ids.to(torch.int32), n_buckets, pad_mask)
     return (order % length).to(torch.int32), sorted_buckets
 
 
