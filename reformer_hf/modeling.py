@@ -308,12 +308,17 @@ class ReformerModel(ReformerPreTrainedModel):
             self.encoder.decode_step(hidden[:, t : t + 1], cache.layers, new_is_pad[:, t], output_hidden_states)
             for t in range(length)
         ]
-        y1 = torch.cat([step[0] for step in steps], dim=1)
-        y2 = torch.cat([step[1] for step in steps], dim=1)
-        all_hidden = None
-        if output_hidden_states:
-            all_hidden = tuple(torch.cat(per_layer, dim=1) for per_layer in zip(*(step[2] for step in steps)))
-        return y1, y2, all_hidden
+        return join_decode_steps(steps, output_hidden_states)
+
+
+def join_decode_steps(steps, output_hidden_states):
+    """Per-position (y1, y2, hidden states per layer) decode steps -> the same along the sequence."""
+    y1 = torch.cat([step[0] for step in steps], dim=1)
+    y2 = torch.cat([step[1] for step in steps], dim=1)
+    all_hidden = None
+    if output_hidden_states:
+        all_hidden = tuple(torch.cat(per_layer, dim=1) for per_layer in zip(*(step[2] for step in steps)))
+    return y1, y2, all_hidden
 
 
 def shifted_token_losses(logits, labels):

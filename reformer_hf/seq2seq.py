@@ -33,6 +33,7 @@ from .modeling import (
     ReformerModel,
     ReformerModelOutput,
     ReformerPreTrainedModel,
+    join_decode_steps,
     padding_multiple,
 )
 from .reversible import ReformerStack, ReversibleLayer
@@ -336,12 +337,7 @@ class ReformerDecoder(nn.Module):
             return y1[:, -length:], y2[:, -length:], all_hidden
         steps = [self.layers.decode_step(hidden[:, t : t + 1], cache.layers, new_is_pad[:, t], output_hidden_states)
                  for t in range(length)]
-        y1 = torch.cat([step[0] for step in steps], dim=1)
-        y2 = torch.cat([step[1] for step in steps], dim=1)
-        all_hidden = None
-        if output_hidden_states:
-            all_hidden = tuple(torch.cat(per_layer, dim=1) for per_layer in zip(*(step[2] for step in steps)))
-        return y1, y2, all_hidden
+        return join_decode_steps(steps, output_hidden_states)
 
 
 # ------------------------------------------------------------------------------------ the model
