@@ -396,6 +396,7 @@ class LSHSelfAttention(nn.Module):
         inner = self.n_heads * self.d_head
         self.query_key = nn.Linear(config.hidden_size, inner, bias=False)
         self.value = nn.Linear(config.hidden_size, inner, bias=False)
+        self._seeded_rotations = (None, None)  # (key, rotations) drawn from hash_seed, reused
 
     def num_buckets_for(self, length):
         if self.config.num_buckets is None:
@@ -410,10 +411,16 @@ class LSHSelfAttention(nn.Module):
         stack seeds per layer and step so that its backward pass redraws the same ones.
         """
         shape = (self.n_heads, self.d_head, self.config.num_hashes, rotation_size(num_buckets))
-        if self.config.hash_seed is not None:
+        if self.config.hash_seed is None:
+            return torch.randn(shape, device=device, dtype=dtype)
+        # The same seed always gives the same rotations: draw them (on the CPU, then copy to the
+        # device) once, not on every forward pass of every layer.
+        key = (self.config.hash_seed, shape, torch.device(device), dtype)
+        if self._seeded_rotations[0] != key:
             generator = torch.Generator().manual_seed(self.config.hash_seed)
-            return torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
-        return torch.randn(shape, device=device, dtype=dtype)
+            rotations = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
+            self._seeded_rotations = (key, rotations)
+        return self._seeded_rotations[1]
 
     def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
         """hidden (batch, length, hidden_size) -> (batch, length, heads * d_head).
