@@ -239,10 +239,11 @@ def lsh_attention(
 
     out = out.reshape(batch, heads, n_hashes * length, d_head)
     lse = lse.reshape(batch, heads, n_hashes * length)
-    unsort = sorted_order.argsort(dim=-1)
-    out = out.gather(2, unsort[..., None].expand(-1, -1, -1, d_head)).view(batch, heads, n_hashes, length, d_head)
-    lse = lse.gather(2, unsort).view(batch, heads, n_hashes, length)
-    return combine_hash_rounds(out, lse)
+    # Sorted slot i came from round-major index sorted_order[i]: scatter the results back there
+    # (sorted_order is a permutation, so this is its inverse without a second sort).
+    out = out.new_empty(out.shape).scatter(2, sorted_order[..., None].expand(-1, -1, -1, d_head), out)
+    lse = lse.new_empty(lse.shape).scatter(2, sorted_order, lse)
+    return combine_hash_rounds(out.view(batch, heads, n_hashes, length, d_head), lse.view(batch, heads, n_hashes, length))
 
 
 def combine_hash_rounds(round_out, round_lse):
