@@ -29,6 +29,8 @@ every step recomputes the full forward pass over the whole sequence: the logits 
 those of an uncached pass hashed with the same rotations, at the cost of an uncached pass.
 """
 
+import math
+
 import torch
 
 from .attention import bucket_factors
@@ -133,9 +135,7 @@ class LSHLayerCache:
     def prefill(self, rotations, num_buckets, keys, values, bucket_ids, pad_mask):
         """keys: normalised (batch, heads, length, d_head); bucket_ids (batch, heads, n_hashes, length)."""
         self.rotations, self.num_buckets = rotations, num_buckets
-        self.n_buckets = 1
-        for factor in bucket_factors(num_buckets):
-            self.n_buckets *= factor
+        self.n_buckets = math.prod(bucket_factors(num_buckets))
         if not self.keep_buckets:
             return
         batch, heads, n_hashes, length = bucket_ids.shape
@@ -239,14 +239,19 @@ class ReformerCache:
         """Positions seen so far, padding included (the sequence index of the next position)."""
         return self.seq_length
 
-    def begin_prefill(self, length, batch_size):
-        """Called by the model before the prefill pass over `length` positions of `batch_size` rows."""
+    def begin_prefill(self, embedded, pad_mask):
+        """Called by the model before the prefill pass over `embedded` (batch, length, hidden_size),
+        padding flags `pad_mask` (batch, length) or None; a recomputing cache keeps both."""
         if self.seq_length:
             raise ValueError(f"ReformerCache already holds {self.seq_length} positions; it cannot be prefilled again.")
+        batch_size, length = embedded.shape[:2]
         self.batch_size = batch_size
         for layer in self.layers:
             if layer is not None:
                 layer.length = length
+        if self.recomputes:
+            no_padding = torch.zeros(batch_size, length, dtype=torch.bool, device=embedded.device)
+            self.extend_sequence(embedded, pad_mask if pad_mask is not None else no_padding)
 
     def extend_sequence(self, embedded, pad_mask):
         """Recomputing caches: append (batch, new, hidden_size) and its padding flags; return the whole sequence."""

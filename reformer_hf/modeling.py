@@ -257,18 +257,19 @@ class ReformerModel(ReformerPreTrainedModel):
         hidden = self.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids)
         pad_mask = None if attention_mask is None else attention_mask == 0  # (batch, past_length + length)
         if past_length:
-            no_padding = torch.zeros(batch, length, dtype=torch.bool, device=device)
-            new_is_pad = pad_mask[:, past_length:] if pad_mask is not None else no_padding
-            y1, y2, all_hidden = self._continue(hidden, new_is_pad, cache, output_hidden_states)
+            new_is_pad = (pad_mask[:, past_length:] if pad_mask is not None
+                          else torch.zeros(batch, length, dtype=torch.bool, device=device))
+            y1, y2, all_hidden = continue_from_cache(
+                self.encoder, self.config, hidden, new_is_pad, cache, cache.layers, output_hidden_states
+            )
         else:
             layer_caches = None
             if cache is not None:
-                cache.begin_prefill(length, batch)
+                cache.begin_prefill(hidden, pad_mask)
                 layer_caches = cache.layers
-                if cache.recomputes:
-                    no_padding = torch.zeros(batch, length, dtype=torch.bool, device=device)
-                    cache.extend_sequence(hidden, pad_mask if pad_mask is not None else no_padding)
-            y1, y2, all_hidden = self._run_stack(hidden, pad_mask, layer_caches, output_hidden_states)
+            y1, y2, all_hidden = run_padded_stack(
+                self.encoder, self.config, hidden, pad_mask, layer_caches, output_hidden_states
+            )
         if cache is not None:
             cache.advance(length)
 
@@ -277,38 +278,43 @@ class ReformerModel(ReformerPreTrainedModel):
             return tuple(v for v in (sequence_output, cache, all_hidden) if v is not None)
         return ReformerModelOutput(last_hidden_state=sequence_output, past_key_values=cache, hidden_states=all_hidden)
 
-    def _run_stack(self, hidden, pad_mask, layer_caches, output_hidden_states):
-        """The stack over a whole sequence, padded internally to the chunk multiple and stripped again."""
-        batch, length = hidden.shape[:2]
-        padded_length = -(-length // padding_multiple(self.config)) * padding_multiple(self.config)
-        if padded_length != length:
-            hidden = nn.functional.pad(hidden, (0, 0, 0, padded_length - length))
-            if pad_mask is None:
-                pad_mask = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
-            pad_mask = nn.functional.pad(pad_mask, (0, padded_length - length), value=True)
-        if pad_mask is not None and not pad_mask.any():
-            pad_mask = None
 
-        y1, y2, all_hidden = self.encoder(hidden, pad_mask, output_hidden_states, layer_caches)
+def run_padded_stack(stack, config, hidden, pad_mask, layer_caches, output_hidden_states, context=None,
+                     context_mask=None):
+    """`stack` (a ReformerStack) over whole sequences, padded internally to the chunk multiple and stripped again."""
+    batch, length = hidden.shape[:2]
+    multiple = padding_multiple(config)
+    padded_length = -(-length // multiple) * multiple
+    if padded_length != length:
+        hidden = nn.functional.pad(hidden, (0, 0, 0, padded_length - length))
+        if pad_mask is None:
+            pad_mask = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
+        pad_mask = nn.functional.pad(pad_mask, (0, padded_length - length), value=True)
+    if pad_mask is not None and not pad_mask.any():
+        pad_mask = None
+    y1, y2, all_hidden = stack(hidden, pad_mask, output_hidden_states, layer_caches, context, context_mask)
+    if all_hidden is not None:
+        all_hidden = tuple(h[:, :length] for h in all_hidden)
+    return y1[:, :length], y2[:, :length], all_hidden
+
+
+def continue_from_cache(stack, config, hidden, new_is_pad, self_cache, layer_caches, output_hidden_states,
+                        context=None, context_mask=None):
+    """The positions after a filled ReformerCache `self_cache`: one at a time through every layer's
+    cache, or, for a cache that recomputes (cache.py says when), the whole sequence again keeping
+    the new part.  layer_caches: what the stack's layers read (`self_cache.layers`, or per-layer
+    caches that hold them); context is only read by a recomputing pass."""
+    length = hidden.shape[1]
+    if self_cache.recomputes:
+        sequence, pad_mask = self_cache.extend_sequence(hidden, new_is_pad)
+        y1, y2, all_hidden = run_padded_stack(stack, config, sequence, pad_mask, layer_caches, output_hidden_states,
+                                              context, context_mask)
         if all_hidden is not None:
-            all_hidden = tuple(h[:, :length] for h in all_hidden)
-        return y1[:, :length], y2[:, :length], all_hidden
-
-    def _continue(self, hidden, new_is_pad, cache, output_hidden_states):
-        """The positions after a filled cache: one at a time through every layer's cache, or, for a
-        cache that recomputes (cache.py says when), the whole sequence again keeping the new part."""
-        length = hidden.shape[1]
-        if cache.recomputes:
-            sequence, pad_mask = cache.extend_sequence(hidden, new_is_pad)
-            y1, y2, all_hidden = self._run_stack(sequence, pad_mask, cache.layers, output_hidden_states)
-            if all_hidden is not None:
-                all_hidden = tuple(h[:, -length:] for h in all_hidden)
-            return y1[:, -length:], y2[:, -length:], all_hidden
-        steps = [
-            self.encoder.decode_step(hidden[:, t : t + 1], cache.layers, new_is_pad[:, t], output_hidden_states)
-            for t in range(length)
-        ]
-        return join_decode_steps(steps, output_hidden_states)
+            all_hidden = tuple(h[:, -length:] for h in all_hidden)
+        return y1[:, -length:], y2[:, -length:], all_hidden
+    steps = [stack.decode_step(hidden[:, t : t + 1], layer_caches, new_is_pad[:, t], output_hidden_states)
+             for t in range(length)]
+    return join_decode_steps(steps, output_hidden_states)
 
 
 def join_decode_steps(steps, output_hidden_states):

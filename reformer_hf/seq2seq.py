@@ -33,8 +33,8 @@ from .modeling import (
     ReformerModel,
     ReformerModelOutput,
     ReformerPreTrainedModel,
-    join_decode_steps,
-    padding_multiple,
+    continue_from_cache,
+    run_padded_stack,
 )
 from .reversible import ReformerStack, ReversibleLayer
 from .translation_pipeline import TRANSLATION_CUSTOM_PIPELINES
@@ -292,52 +292,18 @@ class ReformerDecoder(nn.Module):
         self_cache = cache.self_attention if cache is not None else None
         if past_length == 0:
             if cache is not None:
-                self_cache.begin_prefill(length, batch)
-                if self_cache.recomputes:
-                    is_pad = pad_mask if pad_mask is not None else hidden.new_zeros(batch, length, dtype=torch.bool)
-                    self_cache.extend_sequence(hidden, is_pad)
-            y1, y2, all_hidden = self._run_stack(hidden, pad_mask, layer_caches, context, context_mask,
-                                                 output_hidden_states)
+                self_cache.begin_prefill(hidden, pad_mask)
+            y1, y2, all_hidden = run_padded_stack(self.layers, self.config, hidden, pad_mask, layer_caches,
+                                                  output_hidden_states, context, context_mask)
         else:
             new_is_pad = (pad_mask[:, past_length:] if pad_mask is not None
                           else hidden.new_zeros(batch, length, dtype=torch.bool))
-            y1, y2, all_hidden = self._continue(hidden, new_is_pad, cache, context, context_mask, output_hidden_states)
+            # The cached cross-attention keys stand for `context` when decoding position by position.
+            y1, y2, all_hidden = continue_from_cache(self.layers, self.config, hidden, new_is_pad, self_cache,
+                                                     layer_caches, output_hidden_states, context, context_mask)
         if cache is not None:
             self_cache.advance(length)
         return self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1))), all_hidden
-
-    def _run_stack(self, hidden, pad_mask, layer_caches, context, context_mask, output_hidden_states):
-        """The layers over whole target sequences, padded internally to the chunk multiple and stripped again."""
-        batch, length = hidden.shape[:2]
-        multiple = padding_multiple(self.config)
-        padded_length = -(-length // multiple) * multiple
-        if padded_length != length:
-            hidden = nn.functional.pad(hidden, (0, 0, 0, padded_length - length))
-            if pad_mask is None:
-                pad_mask = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
-            pad_mask = nn.functional.pad(pad_mask, (0, padded_length - length), value=True)
-        if pad_mask is not None and not pad_mask.any():
-            pad_mask = None
-        y1, y2, all_hidden = self.layers(hidden, pad_mask, output_hidden_states, layer_caches, context, context_mask)
-        if all_hidden is not None:
-            all_hidden = tuple(h[:, :length] for h in all_hidden)
-        return y1[:, :length], y2[:, :length], all_hidden
-
-    def _continue(self, hidden, new_is_pad, cache, context, context_mask, output_hidden_states):
-        """Positions after a filled cache: one at a time through every layer's cache, or, where the
-        self-attention cache recomputes (cache.py says when), the whole target sequence again with
-        the cached cross-attention keys, keeping the new part."""
-        length = hidden.shape[1]
-        if cache.self_attention.recomputes:
-            sequence, pad_mask = cache.self_attention.extend_sequence(hidden, new_is_pad)
-            y1, y2, all_hidden = self._run_stack(sequence, pad_mask, cache.layers, context, context_mask,
-                                                 output_hidden_states)
-            if all_hidden is not None:
-                all_hidden = tuple(h[:, -length:] for h in all_hidden)
-            return y1[:, -length:], y2[:, -length:], all_hidden
-        steps = [self.layers.decode_step(hidden[:, t : t + 1], cache.layers, new_is_pad[:, t], output_hidden_states)
-                 for t in range(length)]
-        return join_decode_steps(steps, output_hidden_states)
 
 
 # ------------------------------------------------------------------------------------ the model
