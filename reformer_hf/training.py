@@ -13,6 +13,7 @@ Exact resume rests on three things kept here:
   continues the curve instead of repeating steps.
 """
 
+import contextlib
 import importlib.util
 import json
 import math
@@ -149,6 +150,28 @@ def dense_shared_qk_overrides(length):
     """
     return dict(num_hashes=1, lsh_window_mode="chunk", lsh_attn_chunk_length=length,
                 lsh_num_chunks_before=0, lsh_num_chunks_after=0)
+
+
+@contextlib.contextmanager
+def evaluating(accelerator, model, seed=None):
+    """The unwrapped `model` in eval mode under no_grad; its training mode comes back afterwards.
+
+    With `seed`, the block draws from a forked RNG seeded with it, so evaluation (LSH hash
+    rotations included) neither disturbs the training RNG stream (exact resume) nor varies between
+    evaluations of the same weights.
+    """
+    unwrapped = accelerator.unwrap_model(model)
+    was_training = unwrapped.training
+    unwrapped.eval()
+    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
+    rng = torch.random.fork_rng(devices=devices) if seed is not None else contextlib.nullcontext()
+    try:
+        with rng, torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            yield unwrapped
+    finally:
+        unwrapped.train(was_training)
 
 
 # ------------------------------------------------------------------------------------ checkpoints

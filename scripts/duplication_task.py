@@ -153,16 +153,13 @@ def evaluate(accelerator, model, args, setting):
     """Loss and accuracy on the second copy over the fixed held-out set, with hashing from a fixed seed."""
     import torch
 
-    unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
+    from reformer_hf.training import evaluating
+
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)
     eval_batch = min(args.batch_size, args.eval_size)
     n_batches = -(-args.eval_size // eval_batch)
-    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-    with attention_setting(unwrapped.config, setting, args.length), torch.random.fork_rng(devices=devices), \
-            torch.no_grad():
-        torch.manual_seed(args.seed + 1)
+    with evaluating(accelerator, model, args.seed + 1) as unwrapped, \
+            attention_setting(unwrapped.config, setting, args.length):
         for index in range(accelerator.process_index, n_batches, accelerator.num_processes):
             rows = min(eval_batch, args.eval_size - index * eval_batch)
             # Held-out sequences come from another seed than any training batch.
@@ -171,7 +168,6 @@ def evaluate(accelerator, model, args, setting):
             with accelerator.autocast():
                 logits = unwrapped(input_ids=input_ids).logits
             totals += torch.stack([value.double() for value in second_copy_metrics(logits, labels)])
-    unwrapped.train(was_training)
     loss_sum, correct, count = accelerator.reduce(totals, "sum").tolist()
     return {"loss": loss_sum / count, "accuracy": correct / count}
 

@@ -183,22 +183,15 @@ def evaluate_bpb(accelerator, model, split_bytes, seq_len, n_windows, seed):
     import torch
 
     from reformer_hf.tokenization import BYTE_ID_OFFSET
-    from reformer_hf.training import bits_per_byte
+    from reformer_hf.training import bits_per_byte, evaluating
 
     byte_values = np.frombuffer(split_bytes, dtype=np.uint8)
     n_available = len(byte_values) // seq_len
     starts = np.linspace(0, n_available - 1, num=min(n_windows, n_available)).astype(np.int64) * seq_len
     mine = starts[accelerator.process_index :: accelerator.num_processes]
-    unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
     nll = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
-    devices = [accelerator.device] if accelerator.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.no_grad():
-        # Evaluation draws hash rotations from a fixed seed: it neither disturbs the training RNG
-        # stream (exact resume) nor varies between evaluations of the same weights.
-        torch.manual_seed(seed)
+    with evaluating(accelerator, model, seed) as unwrapped:
         for start in mine:
             window = byte_values[start : start + seq_len].astype(np.int64) + BYTE_ID_OFFSET
             input_ids = torch.from_numpy(window)[None].to(accelerator.device)
@@ -206,7 +199,6 @@ def evaluate_bpb(accelerator, model, split_bytes, seq_len, n_windows, seed):
                 out = unwrapped(input_ids=input_ids, labels=input_ids)
             nll += out.loss.double() * (seq_len - 1)
             count += seq_len - 1
-    unwrapped.train(was_training)
     nll, count = accelerator.reduce(nll, "sum"), accelerator.reduce(count, "sum")
     return bits_per_byte(nll.item(), count.item())
 

@@ -250,13 +250,12 @@ def validation_loss(accelerator, model, pairs, args, pad_token_id):
     """Token-mean cross-entropy (no smoothing) over a split, batched by length; dropout off."""
     import torch
 
-    unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
+    from reformer_hf.training import evaluating
+
     loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     count = torch.zeros((), dtype=torch.float64, device=accelerator.device)
     batches = length_batches(pairs, args.max_tokens, seed=0)
-    with torch.no_grad():
+    with evaluating(accelerator, model) as unwrapped:
         for indices in batches[accelerator.process_index :: accelerator.num_processes]:
             batch = collate(pairs, indices, pad_token_id, accelerator.device)
             with accelerator.autocast():
@@ -264,23 +263,20 @@ def validation_loss(accelerator, model, pairs, args, pad_token_id):
             n_tokens = (batch["labels"] != -100).sum()
             loss_sum += smoothed_loss(logits, batch["labels"], 0.0).double() * n_tokens
             count += n_tokens
-    unwrapped.train(was_training)
     loss_sum, count = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(count, "sum")
     return (loss_sum / count.clamp(min=1)).item()
 
 
 def translate(accelerator, model, tokenizer, sources, args):
     """Beam-search translations of `sources` (list of str), in their order; shared among the processes."""
-    import torch
     from accelerate.utils import gather_object
 
-    unwrapped = accelerator.unwrap_model(model)
-    was_training = unwrapped.training
-    unwrapped.eval()
+    from reformer_hf.training import evaluating
+
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     mine = order[accelerator.process_index :: accelerator.num_processes]
     results = []
-    with torch.no_grad():
+    with evaluating(accelerator, model) as unwrapped:
         for start in range(0, len(mine), args.eval_batch_size):
             indices = mine[start : start + args.eval_batch_size]
             batch = tokenizer([sources[i] for i in indices], return_tensors="pt", padding=True).to(accelerator.device)
@@ -288,7 +284,6 @@ def translate(accelerator, model, tokenizer, sources, args):
                 generated = unwrapped.generate(**batch, num_beams=args.num_beams, length_penalty=args.length_penalty,
                                                max_new_tokens=args.max_new_tokens)
             results.extend(zip(indices, tokenizer.batch_decode(generated, skip_special_tokens=True)))
-    unwrapped.train(was_training)
     translations = [None] * len(sources)
     for index, text in gather_object(results):
         translations[index] = text
