@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .tokenization import BYTE_ID_OFFSET, PAD_ID
+from .training import step_generator
 
 IGNORE_INDEX = -100
 SPLIT_NAMES = ("train", "validation", "test")
@@ -40,13 +41,6 @@ SPLIT_NAMES = ("train", "validation", "test")
 def _check_int(name: str, value, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name}={value!r} is not allowed; expected an integer >= {minimum}.")
-
-
-def _item_generator(seed: int, index: int) -> torch.Generator:
-    """A generator that depends only on (seed, index), so an example is the same in
-    every worker process and every epoch, whatever order the sampler asks for it."""
-    state = np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2**63 - 1))
 
 
 # --------------------------------------------------------------------------- byte corpora
@@ -233,7 +227,8 @@ class RandomByteWindows(torch.utils.data.Dataset):
 
     def window_offset(self, index: int) -> int:
         n_offsets = len(self.byte_values) - self.seq_len + 1
-        return int(torch.randint(n_offsets, (1,), generator=_item_generator(self.seed, index)))
+        # Seeded by (seed, index) alone, so a window is the same in every worker and epoch.
+        return int(torch.randint(n_offsets, (1,), generator=step_generator(self.seed, index)))
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         if not 0 <= index < self.num_samples:
@@ -327,10 +322,15 @@ def load_gettext_pairs(
                 continue
             seen.add(pair)
             rows.append({source_lang: pair[0], target_lang: pair[1]})
+    return _translation_dataset(rows, source_lang, target_lang)
+
+
+def _translation_dataset(pairs: list[dict[str, str]], source_lang: str, target_lang: str) -> datasets.Dataset:
+    """`pairs` ({source_lang: ..., target_lang: ...} each) as a WMT14-format data set."""
     features = datasets.Features(
         {TRANSLATION_COLUMN: datasets.Translation(languages=sorted([source_lang, target_lang]))}
     )
-    return datasets.Dataset.from_dict({TRANSLATION_COLUMN: rows}, features=features)
+    return datasets.Dataset.from_dict({TRANSLATION_COLUMN: pairs}, features=features)
 
 
 def _check_language_pair(source_lang: str, target_lang: str) -> None:
@@ -427,10 +427,7 @@ def _load_json_translations(path: Path, source_lang: str, target_lang: str) -> d
     pairs = [_check_translation_row(row, source_lang, target_lang, where) for where, row in _read_json_rows(path)]
     if not pairs:
         raise ValueError(f"path_or_name={str(path)!r} contains no rows.")
-    features = datasets.Features(
-        {TRANSLATION_COLUMN: datasets.Translation(languages=sorted([source_lang, target_lang]))}
-    )
-    return datasets.Dataset.from_dict({TRANSLATION_COLUMN: pairs}, features=features)
+    return _translation_dataset(pairs, source_lang, target_lang)
 
 
 def _check_translation_dataset(dataset: datasets.Dataset, source_lang: str, target_lang: str, where: str) -> None:
@@ -585,6 +582,6 @@ class DuplicationDataset(torch.utils.data.Dataset):
         if not 0 <= index < self.num_samples:
             raise IndexError(f"index {index} is out of range for {self.num_samples} rows.")
         batch = duplication_batch(
-            1, self.length, self.vocab_low, self.vocab_high, generator=_item_generator(self.seed, index)
+            1, self.length, self.vocab_low, self.vocab_high, generator=step_generator(self.seed, index)
         )
         return {name: tensor[0] for name, tensor in batch.items()}
