@@ -54,15 +54,18 @@ class PositionEmbeddings(nn.Module):
         return self.embedding(position_ids)
 
 
+def position_embeddings(config):
+    """The position embedding module `config` asks for: axial (`axial_pos_embds`) or one vector per position."""
+    return AxialPositionEmbeddings(config) if config.axial_pos_embds else PositionEmbeddings(config)
+
+
 class ReformerEmbeddings(nn.Module):
     """inputs_embeds (or the embedding of input_ids) + position embeddings, then dropout."""
 
     def __init__(self, config):
         super().__init__()
         self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.position_embeddings = (
-            AxialPositionEmbeddings(config) if config.axial_pos_embds else PositionEmbeddings(config)
-        )
+        self.position_embeddings = position_embeddings(config)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids=None, inputs_embeds=None, position_ids=None):

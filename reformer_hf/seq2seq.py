@@ -26,7 +26,7 @@ from transformers.modeling_outputs import Seq2SeqLMOutput
 from .attention import full_attention, merge_heads, split_heads
 from .cache import ReformerCache
 from .configuration import ReformerConfig
-from .embeddings import AxialPositionEmbeddings, PositionEmbeddings
+from .embeddings import position_embeddings
 from .modeling import (
     AttentionBlock,
     FeedForwardBlock,
@@ -267,9 +267,7 @@ class ReformerDecoder(nn.Module):
         """config: the decoder's config (`decoder_config`)."""
         super().__init__()
         self.config = config
-        self.position_embeddings = (
-            AxialPositionEmbeddings(config) if config.axial_pos_embds else PositionEmbeddings(config)
-        )
+        self.position_embeddings = position_embeddings(config)
         self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
         layers = [ReversibleLayer(DecoderAttentionBlock(config, kind), FeedForwardBlock(config))
                   for kind in config.attn_layers]
