@@ -44,6 +44,8 @@ RENAMED_FIELDS = {
     "lsh_attention_probs_dropout_prob": "lsh_attention_probs_dropout",
     "local_attention_probs_dropout_prob": "local_attention_probs_dropout",
 }
+# Every field of transformers' Reformer that has a counterpart here.
+MAPPED_FIELDS = frozenset(SAME_FIELDS) | frozenset(RENAMED_FIELDS)
 # Written by transformers about the source folder, or derived from other fields: not carried over.
 SOURCE_METADATA = ("model_type", "architectures", "transformers_version", "_name_or_path", "num_hidden_layers")
 
@@ -93,7 +95,7 @@ def config_from_transformers(source_config, architecture="ReformerModel", num_bu
 
     fields = {name: source[name] for name in SAME_FIELDS if name in source}
     fields.update({ours: source[theirs] for theirs, ours in RENAMED_FIELDS.items() if theirs in source})
-    handled = set(SAME_FIELDS) | set(RENAMED_FIELDS) | set(SOURCE_METADATA)
+    handled = MAPPED_FIELDS | set(SOURCE_METADATA)
     # Everything else is a generic transformers field (labels, problem_type, dtype, ...) or an extra
     # attribute that transformers' Reformer never reads: carried over unchanged.
     fields.update({name: value for name, value in source.items() if name not in handled})
@@ -128,9 +130,8 @@ def config_from_transformers(source_config, architecture="ReformerModel", num_bu
 
 def _refuse_unmappable(source, architecture):
     """Raise, naming the field, for settings transformers supports that have no equivalent here."""
-    handled = set(SAME_FIELDS) | set(RENAMED_FIELDS)
     for name in _source_field_names():
-        if name not in handled:
+        if name not in MAPPED_FIELDS:
             raise ValueError(
                 f"transformers' ReformerConfig field {name!r} (value {source.get(name)!r}) has no counterpart in "
                 "reformer_hf; this converter was written for transformers' Reformer as of version 5.23."
@@ -270,12 +271,16 @@ def load_transformers_checkpoint(source_dir, architecture=None):
 def save_converted(model, source_dir, output_dir):
     """`model.save_pretrained(output_dir)`, with the tokenizer files of `source_dir` copied along."""
     source_dir, output_dir = Path(source_dir), Path(output_dir)
-    if output_dir.resolve() == source_dir.resolve():
-        raise ValueError(f"output_dir={str(output_dir)!r} is the source folder: expected a different folder.")
+    _check_output_dir(source_dir, output_dir)
     model.save_pretrained(output_dir)
     for tokenizer_file in TOKENIZER_FILES:
         if (source_dir / tokenizer_file).is_file():
             shutil.copy2(source_dir / tokenizer_file, output_dir / tokenizer_file)
+
+
+def _check_output_dir(source_dir, output_dir):
+    if Path(output_dir).resolve() == Path(source_dir).resolve():
+        raise ValueError(f"output_dir={str(output_dir)!r} is the source folder: expected a different folder.")
 
 
 def convert_transformers_checkpoint(source_dir, output_dir, architecture=None, num_buckets=None):
@@ -285,8 +290,7 @@ def convert_transformers_checkpoint(source_dir, output_dir, architecture=None, n
     ReformerForSequenceClassification (see `load_transformers_checkpoint` for `architecture`);
     `num_buckets` as in `config_from_transformers`.  Everything is checked before anything is written.
     """
-    if Path(output_dir).resolve() == Path(source_dir).resolve():
-        raise ValueError(f"output_dir={str(output_dir)!r} is the source folder: expected a different folder.")
+    _check_output_dir(source_dir, output_dir)  # before the (slow) load, not only before the write
     source_model = load_transformers_checkpoint(source_dir, architecture)
     model = convert_transformers_model(source_model, num_buckets=num_buckets)
     save_converted(model, source_dir, output_dir)
