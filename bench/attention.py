@@ -6,8 +6,12 @@
           n_hashes 1/2/4/8, d_head 64/128, both window modes, local attention, float32): the
           kernel's error against a float64 reference must be at most twice the torch path's
           own bfloat16 error (flash-attention's rule).
---tune    times the kernels' warps per program at 64K tokens and keeps the fastest, and breaks
-          one LSH layer step into hashing, sorting, forward and backward.
+--tune    times each kernel's launch choices (warps per program, key tile, hashing block) at 64K
+          tokens and keeps the fastest: one LSH step by part (hashing, sorting, forward,
+          forward + backward).
+--profile device time per kernel of one LSH op step at 16K..1M (torch.profiler); the same
+          attention kernels over the identity order (contiguous windows) against the hashed
+          order; the hashing dot in float32 "ieee" against "tf32x3".
 --sweep   forward+backward, batch 1, 8 heads, d_head 64, causal, bf16, chunk 64, lengths 1K..1M:
           dense SDPA (flash), our LSH attention (n_hashes 1/2/4/8; "bucket_window" and "chunk"),
           our torch path, and the whole layer (projections + hashing + attention) against
@@ -44,7 +48,7 @@ from reformer_hf import attention, kernels  # noqa: E402
 from reformer_hf.configuration import ReformerConfig  # noqa: E402
 
 HEADS, D_HEAD, CHUNK = 8, 64, 64
-LENGTHS = [2**10, 2**12, 2**14, 2**16, 2**18, 2**20]
+LENGTHS = [2**10, 2**12, 2**13, 2**14, 2**15, 2**16, 2**18, 2**20]
 DEVICE = "cuda"
 
 
@@ -173,7 +177,16 @@ def lsh_tensors(length, n_hashes, requires_grad=True):
     return query_key.requires_grad_(requires_grad), value.requires_grad_(requires_grad), grad_out, rotations, num_buckets
 
 
+TUNE_CHOICES = {
+    # 8 warps per hashing program stopped with an illegal memory access on the H100 (triton 3.6)
+    "hash": [{"num_warps": 4, "block_l": b} for b in (32, 64, 128)],
+    "forward": [{"num_warps": w, "block_n": b} for w in (4, 8) for b in (64, 32)],
+    "backward": [{"num_warps": w, "block_n": b} for w in (4, 8) for b in (64, 32)],
+}
+
+
 def run_tune(log, length=2**16, n_hashes=4):
+    """Times each kernel's launch choices (kernels.LAUNCH) at 64K tokens and keeps the fastest."""
     length = length if DEVICE == "cuda" else 256
     print(f"== tune at {length_label(length)} tokens, n_hashes {n_hashes}", flush=True)
     query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes)
@@ -182,31 +195,96 @@ def run_tune(log, length=2**16, n_hashes=4):
     positions, buckets = kernels.sort_by_bucket(bucket_ids, n_buckets)
     apply = lambda: kernels.LSHAttentionFunction.apply(  # noqa: E731
         query_key, value, positions, buckets, None, CHUNK, 1, 0, True, "bucket_window")
-    parts = {
+    result = measure(lambda: kernels.sort_by_bucket(bucket_ids, n_buckets))
+    log.write(section="tune", part="sort", length=length, n_hashes=n_hashes, **result)
+    print("sort", result, flush=True)
+    steps = {
         "hash": lambda: kernels.hash_vectors(query_key.detach(), rotations, num_buckets),
-        "sort": lambda: kernels.sort_by_bucket(bucket_ids, n_buckets),
+        "forward": apply,
+        "backward": lambda: torch.autograd.grad(apply()[0], (query_key, value), grad_out),
     }
-    for name, step in parts.items():
-        result = measure(step)
-        log.write(section="tune", part=name, length=length, n_hashes=n_hashes, **result)
-        print(name, result, flush=True)
-    best = {}
-    for phase in ("forward", "backward"):
-        timings = {}
-        for warps in (4, 8):
-            kernels.LAUNCH_WARPS[phase] = warps
-            if phase == "forward":
-                result = measure(lambda: apply())
-            else:
-                result = measure(lambda: torch.autograd.grad(apply()[0], (query_key, value), grad_out))
-            log.write(section="tune", part=phase, warps=warps, length=length, n_hashes=n_hashes, **result)
-            print(phase, warps, result, flush=True)
+    chosen = {}
+    for phase, step in steps.items():
+        timings = []
+        for choice in TUNE_CHOICES[phase]:
+            kernels.LAUNCH[phase] = dict(choice)
+            result = measure(step)
+            log.write(section="tune", part=phase, launch=choice, length=length, n_hashes=n_hashes, **result)
+            print(phase, choice, result, flush=True)
             if result["status"] == "ok":
-                timings[warps] = result["median_ms"]
-        best[phase] = min(timings, key=timings.get) if timings else 8
-        kernels.LAUNCH_WARPS[phase] = best[phase]
-    log.write(section="tune", part="chosen", warps=best)
-    print("chosen warps", best, flush=True)
+                timings.append((result["median_ms"], choice))
+        chosen[phase] = min(timings, key=lambda item: item[0])[1] if timings else TUNE_CHOICES[phase][0]
+        kernels.LAUNCH[phase] = dict(chosen[phase])
+    log.write(section="tune", part="chosen", launch=chosen)
+    print("chosen", chosen, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# --profile
+# ---------------------------------------------------------------------------------------------
+
+
+def kernel_times(step, steps=3):
+    """Device time per step (ms) of each kernel `step` launches, from torch.profiler, largest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    totals = {}
+    for event in profiler.key_averages():
+        device_us = getattr(event, "device_time_total", None)
+        if device_us is None:
+            device_us = getattr(event, "cuda_time_total", 0.0)
+        if device_us > 0 and event.key:
+            totals[event.key[:80]] = totals.get(event.key[:80], 0.0) + device_us / 1000 / steps
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
+def run_profile(log, lengths, n_hashes=4):
+    """Where one LSH op step spends its device time, kernel by kernel; whether the row gathers
+    are what grows past 256K (the same kernels over the identity order, where every window is
+    contiguous); and the hashing dot's precision."""
+    print(f"== profile (bucket_window, n_hashes {n_hashes})", flush=True)
+    for length in lengths:
+        query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes)
+        n_buckets = total_buckets(num_buckets)
+        if DEVICE == "cuda":
+            times = kernel_times(lsh_op_case(length, n_hashes, "bucket_window", "triton"))
+            log.write(section="profile", length=length, n_hashes=n_hashes, kernels_ms=times)
+            print(length_label(length), {name: round(ms, 3) for name, ms in list(times.items())[:8]}, flush=True)
+        bucket_ids = kernels.hash_vectors(query_key.detach(), rotations, num_buckets)
+        hashed = kernels.sort_by_bucket(bucket_ids, n_buckets)
+        identity = (torch.arange(length, device=DEVICE, dtype=torch.int32).repeat(n_hashes).expand(1, HEADS, -1).contiguous(),
+                    (torch.arange(n_hashes, device=DEVICE, dtype=torch.int32) * (n_buckets + 1))
+                    .repeat_interleave(length).expand(1, HEADS, -1).contiguous())
+        for order_name, (positions, buckets) in (("hashed", hashed), ("identity", identity)):
+            def step(positions=positions, buckets=buckets):
+                out, _ = kernels.LSHAttentionFunction.apply(query_key, value, positions, buckets, None, CHUNK, 1, 0,
+                                                             True, "bucket_window")
+                torch.autograd.grad(out, (query_key, value), grad_out)
+
+            result = measure(step)
+            log.write(section="profile_order", length=length, n_hashes=n_hashes, order=order_name, **result)
+            print(length_label(length), "attention fwd+bwd,", order_name, "order:", result, flush=True)
+        default_precision = kernels.HASH_PRECISION
+        for precision in ("ieee", "tf32x3"):
+            kernels.HASH_PRECISION = precision
+            result = measure(lambda: kernels.hash_vectors(query_key.detach(), rotations, num_buckets))
+            mismatch = None
+            if length <= 2**18:  # the torch path stores x @ R: 32 GiB at 1M
+                mismatch = (kernels.hash_vectors(query_key.detach(), rotations, num_buckets)
+                            != attention.hash_vectors(query_key.detach().float(), rotations, num_buckets)
+                            ).float().mean().item()
+            log.write(section="profile_hash", length=length, n_hashes=n_hashes, precision=precision,
+                      mismatch_vs_torch=mismatch, **result)
+            print(length_label(length), "hash", precision, result, "mismatch", mismatch, flush=True)
+        kernels.HASH_PRECISION = default_precision
+        del query_key, value, grad_out, hashed, identity, bucket_ids
+        free_memory()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -354,9 +432,41 @@ def write_report(out_dir, stem="attention"):
     tune = [row for row in rows if row.get("section") == "tune"]
     if tune:
         text += ["## One LSH step at 64K tokens, n_hashes 4, by part", ""]
-        table = [[row["part"], row.get("warps", ""), fmt_ms(row.get("median_ms")), row.get("status", "")]
-                 for row in tune if row["part"] != "chosen"]
-        text += [markdown_table(["part", "warps", "median ms", "status"], table), ""]
+        table = [[row["part"], row.get("launch", row.get("warps", "")), fmt_ms(row.get("median_ms")),
+                  row.get("status", "")] for row in tune if row["part"] != "chosen"]
+        chosen = [row["launch"] for row in tune if row["part"] == "chosen" and "launch" in row]
+        text += [markdown_table(["part", "launch", "median ms", "status"], table), ""]
+        if chosen:
+            text += [f"Chosen (and used for the sweep below): {chosen[-1]}", ""]
+
+    profile = [row for row in rows if row.get("section") == "profile"]
+    if profile:
+        names = []
+        for row in profile:
+            names += [name for name in list(row["kernels_ms"])[:5] if name not in names]
+        text += ["## One LSH op step by kernel (torch.profiler device time, ms)", "",
+                 "bucket_window, n_hashes 4, causal, bf16, forward + backward including hashing and sorting.", ""]
+        table = [[length_label(row["length"])] + [f"{row['kernels_ms'].get(name, 0.0):.3f}" for name in names]
+                 + [f"{sum(row['kernels_ms'].values()):.3f}"] for row in profile]
+        text += [markdown_table(["length"] + [f"`{name[:40]}`" for name in names] + ["all kernels"], table), ""]
+    orders = [row for row in rows if row.get("section") == "profile_order"]
+    if orders:
+        text += ["## Attention kernels over hashed vs contiguous (identity) order, forward + backward", "",
+                 "Same kernels and window sizes; the identity order reads every window as contiguous rows.", ""]
+        table = []
+        for length in sorted({row["length"] for row in orders}):
+            hashed = pick(orders, length=length, order="hashed")
+            identity = pick(orders, length=length, order="identity")
+            table.append([length_label(length), fmt_ms(hashed and hashed["median_ms"]),
+                          fmt_ms(identity and identity["median_ms"]),
+                          fmt_ratio(hashed and hashed["median_ms"], identity and identity["median_ms"])])
+        text += [markdown_table(["length", "hashed order ms", "identity order ms", "hashed / identity"], table), ""]
+    hashing = [row for row in rows if row.get("section") == "profile_hash"]
+    if hashing:
+        text += ["## Hashing kernel: float32 rotation on FMA units (ieee) vs three tf32 products (tf32x3)", ""]
+        table = [[length_label(row["length"]), row["precision"], fmt_ms(row.get("median_ms")),
+                  "–" if row.get("mismatch_vs_torch") is None else f"{row['mismatch_vs_torch']:.1e}"] for row in hashing]
+        text += [markdown_table(["length", "precision", "ms", "buckets differing from the torch path"], table), ""]
 
     def time_of(**match):
         row = pick(sweep, **match)
@@ -453,6 +563,9 @@ def main():
     parser.add_argument("--out", required=True, help="folder for attention.jsonl, .md and .png")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--tune", action="store_true")
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--profile-lengths", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[2**14, 2**16, 2**18, 2**20])
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=LENGTHS)
@@ -466,7 +579,8 @@ def main():
         DEVICE = "cpu"
         CHECKS = [case[:9] + (1, 2, 256) for case in CHECKS[::3]]
         args.lengths = [128, 256]
-    if args.check or args.tune or args.sweep:
+        args.profile_lengths = [256]
+    if args.check or args.tune or args.profile or args.sweep:
         if not torch.cuda.is_available() and not args.smoke:
             raise SystemExit("bench/attention.py measures on a CUDA GPU; none is available here.")
         log = JsonLines(os.path.join(args.out, args.stem + ".jsonl"))
@@ -475,6 +589,8 @@ def main():
             run_checks(log)
         if args.tune:
             run_tune(log)
+        if args.profile:
+            run_profile(log, args.profile_lengths)
         if args.sweep:
             run_sweep(log, args.lengths, args.hashes)
     if args.report:

@@ -158,12 +158,14 @@ def _window_chunk(chunk, w, n_chunks, NB: tl.constexpr, CIRCULAR: tl.constexpr):
 def _key_block(
     Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
     stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
-    key_scale, SORTED: tl.constexpr, BUCKET_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
-    NORM_KEYS: tl.constexpr, DOT_MODE: tl.constexpr, EPS: tl.constexpr, BLOCK_N: tl.constexpr,
+    key_scale, own_rows, SORTED: tl.constexpr, BUCKET_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
+    NORM_KEYS: tl.constexpr, OWN_ROWS: tl.constexpr, DOT_MODE: tl.constexpr, EPS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):
     """BLOCK_N key slots of `key_chunk` from `start`: their slots, positions, buckets and padding
     flags, which of them exist, and their keys and values, read through the slot -> position map
-    (shared-QK keys normalised from the queries here)."""
+    (shared-QK keys normalised from the queries here).  With OWN_ROWS these slots are the
+    program's own rows, already loaded as `own_rows`: shared-QK keys come from them."""
     cols = start + tl.arange(0, BLOCK_N)
     col_ok = cols < CHUNK
     k_slot = key_chunk * CHUNK + cols
@@ -179,8 +181,11 @@ def _key_block(
         k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
     kv_mask = col_ok[:, None] & d_ok[None, :]
     if NORM_KEYS:
-        raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
-                      mask=kv_mask, other=0.0)
+        if OWN_ROWS:
+            raw = own_rows
+        else:
+            raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos.to(tl.int64)[:, None] * stride_ql
+                          + d_offs[None, :], mask=kv_mask, other=0.0)
         k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
     else:
         k = tl.load(K + b * stride_kb + h * stride_kh + k_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
@@ -202,9 +207,11 @@ def _window_fwd_kernel(
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
     BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
-    EPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    EPS: tl.constexpr, ONE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
 ):
-    """One block of query rows of one sorted chunk against its window of chunks."""
+    """One block of query rows of one sorted chunk against its window of chunks.  ONE_BLOCK: the
+    chunk fits one block, so its own keys are the program's rows and are not read again."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
@@ -238,7 +245,8 @@ def _window_fwd_kernel(
             k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
                 Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
                 stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
-                key_scale, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, DOT_MODE, EPS, BLOCK_N,
+                key_scale, q, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, ONE_BLOCK and w == NB, DOT_MODE, EPS,
+                BLOCK_N,
             )
 
             logits = _dot(q, tl.trans(k), DOT_MODE) * scale
@@ -344,7 +352,7 @@ def _window_bwd_kernel(
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
     BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
-    EPS: tl.constexpr, ACC_MODE: tl.constexpr,
+    EPS: tl.constexpr, ACC_MODE: tl.constexpr, ONE_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Gradients for one block of rows of one sorted chunk, which are keys of the query chunks
@@ -353,7 +361,8 @@ def _window_bwd_kernel(
     P = exp(logit - lse) with the lse of all rounds together, so each round's share of the
     combined output is handled without any per-round output.  Masked logits are constants in
     the reference, so they pass no gradient to q or k, but their (usually zero) probability
-    still weighs the values.
+    still weighs the values.  ONE_BLOCK: the chunk fits one block, so the chunk against itself
+    is one (keys x queries) tile that gives dk, dv and dq at once from the rows in registers.
     """
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -400,48 +409,72 @@ def _window_bwd_kernel(
     dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for w in tl.static_range(NB + NA + 1):
-        query_chunk = chunk - (w - NB)
-        if CIRCULAR:
-            pair_ok = query_chunk == query_chunk
-            query_chunk = (query_chunk + (NA + 1) * n_chunks) % n_chunks
-        else:
-            pair_ok = (query_chunk >= 0) & (query_chunk < n_chunks)
-            query_chunk = tl.minimum(tl.maximum(query_chunk, 0), n_chunks - 1)
-        for start in range(0, CHUNK, BLOCK_N):
-            cols = start + tl.arange(0, BLOCK_N)
-            col_ok = cols < CHUNK
-            q_slot = query_chunk * CHUNK + cols
-            if SORTED:
-                q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=-1)
+        if not (ONE_BLOCK and w == NB):  # the own-chunk tile, below
+            query_chunk = chunk - (w - NB)
+            if CIRCULAR:
+                pair_ok = query_chunk == query_chunk
+                query_chunk = (query_chunk + (NA + 1) * n_chunks) % n_chunks
             else:
-                q_pos = tl.where(col_ok, q_slot, -1)
-            q_bkt = q_pos
-            if BUCKET_WINDOW:
-                q_bkt = tl.load(BKT + slot_base + q_slot, mask=col_ok, other=-2)
-            col_mask = col_ok[:, None] & d_ok[None, :]
-            q = tl.load(Q + b * stride_qb + h * stride_qh + q_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
-                        mask=col_mask, other=0.0)
-            do = tl.load(DO + b * stride_gb + h * stride_gh + q_pos.to(tl.int64)[:, None] * stride_gl + d_offs[None, :],
-                         mask=col_mask, other=0.0)
-            lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
-            delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
+                pair_ok = (query_chunk >= 0) & (query_chunk < n_chunks)
+                query_chunk = tl.minimum(tl.maximum(query_chunk, 0), n_chunks - 1)
+            for start in range(0, CHUNK, BLOCK_N):
+                cols = start + tl.arange(0, BLOCK_N)
+                col_ok = cols < CHUNK
+                q_slot = query_chunk * CHUNK + cols
+                if SORTED:
+                    q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=-1)
+                else:
+                    q_pos = tl.where(col_ok, q_slot, -1)
+                q_bkt = q_pos
+                if BUCKET_WINDOW:
+                    q_bkt = tl.load(BKT + slot_base + q_slot, mask=col_ok, other=-2)
+                col_mask = col_ok[:, None] & d_ok[None, :]
+                rows_at = q_pos.to(tl.int64)[:, None]
+                q = tl.load(Q + b * stride_qb + h * stride_qh + rows_at * stride_ql + d_offs[None, :],
+                            mask=col_mask, other=0.0)
+                do = tl.load(DO + b * stride_gb + h * stride_gh + rows_at * stride_gl + d_offs[None, :],
+                             mask=col_mask, other=0.0)
+                lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
+                delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
 
-            # Transposed problem: rows are this block's keys, columns the queries.
-            logits_t = _dot(k_me, tl.trans(q), DOT_MODE) * scale
-            vis_t = _visible(q_slot[None, :], q_pos[None, :], q_bkt[None, :], my_slot[:, None], my_pos[:, None],
-                             my_bkt[:, None], my_pad[:, None], pair_ok, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
-            logits_t = tl.where(vis_t, logits_t, MASK)
-            grad_flows = vis_t
-            if SELF_MASK:
-                is_self = vis_t & (my_pos[:, None] == q_pos[None, :])
-                logits_t = tl.where(is_self, SELF_VALUE, logits_t)
-                grad_flows = vis_t & ~is_self
-            p_t = tl.exp(logits_t - lse[None, :])
-            p_t = tl.where(row_ok[:, None] & col_ok[None, :] & pair_ok, p_t, 0.0)
-            dv += _dot(_narrow(p_t, do.dtype, DOT_MODE), do, DOT_MODE)
-            dp_t = _dot(v_me, tl.trans(do), DOT_MODE)
-            ds_t = tl.where(grad_flows, p_t * (dp_t - delta[None, :]), 0.0)
-            dk += _dot(_narrow(ds_t, q.dtype, DOT_MODE), q, DOT_MODE)
+                # Transposed problem: rows are this block's keys, columns the queries.
+                logits_t = _dot(k_me, tl.trans(q), DOT_MODE) * scale
+                vis_t = _visible(q_slot[None, :], q_pos[None, :], q_bkt[None, :], my_slot[:, None],
+                                 my_pos[:, None], my_bkt[:, None], my_pad[:, None], pair_ok, CHUNK, NB, NA, CAUSAL,
+                                 BUCKET_WINDOW, HAS_PAD)
+                logits_t = tl.where(vis_t, logits_t, MASK)
+                grad_flows = vis_t
+                if SELF_MASK:
+                    is_self = vis_t & (my_pos[:, None] == q_pos[None, :])
+                    logits_t = tl.where(is_self, SELF_VALUE, logits_t)
+                    grad_flows = vis_t & ~is_self
+                p_t = tl.exp(logits_t - lse[None, :])
+                p_t = tl.where(row_ok[:, None] & col_ok[None, :] & pair_ok, p_t, 0.0)
+                dv += _dot(_narrow(p_t, do.dtype, DOT_MODE), do, DOT_MODE)
+                dp_t = _dot(v_me, tl.trans(do), DOT_MODE)
+                ds_t = tl.where(grad_flows, p_t * (dp_t - delta[None, :]), 0.0)
+                dk += _dot(_narrow(ds_t, q.dtype, DOT_MODE), q, DOT_MODE)
+
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if ONE_BLOCK:
+        # The chunk against itself, transposed as above: rows are this block's keys, columns its
+        # queries.  dq's share is ds^T k, the query loop's product for this tile.
+        logits_t = _dot(k_me, tl.trans(q_me), DOT_MODE) * scale
+        vis_t = _visible(my_slot[None, :], my_pos[None, :], my_bkt[None, :], my_slot[:, None], my_pos[:, None],
+                         my_bkt[:, None], my_pad[:, None], True, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
+        logits_t = tl.where(vis_t, logits_t, MASK)
+        grad_flows = vis_t
+        if SELF_MASK:
+            is_self = vis_t & (my_pos[:, None] == my_pos[None, :])
+            logits_t = tl.where(is_self, SELF_VALUE, logits_t)
+            grad_flows = vis_t & ~is_self
+        p_t = tl.exp(logits_t - lse_me[None, :])
+        p_t = tl.where(row_ok[:, None] & row_ok[None, :], p_t, 0.0)
+        dv += _dot(_narrow(p_t, do_me.dtype, DOT_MODE), do_me, DOT_MODE)
+        dp_t = _dot(v_me, tl.trans(do_me), DOT_MODE)
+        ds_t = tl.where(grad_flows, p_t * (dp_t - delta_me[None, :]), 0.0)
+        dk += _dot(_narrow(ds_t, q_me.dtype, DOT_MODE), q_me, DOT_MODE)
+        dq += _dot(_narrow(tl.trans(ds_t * scale), k_me.dtype, DOT_MODE), k_me, DOT_MODE)
 
     if not CIRCULAR:
         # Window slots off either end of the sorted sequence are clamped onto its first or last
@@ -481,36 +514,36 @@ def _window_bwd_kernel(
         # dq = (r / sqrt(d)) * (dk - (r^2 / d) * q * <dk, q>) + (the queries' own gradient, below).
         qf = q_me.to(tl.float32)
         r = 1.0 / tl.sqrt(tl.sum(qf * qf, 1) / D + EPS)
-        dq = (r * key_scale)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
+        dq += (r * key_scale)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
     else:
         tl.store(DK + b * stride_dkb + h * stride_dkh + my_pos.to(tl.int64)[:, None] * stride_dkl + d_offs[None, :],
                  _narrow(dk, DK.dtype.element_ty, DOT_MODE), mask=row_mask)
-        dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
 
     # Queries: this block against its own window.
     for w in tl.static_range(NB + NA + 1):
-        key_chunk, exists = _window_chunk(chunk, w, n_chunks, NB, CIRCULAR)
-        for start in range(0, CHUNK, BLOCK_N):
-            k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
-                Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-                stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
-                key_scale, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, DOT_MODE, EPS, BLOCK_N,
-            )
+        if not (ONE_BLOCK and w == NB):  # done with the keys above
+            key_chunk, exists = _window_chunk(chunk, w, n_chunks, NB, CIRCULAR)
+            for start in range(0, CHUNK, BLOCK_N):
+                k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
+                    Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                    stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
+                    key_scale, q_me, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, False, DOT_MODE, EPS, BLOCK_N,
+                )
 
-            logits = _dot(q_me, tl.trans(k), DOT_MODE) * scale
-            vis = _visible(my_slot[:, None], my_pos[:, None], my_bkt[:, None], k_slot[None, :], k_pos[None, :],
-                           k_bkt[None, :], k_pad[None, :], exists, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
-            logits = tl.where(vis, logits, MASK)
-            grad_flows = vis
-            if SELF_MASK:
-                is_self = vis & (k_pos[None, :] == my_pos[:, None])
-                logits = tl.where(is_self, SELF_VALUE, logits)
-                grad_flows = vis & ~is_self
-            p = tl.exp(logits - lse_me[:, None])
-            p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
-            dp = _dot(do_me, tl.trans(v), DOT_MODE)
-            ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0) * scale
-            dq += _dot(_narrow(ds, k.dtype, DOT_MODE), k, DOT_MODE)
+                logits = _dot(q_me, tl.trans(k), DOT_MODE) * scale
+                vis = _visible(my_slot[:, None], my_pos[:, None], my_bkt[:, None], k_slot[None, :], k_pos[None, :],
+                               k_bkt[None, :], k_pad[None, :], exists, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
+                logits = tl.where(vis, logits, MASK)
+                grad_flows = vis
+                if SELF_MASK:
+                    is_self = vis & (k_pos[None, :] == my_pos[:, None])
+                    logits = tl.where(is_self, SELF_VALUE, logits)
+                    grad_flows = vis & ~is_self
+                p = tl.exp(logits - lse_me[:, None])
+                p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
+                dp = _dot(do_me, tl.trans(v), DOT_MODE)
+                ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0) * scale
+                dq += _dot(_narrow(ds, k.dtype, DOT_MODE), k, DOT_MODE)
 
     dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + my_pos.to(tl.int64)[:, None] * stride_dql + d_offs[None, :]
     _accumulate(ACC_Q, acc_offs, dq_ptrs, dq, row_mask, ACC_MODE, DOT_MODE)
@@ -536,14 +569,13 @@ def _hash_kernel(
     stride_xb, stride_xh, stride_xl,
     stride_rh, stride_rd, stride_rn,
     stride_ob, stride_oh, stride_on,
-    H, LENGTH, D,
+    H, LENGTH, D, N_HASHES,
     HALF0: tl.constexpr, HALF1: tl.constexpr, BLOCK_H0: tl.constexpr, BLOCK_H1: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """bucket = argmax([xR; -xR]) per factor of the bucket count, without keeping xR."""
+    """bucket = argmax([xR; -xR]) per factor of the bucket count and per round, without keeping xR."""
     pid_l = tl.program_id(0)
     pid_bh = tl.program_id(1)
-    hash_round = tl.program_id(2).to(tl.int64)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     pos = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
@@ -552,15 +584,17 @@ def _hash_kernel(
     d_ok = d_offs < D
     x = tl.load(X + b * stride_xb + h * stride_xh + pos[:, None] * stride_xl + d_offs[None, :],
                 mask=pos_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
-    rot_base = ROT + h * stride_rh + hash_round * stride_rn
-    bucket = _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, 0, HALF0, BLOCK_H0)
-    if HALF1 > 0:
-        bucket += 2 * HALF0 * _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, HALF0, HALF1, BLOCK_H1)
-    tl.store(OUT + b * stride_ob + h * stride_oh + hash_round * stride_on + pos, bucket.to(tl.int64), mask=pos_ok)
+    for hash_round in range(N_HASHES):
+        rot_base = ROT + h * stride_rh + hash_round * stride_rn
+        bucket = _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, 0, HALF0, BLOCK_H0, PRECISION)
+        if HALF1 > 0:
+            bucket += 2 * HALF0 * _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, HALF0, HALF1, BLOCK_H1, PRECISION)
+        tl.store(OUT + b * stride_ob + h * stride_oh + hash_round * stride_on + pos, bucket.to(tl.int64), mask=pos_ok)
 
 
 @_jit_helper
-def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
+def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
+                 PRECISION: tl.constexpr):
     """argmax over [xR, -xR] for one factor's HALF columns, BLOCK_H columns at a time."""
     best_high = tl.full([x.shape[0]], float("-inf"), tl.float32)
     best_low = tl.full([x.shape[0]], float("inf"), tl.float32)
@@ -571,7 +605,7 @@ def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.co
         column_ok = columns < HALF
         rotation = tl.load(rot_base + d_offs[:, None] * stride_rd + first_column + columns[None, :],
                            mask=d_ok[:, None] & column_ok[None, :], other=0.0).to(tl.float32)
-        rotated = tl.dot(x, rotation, input_precision="ieee")
+        rotated = tl.dot(x, rotation, input_precision=PRECISION)
         highest = tl.where(column_ok[None, :], rotated, float("-inf"))
         lowest = tl.where(column_ok[None, :], rotated, float("inf"))
         block_high = tl.max(highest, 1)
@@ -600,16 +634,30 @@ def _pow2(value, floor=16):
     return max(floor, triton.next_power_of_2(value))
 
 
-def _tiles(chunk_length, d_head):
-    block = min(_pow2(chunk_length), 64)
-    return block, block, _pow2(d_head)
+# Launch settings per kernel: warps per program, key columns per tile (block_n, at most the 64
+# rows of a block) and positions per hashing program (block_l).  `bench/attention.py --tune`
+# times the alternatives at 64K tokens, n_hashes 4, on one H100 (bench/results/attention_h100.md):
+# forward 0.99 ms with 4 warps and 32-key tiles against 1.79 / 2.23 / 1.88 ms for the other
+# three; forward + backward 3.88 ms with 4 warps and 64-key tiles (the fused own-chunk tile)
+# against 4.23 / 5.97 / 6.73 ms; hashing 0.49 ms with 128 positions per program against 0.53
+# (64) and 1.27 (32).  Four warps spill a few registers where eight do not, but more programs
+# per multiprocessor hide the row gathers better.
+LAUNCH = {
+    "forward": {"num_warps": 4, "block_n": 32},
+    "backward": {"num_warps": 4, "block_n": 64},
+    "hash": {"num_warps": 4, "block_l": 128},
+}
 
 
-# Warps per program of the attention kernels.  Four spill a few registers at d_head 64 where
-# eight do not, yet on one H100 at 64K tokens, n_hashes 4, four ran the forward in 1.28 ms
-# against 2.34 and the backward in 4.55 ms against 6.45 (bench/results/attention_h100.md,
-# "--tune"): more programs per multiprocessor hide the row gathers better.
-LAUNCH_WARPS = {"forward": 4, "backward": 4}
+def _tiles(chunk_length, d_head, phase):
+    block_m = min(_pow2(chunk_length), 64)
+    return block_m, min(block_m, LAUNCH[phase]["block_n"]), _pow2(d_head)
+
+# The hashing rotation's dot.  "ieee" float32 runs on the FMA units and took 1.07 of the 5.8 ms
+# of an LSH step at 64K tokens on one H100; "tf32x3" runs three tf32 products on the tensor cores
+# and keeps float32's accuracy (a bfloat16 or float16 x splits exactly, so only the rotation's
+# low bits are rounded, at 2^-21), so only near-tied argmaxes can differ from the reference.
+HASH_PRECISION = "tf32x3"
 
 
 class _Window:
@@ -628,13 +676,14 @@ class _Window:
         self.sorted_slots = sorted_slots
         self.scale = scale
 
-    def constexprs(self, dtype, d_head):
-        block_m, block_n, block_d = _tiles(self.chunk_length, d_head)
+    def constexprs(self, dtype, d_head, phase):
+        block_m, block_n, block_d = _tiles(self.chunk_length, d_head, phase)
         return dict(
             NB=self.n_before, NA=self.n_after, CAUSAL=self.causal, CIRCULAR=self.circular,
             BUCKET_WINDOW=self.bucket_window, SELF_MASK=self.self_mask, NORM_KEYS=self.norm_keys,
             SORTED=self.sorted_slots, DOT_MODE=_dot_mode(dtype), MASK=MASK_VALUE, SELF_VALUE=SELF_MASK_VALUE,
-            EPS=KEY_NORM_EPS, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+            EPS=KEY_NORM_EPS, ONE_BLOCK=self.chunk_length <= block_m and block_n == block_m, BLOCK_M=block_m, BLOCK_N=block_n,
+            BLOCK_D=block_d,
         )
 
 
@@ -658,14 +707,14 @@ def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds
         lse = torch.empty(batch, heads, n_rounds, length, dtype=torch.float32, device=query.device)
         out_strides = out.stride()[:4]
         lse_strides = lse.stride()[:3]
-    consts = window.constexprs(query.dtype, d_head)
+    consts = window.constexprs(query.dtype, d_head, "forward")
     m_blocks = triton.cdiv(window.chunk_length, consts["BLOCK_M"])
     grid = (n_slots // window.chunk_length * m_blocks, batch * heads)
     _window_fwd_kernel[grid](
         query, key, value, positions, buckets, pad, out, lse,
         *query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *out_strides, *lse_strides,
         heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
-        HAS_PAD=pad is not None, num_warps=LAUNCH_WARPS["forward"], num_stages=1, **consts,
+        HAS_PAD=pad is not None, num_warps=LAUNCH["forward"]["num_warps"], num_stages=1, **consts,
     )
     return out, lse
 
@@ -710,7 +759,7 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     if n_rounds > 1:
         acc_q = torch.empty(batch, heads, length, d_head, dtype=torch.float32, device=query.device)
         acc_v = torch.empty_like(acc_q)
-    consts = window.constexprs(query.dtype, d_head)
+    consts = window.constexprs(query.dtype, d_head, "backward")
     m_blocks = triton.cdiv(window.chunk_length, consts["BLOCK_M"])
     chunks_per_round = length // window.chunk_length
     grid = (chunks_per_round * m_blocks, batch * heads)
@@ -728,7 +777,7 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
             *dq.stride()[:3], *dk_arg.stride()[:3], *dv.stride()[:3],
             heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
             round_id * chunks_per_round,
-            HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=LAUNCH_WARPS["backward"], num_stages=1, **consts,
+            HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=LAUNCH["backward"]["num_warps"], num_stages=1, **consts,
         )
     return dq, dk, dv
 
@@ -890,8 +939,9 @@ def local_attention(
 def hash_vectors(vectors, rotations, num_buckets):
     """`attention.hash_vectors` fused: the rotated vectors are never stored.
 
-    vectors (batch, heads, length, d_head) of any supported dtype are rotated in float32, as the
-    reference does for float32 inputs; returns bucket_ids (batch, heads, n_hashes, length) int64.
+    vectors (batch, heads, length, d_head) of any supported dtype are rotated at float32 accuracy
+    (HASH_PRECISION), as the reference does for float32 inputs; one program hashes its rows for
+    every round.  Returns bucket_ids (batch, heads, n_hashes, length) int64.
     """
     factors = bucket_factors(num_buckets)
     if len(factors) > 2:
@@ -907,11 +957,12 @@ def hash_vectors(vectors, rotations, num_buckets):
     rotations = rotations.to(device=vectors.device, dtype=torch.float32).contiguous()
     halves = [f // 2 for f in factors] + [0]
     out = torch.empty(batch, heads, n_hashes, length, dtype=torch.long, device=vectors.device)
-    block_l = 32
-    grid = (triton.cdiv(length, block_l), batch * heads, n_hashes)
+    block_l = LAUNCH["hash"]["block_l"]
+    grid = (triton.cdiv(length, block_l), batch * heads)
     _hash_kernel[grid](
         vectors, rotations, out, *vectors.stride()[:3], *rotations.stride()[:3], *out.stride()[:3],
-        heads, length, d_head, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=min(_pow2(halves[0]), 64),
-        BLOCK_H1=min(_pow2(max(halves[1], 1)), 64), BLOCK_L=block_l, BLOCK_D=_pow2(d_head), num_warps=4,
+        heads, length, d_head, n_hashes, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=min(_pow2(halves[0]), 64),
+        BLOCK_H1=min(_pow2(max(halves[1], 1)), 64), PRECISION=HASH_PRECISION, BLOCK_L=block_l,
+        BLOCK_D=_pow2(d_head), num_warps=LAUNCH["hash"]["num_warps"],
     )
     return out

@@ -4,7 +4,9 @@ The inputs of a layer follow from its outputs (x2 = y2 - G(y1), x1 = y1 - F(x2))
 backward pass rebuilds them layer by layer from the stack's output and keeps one copy of the
 activations for the whole stack.  Rebuilding needs F and G to compute exactly what they computed
 forward: every sub-layer runs under its own seed (dropout masks, hash rotations) and under the
-autocast state of the forward pass.
+autocast state of the forward pass.  The layers run with autocast's weight cache off: a cached
+low-precision copy of every layer's weights would live until the autocast region ends, memory
+that grows with depth, while a reversible layer uses each cast once per pass anyway.
 
 A stack may also read a `context` that is not one of the streams, e.g. the encoder output that
 a decoder's cross attention attends to: every layer's attention half receives it (and its
@@ -106,7 +108,7 @@ class _ReversibleStackFunction(torch.autograd.Function):
     def forward(ctx, x1, x2, layers, seeds, pad_mask, hidden_states_sink, layer_caches, context, context_mask, *params):
         ctx.layers, ctx.seeds, ctx.params = layers, seeds, params
         ctx.autocast = _autocast_state(x1.device.type)
-        with torch.no_grad():
+        with torch.no_grad(), _uncached_autocast(ctx.autocast):
             for layer, layer_seeds, layer_cache in zip(layers, seeds, layer_caches):
                 x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
                 if hidden_states_sink is not None:
@@ -120,9 +122,8 @@ class _ReversibleStackFunction(torch.autograd.Function):
         if context is not None:
             # One leaf shared by every layer, so that the layers' gradients add up under one key.
             context = context.detach().requires_grad_(ctx.needs_input_grad[_CONTEXT_INPUT])
-        device_type, dtype, enabled = ctx.autocast
         grads = {}
-        with torch.autocast(device_type, dtype=dtype, enabled=enabled):
+        with _uncached_autocast(ctx.autocast):
             for layer, layer_seeds in zip(reversed(ctx.layers), reversed(ctx.seeds)):
                 y1, y2, grad_y1, grad_y2, layer_grads = layer.backward_pass(
                     y1, y2, grad_y1, grad_y2, layer_seeds, pad_mask, context, context_mask
@@ -140,6 +141,11 @@ _CONTEXT_INPUT = 7
 
 def _autocast_state(device_type):
     return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_enabled(device_type)
+
+
+def _uncached_autocast(state):
+    device_type, dtype, enabled = state
+    return torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=False)
 
 
 class ReformerStack(nn.Module):

@@ -70,6 +70,9 @@ LSH_CASES = [
     ("chunk", True, 1, 0, 8, 1, 1, 8, 4, 0, 64),
     ("chunk", True, 1, 0, 2, 1, 1, 8, 4, 3, 128),
     ("chunk", False, 1, 1, 3, 1, 1, 12, 6, 2, 32),
+    # chunks of 128 span two blocks of 64 rows: the path without the fused own-chunk tile
+    ("bucket_window", True, 1, 0, 2, 1, 1, 256, 128, 5, 16),
+    ("chunk", False, 1, 1, 2, 1, 1, 256, 128, 0, 16),
 ]
 
 
@@ -122,6 +125,28 @@ def test_lsh_kernel_single_chunk_is_dense_like_the_reference():
     actual = forward_backward(kernels.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     for got, want in zip(actual, expected):
         assert relative_error(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("mode", ["bucket_window", "chunk"])
+def test_narrower_key_tiles_give_the_same_results(monkeypatch, mode):
+    """kernels.LAUNCH block_n 32 (what --tune may choose): key tiles of half a chunk, no fused
+    own-chunk tile; LSH and local attention still equal the torch path."""
+    for phase in ("forward", "backward"):
+        monkeypatch.setitem(kernels.LAUNCH, phase, {**kernels.LAUNCH[phase], "block_n": 32})
+    query_key, value, bucket_ids, pad_mask = lsh_inputs(1, 2, 128, 16, 2, 4, n_pad=5, seed=8)
+    grad_out, grad_lse = upstream_grads(query_key.shape, None, seed=9)
+    options = dict(n_buckets=4, chunk_length=64, causal=True, window_mode=mode, pad_mask=pad_mask)
+    inputs = [query_key.float(), value.float()]
+    expected = forward_backward(attention.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    actual = forward_backward(kernels.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    for name, got, want in zip(("out", "lse", "d query_key", "d value"), actual, expected):
+        assert relative_error(got, want) < 1e-5, name
+    local_inputs = [query_key.float(), value.float(), grad_out.float()]
+    local_options = dict(chunk_length=64, causal=True, pad_mask=pad_mask)
+    expected = forward_backward(attention.local_attention, local_inputs, grad_out, grad_lse, **local_options)
+    actual = forward_backward(kernels.local_attention, local_inputs, grad_out, grad_lse, **local_options)
+    for name, got, want in zip(("out", "lse", "dq", "dk", "dv"), actual, expected):
+        assert relative_error(got, want) < 1e-5, name
 
 
 @pytest.mark.parametrize("causal, wrap_around, before, after, n_pad", [

@@ -124,3 +124,28 @@ def test_fp16_model_has_no_nan_from_masks():
     attention_mask[1, 10:] = 0
     logits = model(input_ids, attention_mask=attention_mask).logits
     assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
+
+
+def test_reversible_layers_run_autocast_without_its_weight_cache():
+    """autocast caches a bfloat16 copy of each weight until its region ends: memory that grows with
+    depth.  The reversible layers turn the cache off (forward and rebuild), still under autocast;
+    the layers outside the stack (the LM head) keep the user's setting."""
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config(reversible=True))
+    seen = []
+
+    def record(where):
+        def hook(module, args, output):
+            seen.append((where, torch.is_autocast_enabled("cpu"), torch.is_autocast_cache_enabled(), output.dtype))
+        return hook
+
+    model.reformer.encoder.layers[0].feed_forward.register_forward_hook(record("layer"))
+    model.lm_head.register_forward_hook(record("head"))
+    input_ids = torch.randint(0, 40, (2, 16), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(input_ids, labels=input_ids).loss
+        loss.backward()
+    layer_calls = [entry for entry in seen if entry[0] == "layer"]
+    assert len(layer_calls) == 2  # forward, and the rebuild in the backward pass
+    assert all(enabled and not cached for _, enabled, cached, _ in layer_calls)
+    assert ("head", True, True, torch.bfloat16) in seen
