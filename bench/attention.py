@@ -39,6 +39,7 @@ from common import (  # noqa: E402
     free_memory,
     length_label,
     lsh_buckets,
+    kernel_times,
     markdown_table,
     measure,
     read_json_lines,
@@ -224,26 +225,6 @@ def run_tune(log, length=2**16, n_hashes=4):
 # ---------------------------------------------------------------------------------------------
 
 
-def kernel_times(step, steps=3):
-    """Device time per step (ms) of each kernel `step` launches, from torch.profiler, largest first."""
-    from torch.profiler import ProfilerActivity, profile
-
-    step()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as profiler:
-        for _ in range(steps):
-            step()
-        torch.cuda.synchronize()
-    totals = {}
-    for event in profiler.key_averages():
-        device_us = getattr(event, "device_time_total", None)
-        if device_us is None:
-            device_us = getattr(event, "cuda_time_total", 0.0)
-        if device_us > 0 and event.key:
-            totals[event.key[:80]] = totals.get(event.key[:80], 0.0) + device_us / 1000 / steps
-    return dict(sorted(totals.items(), key=lambda item: -item[1]))
-
-
 def run_profile(log, lengths, n_hashes=4):
     """Where one LSH op step spends its device time, kernel by kernel; whether the row gathers
     are what grows past 256K (the same kernels over the identity order, where every window is
@@ -409,7 +390,7 @@ def write_report(out_dir, stem="attention"):
     sweep = [row for row in rows if row.get("section") == "sweep"]
     lengths = sorted({row["length"] for row in sweep})
     text = ["# Attention layer benchmark", "", environment_markdown(env), "",
-            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/attention.py --out DIR --check --tune --sweep --report`. "
+            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/attention.py --out DIR --check --tune --profile --sweep --report`. "
             "Plot: `attention_h100.png` (time and memory against length, log-log). Raw numbers: the .jsonl beside this file.", ""]
 
     checks = [row for row in rows if row.get("section") == "check"]

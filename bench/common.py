@@ -104,6 +104,32 @@ def measure(step, *, min_runs=10, budget_s=20.0, warmup=2):
         free_memory()
 
 
+def kernel_times(step, steps=3):
+    """Device time per step (ms) of each kernel `step` launches, from torch.profiler, largest first.
+    Without a GPU (--smoke) the CPU operators' own times stand in for it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    on_gpu = torch.cuda.is_available()
+    sync = torch.cuda.synchronize if on_gpu else (lambda: None)
+    step()
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA if on_gpu else ProfilerActivity.CPU]) as profiler:
+        for _ in range(steps):
+            step()
+        sync()
+    totals = {}
+    for event in profiler.key_averages():
+        if on_gpu:
+            time_us = getattr(event, "device_time_total", None)
+            if time_us is None:
+                time_us = getattr(event, "cuda_time_total", 0.0)
+        else:
+            time_us = event.self_cpu_time_total
+        if time_us > 0 and event.key:
+            totals[event.key[:80]] = totals.get(event.key[:80], 0.0) + time_us / 1000 / steps
+    return dict(sorted(totals.items(), key=lambda item: -item[1]))
+
+
 def _time_once(step):
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()

@@ -10,7 +10,10 @@ Shared shape: byte vocabulary (256), d_model 1024, d_ff 4096, 16 heads of 64.
            and without gradient checkpointing and transformers' ReformerModelWithLMHead where
            their step fits the time budget.
 --depth    ours at 64K tokens with 2 / 6 / 12 / 24 layers (memory flat in depth).
---million  three AdamW steps of ours on one 1M-token sequence (the loss must fall).
+--profile  device time of one step of ours at 64K tokens and 12 layers by kind of kernel
+           (torch.profiler): matrix products, attention kernels, sorting, normalisation, the rest.
+--million  three AdamW steps of ours on one 1M-token sequence of random bytes: it fits and trains
+           (time and peak memory per step; the loss of random bytes stays near ln 256 = 5.55).
 --report   renders DIR/model.jsonl as DIR/model.md and DIR/model.png.
 """
 
@@ -23,7 +26,12 @@ import time
 if "--smoke" in sys.argv:
     os.environ["TRITON_INTERPRET"] = "1"
 
-import torch
+# Every model here, ours and the baselines, allocates through expandable segments: at 1M tokens
+# the caching allocator's fixed-size segments fragment (46 GiB reserved for 25 GiB live after one
+# forward pass on the H100).
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
@@ -35,6 +43,7 @@ from common import (  # noqa: E402
     free_memory,
     length_label,
     lsh_buckets,
+    kernel_times,
     markdown_table,
     measure,
     read_json_lines,
@@ -169,8 +178,35 @@ def run_depth(log, length):
         run_case(log, "ours", length, n_layers)
 
 
+KERNEL_KINDS = [  # (kind, substrings of kernel names), first match wins
+    ("matrix products", ("gemm", "xmma", "cutlass", "nvjet", "cublas")),
+    ("LSH / local attention kernels", ("_window_fwd", "_window_bwd", "_combine_rounds", "_delta_kernel")),
+    ("hashing", ("_hash_kernel",)),
+    ("sorting", ("sort", "radix")),
+    ("layer norm", ("layer_norm", "LayerNorm")),
+    ("softmax / cross-entropy", ("softmax", "nll_loss", "cross_entropy")),
+]
+
+
+def run_profile(log, length, n_layers=12):
+    """Where one training step of ours spends its device time, by kind of kernel."""
+    model = our_model(length, n_layers)
+    step = training_step(model, length)
+    times = kernel_times(step, steps=2)
+    kinds = {}
+    for name, ms in times.items():
+        kind = next((kind for kind, keys in KERNEL_KINDS if any(key in name for key in keys)), "other (elementwise, copies)")
+        kinds[kind] = kinds.get(kind, 0.0) + ms
+    result = measure(step)
+    record = log.write(section="profile", length=length, n_layers=n_layers, kinds_ms=kinds,
+                       top_kernels_ms=dict(list(times.items())[:15]), step_ms=result.get("median_ms"))
+    print("profile", {kind: round(ms, 1) for kind, ms in kinds.items()}, "step", record["step_ms"], flush=True)
+    model = None
+    free_memory()
+
+
 def run_million(log, length, steps=3):
-    """A few optimizer steps on one long sequence: it fits, and the loss falls."""
+    """A few optimizer steps on one long sequence: it fits and trains; time and peak memory per step."""
     model = our_model(length, 12).to(DEVICE).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     generator = torch.Generator().manual_seed(0)
@@ -215,6 +251,7 @@ def write_report(out_dir, stem="model"):
             f"Byte vocabulary, d_model {D_MODEL}, d_ff {D_FF}, {HEADS} heads of {D_HEAD}, bf16 autocast over float32 "
             f"weights, dropout off, one sequence, forward + backward (optimizer excluded). Ours: local/LSH alternating, "
             f"n_hashes {N_HASHES}, chunk {CHUNK}, buckets 2L/64 factorised, reversible, Triton kernels. "
+            "Allocator: `PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True` for every model. "
             "MFU = (6 x matmul parameters x tokens + needed attention FLOPs) / time / peak; the reversible "
             "recomputation is not counted as useful.", ""]
     lengths = sorted({row["length"] for row in model_rows if row["n_layers"] == 12})
@@ -240,16 +277,33 @@ def write_report(out_dir, stem="model"):
     depth_rows = sorted((row for row in model_rows if row["kind"] == "ours" and row.get("status") == "ok"
                          and row["length"] == 2**16), key=lambda row: row["n_layers"])
     if depth_rows:
-        table = [[row["n_layers"], fmt_ms(row["median_ms"]), f"{row['peak_gib']:.2f}",
-                  f"{matmul_params_estimate(row['n_layers']) * 8 / 2**30:.2f}"] for row in depth_rows]
+        base = next((row for row in depth_rows if row["n_layers"] == 12), depth_rows[0])
+        table = []
+        for row in depth_rows:
+            weights = parameter_gib(row["n_layers"]) * 2  # float32 parameters and their gradients
+            table.append([row["n_layers"], fmt_ms(row["median_ms"]), f"{row['peak_gib']:.3f}", f"{weights:.3f}",
+                          f"{row['peak_gib'] - base['peak_gib']:+.3f}",
+                          f"{weights - parameter_gib(base['n_layers']) * 2:+.3f}"])
         text += ["## Depth at 64K tokens (ours)", "",
-                 "Parameters + gradients (float32) shown for comparison: growth beyond them would be activations.", "",
-                 markdown_table(["layers", "ms", "peak GiB", "params + grads GiB (approx.)"], table), ""]
+                 f"Growth against {base['n_layers']} layers: peak memory beside parameters + gradients (float32, counted "
+                 "from the model); growth beyond the latter would be activations.", "",
+                 markdown_table(["layers", "ms", "peak GiB", "params + grads GiB", "peak growth GiB",
+                                 "params + grads growth GiB"], table), ""]
+    for row in (row for row in rows if row.get("section") == "profile"):
+        total = sum(row["kinds_ms"].values())
+        table = [[kind, f"{ms:.1f}", f"{ms / total:.0%}"] for kind, ms in sorted(row["kinds_ms"].items(),
+                                                                                 key=lambda item: -item[1])]
+        text += [f"## One step of ours at {length_label(row['length'])} tokens, {row['n_layers']} layers, by kind of kernel",
+                 "", f"torch.profiler device time; all kernels {total:.1f} ms, step {fmt_ms(row['step_ms'])} ms "
+                 "(CUDA events).", "", markdown_table(["kind", "ms", "share"], table), ""]
     million = [row for row in rows if row.get("section") == "million"]
     for row in million:
-        text += ["## One 1M-token sequence, 12 layers, AdamW", "",
+        speed = (f"; {row['length'] / (sum(row['step_seconds']) / len(row['step_seconds'])):,.0f} tokens/s"
+                 if row["step_seconds"] else "")
+        text += ["## One 1M-token sequence, 12 layers, AdamW (forward, backward and optimizer step)", "",
                  f"status {row['status']}; losses {', '.join(f'{x:.4f}' for x in row['losses'])}; "
-                 f"seconds per step {', '.join(f'{x:.2f}' for x in row['step_seconds'])}; peak {row['peak_gib']:.1f} GiB", ""]
+                 f"seconds per step {', '.join(f'{x:.2f}' for x in row['step_seconds'])}{speed}; "
+                 f"peak {row['peak_gib']:.1f} GiB", ""]
     failed = [row for row in model_rows if row.get("status") != "ok"]
     if failed:
         text += ["## Cases that did not run", ""]
@@ -261,9 +315,10 @@ def write_report(out_dir, stem="model"):
     plot(model_rows, os.path.join(out_dir, stem + ".png"))
 
 
-def matmul_params_estimate(n_layers):
-    per_layer = (3 * D_MODEL * HEADS * D_HEAD + 2 * D_MODEL * D_FF) / 2 + (4 * D_MODEL * HEADS * D_HEAD + 2 * D_MODEL * D_FF) / 2
-    return n_layers * per_layer + 2 * D_MODEL * VOCAB
+def parameter_gib(n_layers, length=2**16):
+    """GiB of float32 parameters of our model at this depth (built on the meta device: no memory)."""
+    with torch.device("meta"):
+        return sum(p.numel() for p in our_model(length, n_layers).parameters()) * 4 / 2**30
 
 
 def plot(model_rows, path):
@@ -304,6 +359,7 @@ def main():
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--depth", action="store_true")
     parser.add_argument("--million", action="store_true")
+    parser.add_argument("--profile", action="store_true")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
                         default=[2**12, 2**14, 2**16, 2**18, 2**20])
@@ -317,11 +373,13 @@ def main():
     if args.smoke:
         DEVICE, D_MODEL, D_FF, HEADS = "cpu", 64, 128, 2
         args.lengths, args.baseline_limit, million, depth_length = [256], 256, 512, 256
-    if args.sweep or args.depth or args.million:
+    if args.sweep or args.depth or args.million or args.profile:
         log = JsonLines(os.path.join(args.out, args.stem + ".jsonl"))
         log.write(section="environment", **environment())
         if args.sweep:
             run_sweep(log, args.lengths, args.baseline_limit)
+        if args.profile:
+            run_profile(log, depth_length)
         if args.depth:
             run_depth(log, depth_length)
         if args.million:

@@ -156,8 +156,8 @@ def _window_chunk(chunk, w, n_chunks, NB: tl.constexpr, CIRCULAR: tl.constexpr):
 
 @_jit_helper
 def _key_block(
-    Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-    stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
+    Q, K, V, POS, BKT, PAD, stride_b, stride_h, stride_l, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH,
+    CHUNK, D,
     key_scale, own_rows, SORTED: tl.constexpr, BUCKET_WINDOW: tl.constexpr, HAS_PAD: tl.constexpr,
     NORM_KEYS: tl.constexpr, OWN_ROWS: tl.constexpr, DOT_MODE: tl.constexpr, EPS: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -184,13 +184,13 @@ def _key_block(
         if OWN_ROWS:
             raw = own_rows
         else:
-            raw = tl.load(Q + b * stride_qb + h * stride_qh + k_pos.to(tl.int64)[:, None] * stride_ql
+            raw = tl.load(Q + b * stride_b + h * stride_h + k_pos.to(tl.int64)[:, None] * stride_l
                           + d_offs[None, :], mask=kv_mask, other=0.0)
         k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
     else:
-        k = tl.load(K + b * stride_kb + h * stride_kh + k_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
+        k = tl.load(K + b * stride_b + h * stride_h + k_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                     mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + h * stride_vh + k_pos.to(tl.int64)[:, None] * stride_vl + d_offs[None, :],
+    v = tl.load(V + b * stride_b + h * stride_h + k_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                 mask=kv_mask, other=0.0)
     return k_slot, k_pos, k_bkt, k_pad, col_ok, k, v
 
@@ -198,9 +198,7 @@ def _key_block(
 @_jit
 def _window_fwd_kernel(
     Q, K, V, POS, BKT, PAD, OUT, LSE,
-    stride_qb, stride_qh, stride_ql,
-    stride_kb, stride_kh, stride_kl,
-    stride_vb, stride_vh, stride_vl,
+    stride_b, stride_h, stride_l,
     stride_ob, stride_oh, stride_or, stride_ol,
     stride_lb, stride_lh, stride_lr,
     H, LENGTH, N_SLOTS, CHUNK, D, scale, key_scale,
@@ -233,7 +231,7 @@ def _window_fwd_kernel(
     q_bkt = q_pos
     if BUCKET_WINDOW:
         q_bkt = tl.load(BKT + slot_base + q_slot, mask=row_ok, other=-1)
-    q = tl.load(Q + b * stride_qb + h * stride_qh + q_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
+    q = tl.load(Q + b * stride_b + h * stride_h + q_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -243,8 +241,8 @@ def _window_fwd_kernel(
         key_chunk, exists = _window_chunk(chunk, w, n_chunks, NB, CIRCULAR)
         for start in range(0, CHUNK, BLOCK_N):
             k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
-                Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-                stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
+                Q, K, V, POS, BKT, PAD, stride_b, stride_h, stride_l, b, h, slot_base, key_chunk, start, d_offs, d_ok,
+                LENGTH, CHUNK, D,
                 key_scale, q, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, ONE_BLOCK and w == NB, DOT_MODE, EPS,
                 BLOCK_N,
             )
@@ -341,13 +339,7 @@ def _delta_kernel(
 @_jit
 def _window_bwd_kernel(
     Q, K, V, DO, POS, BKT, PAD, LSE, DELTA, DQ, DK, DV, ACC_Q, ACC_V,
-    stride_qb, stride_qh, stride_ql,
-    stride_kb, stride_kh, stride_kl,
-    stride_vb, stride_vh, stride_vl,
-    stride_gb, stride_gh, stride_gl,
-    stride_dqb, stride_dqh, stride_dql,
-    stride_dkb, stride_dkh, stride_dkl,
-    stride_dvb, stride_dvh, stride_dvl,
+    stride_b, stride_h, stride_l,
     H, LENGTH, N_SLOTS, CHUNK, D, scale, key_scale, first_chunk,
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
     BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
@@ -391,16 +383,16 @@ def _window_bwd_kernel(
     my_pad = my_pos
     if HAS_PAD:
         my_pad = tl.load(PAD + b * LENGTH + my_pos, mask=row_ok, other=1)
-    q_me = tl.load(Q + b * stride_qb + h * stride_qh + my_pos.to(tl.int64)[:, None] * stride_ql + d_offs[None, :],
+    q_me = tl.load(Q + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                    mask=row_mask, other=0.0)
     if NORM_KEYS:
         k_me = _narrow(_unit_rows(q_me.to(tl.float32), D, key_scale, EPS), q_me.dtype, DOT_MODE)
     else:
-        k_me = tl.load(K + b * stride_kb + h * stride_kh + my_pos.to(tl.int64)[:, None] * stride_kl + d_offs[None, :],
+        k_me = tl.load(K + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                        mask=row_mask, other=0.0)
-    v_me = tl.load(V + b * stride_vb + h * stride_vh + my_pos.to(tl.int64)[:, None] * stride_vl + d_offs[None, :],
+    v_me = tl.load(V + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                    mask=row_mask, other=0.0)
-    do_me = tl.load(DO + b * stride_gb + h * stride_gh + my_pos.to(tl.int64)[:, None] * stride_gl + d_offs[None, :],
+    do_me = tl.load(DO + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                     mask=row_mask, other=0.0)
     lse_me = tl.load(LSE + seq_base + my_pos, mask=row_ok, other=0.0)
     delta_me = tl.load(DELTA + seq_base + my_pos, mask=row_ok, other=0.0)
@@ -430,9 +422,9 @@ def _window_bwd_kernel(
                     q_bkt = tl.load(BKT + slot_base + q_slot, mask=col_ok, other=-2)
                 col_mask = col_ok[:, None] & d_ok[None, :]
                 rows_at = q_pos.to(tl.int64)[:, None]
-                q = tl.load(Q + b * stride_qb + h * stride_qh + rows_at * stride_ql + d_offs[None, :],
+                q = tl.load(Q + b * stride_b + h * stride_h + rows_at * stride_l + d_offs[None, :],
                             mask=col_mask, other=0.0)
-                do = tl.load(DO + b * stride_gb + h * stride_gh + rows_at * stride_gl + d_offs[None, :],
+                do = tl.load(DO + b * stride_b + h * stride_h + rows_at * stride_l + d_offs[None, :],
                              mask=col_mask, other=0.0)
                 lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
                 delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
@@ -496,7 +488,7 @@ def _window_bwd_kernel(
                         q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=0)
                     else:
                         q_pos = q_slot
-                    do = tl.load(DO + b * stride_gb + h * stride_gh + q_pos.to(tl.int64)[:, None] * stride_gl + d_offs[None, :],
+                    do = tl.load(DO + b * stride_b + h * stride_h + q_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                                  mask=col_ok[:, None] & d_ok[None, :], other=0.0)
                     lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
                     p_t = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + tl.exp(MASK - lse)[None, :]
@@ -506,7 +498,7 @@ def _window_bwd_kernel(
     # dv and dk are final here; store dv and fold dk into dq now, so that the query loop below
     # runs with one accumulator live instead of three.
     acc_offs = (b * H + h) * LENGTH * D + my_pos.to(tl.int64)[:, None] * D + d_offs[None, :]
-    dv_ptrs = DV + b * stride_dvb + h * stride_dvh + my_pos.to(tl.int64)[:, None] * stride_dvl + d_offs[None, :]
+    dv_ptrs = DV + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :]
     _accumulate(ACC_V, acc_offs, dv_ptrs, dv, row_mask, ACC_MODE, DOT_MODE)
     dk = dk * scale
     if NORM_KEYS:
@@ -516,7 +508,7 @@ def _window_bwd_kernel(
         r = 1.0 / tl.sqrt(tl.sum(qf * qf, 1) / D + EPS)
         dq += (r * key_scale)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
     else:
-        tl.store(DK + b * stride_dkb + h * stride_dkh + my_pos.to(tl.int64)[:, None] * stride_dkl + d_offs[None, :],
+        tl.store(DK + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                  _narrow(dk, DK.dtype.element_ty, DOT_MODE), mask=row_mask)
 
     # Queries: this block against its own window.
@@ -525,8 +517,8 @@ def _window_bwd_kernel(
             key_chunk, exists = _window_chunk(chunk, w, n_chunks, NB, CIRCULAR)
             for start in range(0, CHUNK, BLOCK_N):
                 k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
-                    Q, K, V, POS, BKT, PAD, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-                    stride_vb, stride_vh, stride_vl, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH, CHUNK, D,
+                    Q, K, V, POS, BKT, PAD, stride_b, stride_h, stride_l, b, h, slot_base, key_chunk, start, d_offs,
+                    d_ok, LENGTH, CHUNK, D,
                     key_scale, q_me, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, False, DOT_MODE, EPS, BLOCK_N,
                 )
 
@@ -545,7 +537,7 @@ def _window_bwd_kernel(
                 ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0) * scale
                 dq += _dot(_narrow(ds, k.dtype, DOT_MODE), k, DOT_MODE)
 
-    dq_ptrs = DQ + b * stride_dqb + h * stride_dqh + my_pos.to(tl.int64)[:, None] * stride_dql + d_offs[None, :]
+    dq_ptrs = DQ + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :]
     _accumulate(ACC_Q, acc_offs, dq_ptrs, dq, row_mask, ACC_MODE, DOT_MODE)
 
 
@@ -651,7 +643,12 @@ LAUNCH = {
 
 def _tiles(chunk_length, d_head, phase):
     block_m = min(_pow2(chunk_length), 64)
-    return block_m, min(block_m, LAUNCH[phase]["block_n"]), _pow2(d_head)
+    block_n = min(block_m, LAUNCH[phase]["block_n"])
+    if d_head > 64:
+        # The tuning ran at d_head 64; wider heads keep the full-width tiles that the full-size
+        # checks (bench/attention.py --check, d_head 128) passed with.
+        block_n = block_m
+    return block_m, block_n, _pow2(d_head)
 
 # The hashing rotation's dot.  "ieee" float32 runs on the FMA units and took 1.07 of the 5.8 ms
 # of an LSH step at 64K tokens on one H100; "tf32x3" runs three tf32 products on the tensor cores
@@ -712,7 +709,7 @@ def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds
     grid = (n_slots // window.chunk_length * m_blocks, batch * heads)
     _window_fwd_kernel[grid](
         query, key, value, positions, buckets, pad, out, lse,
-        *query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *out_strides, *lse_strides,
+        *query.stride()[:3], *out_strides, *lse_strides,
         heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
         HAS_PAD=pad is not None, num_warps=LAUNCH["forward"]["num_warps"], num_stages=1, **consts,
     )
@@ -750,7 +747,7 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     """dq, dk, dv; with shared QK (window.norm_keys) dk is folded into dq and returned as None."""
     batch, heads, length, d_head = query.shape
     n_slots = n_rounds * length
-    grad_out = grad_out if grad_out.stride(-1) == 1 else grad_out.contiguous()
+    grad_out = _like_layout(grad_out, query)
     delta = _delta(out, grad_out, grad_lse)
     dq = torch.empty_like(query)
     dv = torch.empty_like(value)
@@ -773,8 +770,7 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
         # every program owns its rows and the accumulation needs no atomics.
         _window_bwd_kernel[grid](
             query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
-            *query.stride()[:3], *key.stride()[:3], *value.stride()[:3], *grad_out.stride()[:3],
-            *dq.stride()[:3], *dk_arg.stride()[:3], *dv.stride()[:3],
+            *query.stride()[:3],
             heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
             round_id * chunks_per_round,
             HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=LAUNCH["backward"]["num_warps"], num_stages=1, **consts,
@@ -811,11 +807,13 @@ class LSHAttentionFunction(torch.autograd.Function):
             out, lse = _combine_rounds(out, lse)
         ctx.window, ctx.n_rounds = window, n_rounds
         ctx.save_for_backward(query_key, value, sorted_positions, sorted_buckets, pad, out, lse)
+        ctx.set_materialize_grads(False)  # an unused lse needs no zero gradient
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         query_key, value, sorted_positions, sorted_buckets, pad, out, lse = ctx.saved_tensors
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out
         dqk, _, dv = _window_backward(ctx.window, query_key, query_key, value, sorted_positions, sorted_buckets, pad,
                                       out, lse, grad_out, grad_lse, ctx.n_rounds)
         return dqk, dv, None, None, None, None, None, None, None, None
@@ -834,17 +832,35 @@ class LocalAttentionFunction(torch.autograd.Function):
         out, lse = _window_forward(window, query, key, value, None, None, pad, 1)
         ctx.window = window
         ctx.save_for_backward(query, key, value, pad, out, lse)
+        ctx.set_materialize_grads(False)  # an unused lse needs no zero gradient
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
         query, key, value, pad, out, lse = ctx.saved_tensors
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out
         dq, dk, dv = _window_backward(ctx.window, query, key, value, None, None, pad, out, lse, grad_out, grad_lse, 1)
         return dq, dk, dv, None, None, None, None, None, None
 
 
 def _rows_contiguous(tensor):
     return tensor if tensor.stride(-1) == 1 else tensor.contiguous()
+
+
+def _common_layout(first, *others):
+    """(batch, heads, length, d_head) operands in one memory layout, so that the kernels take one
+    set of strides for all of them (and their gradients, allocated like the first): the first
+    keeps its layout when it is dense ((b, h, l, d) or the (b, l, h, d) that splitting heads off a
+    projection gives), the others are copied only where theirs differs."""
+    if not (first.is_contiguous() or first.transpose(1, 2).is_contiguous()):
+        first = first.contiguous()
+    return (first, *(_like_layout(tensor, first) for tensor in others))
+
+
+def _like_layout(tensor, like):
+    if tensor.stride() == like.stride():
+        return tensor
+    return torch.empty_like(like, dtype=tensor.dtype).copy_(tensor)
 
 
 def _pad_bytes(pad_mask, batch, length):
@@ -895,13 +911,12 @@ def lsh_attention(
     if window_mode == "chunk" and length == chunk_length:
         # As in the reference: one chunk per round means every query sees the whole sequence,
         # so the rounds are n_hashes copies of dense shared-QK attention, each key shown once.
-        out, lse = LSHAttentionFunction.apply(
-            _rows_contiguous(query_key), _rows_contiguous(value), None, None, pad, length, 0, 0, causal, "chunk"
-        )
+        out, lse = LSHAttentionFunction.apply(*_common_layout(query_key, value), None, None, pad, length, 0, 0, causal,
+                                              "chunk")
         return out, lse + math.log(bucket_ids.shape[2])
     sorted_positions, sorted_buckets = sort_by_bucket(bucket_ids, n_buckets, pad_mask)
     return LSHAttentionFunction.apply(
-        _rows_contiguous(query_key), _rows_contiguous(value), sorted_positions, sorted_buckets, pad,
+        *_common_layout(query_key, value), sorted_positions, sorted_buckets, pad,
         chunk_length, n_chunks_before, n_chunks_after, causal, window_mode,
     )
 
@@ -931,7 +946,7 @@ def local_attention(
     _require_kernels("local_attention", query, key, value)
     pad = _pad_bytes(pad_mask, batch, length)
     return LocalAttentionFunction.apply(
-        _rows_contiguous(query), _rows_contiguous(key), _rows_contiguous(value), pad,
+        *_common_layout(query, key, value), pad,
         chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around,
     )
 
@@ -957,7 +972,9 @@ def hash_vectors(vectors, rotations, num_buckets):
     rotations = rotations.to(device=vectors.device, dtype=torch.float32).contiguous()
     halves = [f // 2 for f in factors] + [0]
     out = torch.empty(batch, heads, n_hashes, length, dtype=torch.long, device=vectors.device)
-    block_l = LAUNCH["hash"]["block_l"]
+    # 128 positions of d_head 128 per program asked for 256 KB of shared memory on the H100 (it
+    # has 227 KB): the float32 tile is capped at 8K elements.
+    block_l = min(LAUNCH["hash"]["block_l"], 8192 // _pow2(d_head))
     grid = (triton.cdiv(length, block_l), batch * heads)
     _hash_kernel[grid](
         vectors, rotations, out, *vectors.stride()[:3], *rotations.stride()[:3], *out.stride()[:3],

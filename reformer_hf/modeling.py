@@ -76,12 +76,15 @@ def padding_multiple(config):
 
 @dataclass
 class ReformerModelOutput(ModelOutput):
-    """last_hidden_state: (batch, length, 2 * hidden_size), the two residual streams concatenated."""
+    """last_hidden_state: (batch, length, 2 * hidden_size), the two residual streams concatenated
+    and normalised.  residual_streams: the two streams (y1, y2) before that, instead of
+    last_hidden_state, when the forward is asked for them (`return_residual_streams=True`)."""
 
     last_hidden_state: torch.FloatTensor = None
     past_key_values: object = None
     hidden_states: tuple = None
     attentions: tuple = None
+    residual_streams: tuple = None
 
 
 @dataclass
@@ -240,6 +243,8 @@ class ReformerModel(ReformerPreTrainedModel):
         cached ones, and then attention_mask covers the cached and the new positions (batch,
         past + length) and position_ids (batch, length) default to their sequence indices.
         use_cache: return a cache; defaults to config.use_cache for a causal model in eval mode.
+        return_residual_streams (keyword): return the two streams (y1, y2) as `residual_streams` and
+        no last_hidden_state, for a head that applies `final_output` chunk by chunk.
         """
         past_length = past_key_values.get_seq_length() if isinstance(past_key_values, ReformerCache) else 0
         batch, length = self._check_inputs(
@@ -273,10 +278,18 @@ class ReformerModel(ReformerPreTrainedModel):
         if cache is not None:
             cache.advance(length)
 
-        sequence_output = self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1)))
+        if kwargs.get("return_residual_streams"):
+            # A head that normalises chunk by chunk (chunked_lm_loss): the (length, 2 * hidden)
+            # concatenation and its normalised copy are never built for the whole sequence.
+            return ReformerModelOutput(past_key_values=cache, hidden_states=all_hidden, residual_streams=(y1, y2))
+        sequence_output = self.final_output(y1, y2)
         if not return_dict:
             return tuple(v for v in (sequence_output, cache, all_hidden) if v is not None)
         return ReformerModelOutput(last_hidden_state=sequence_output, past_key_values=cache, hidden_states=all_hidden)
+
+    def final_output(self, y1, y2):
+        """The two residual streams (batch, n, hidden) each -> normalised (batch, n, 2 * hidden)."""
+        return self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1)))
 
 
 def run_padded_stack(stack, config, hidden, pad_mask, layer_caches, output_hidden_states, context=None,
@@ -434,6 +447,8 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if labels is not None and use_cache is None:
             use_cache = False
+        chunk = self.config.chunk_size_lm_head
+        chunked_loss = labels is not None and bool(chunk)
         outputs = self.reformer(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -445,15 +460,18 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             return_dict=True,
             cache_position=kwargs.get("cache_position"),
+            return_residual_streams=chunked_loss,
         )
-        hidden = outputs.last_hidden_state
+        hidden = outputs.last_hidden_state if not chunked_loss else outputs.residual_streams[0]
         if labels is not None and tuple(labels.shape) != tuple(hidden.shape[:2]):
             raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {tuple(hidden.shape[:2])}.")
 
         loss, logits = None, None
-        chunk = self.config.chunk_size_lm_head
-        if labels is not None and chunk:
-            loss_sum, count = chunked_lm_loss(self.lm_head, hidden, labels, chunk)
+        if chunked_loss:
+            def head(y1, y2):
+                return self.lm_head(self.reformer.final_output(y1, y2))
+
+            loss_sum, count = chunked_lm_loss(head, outputs.residual_streams, labels, chunk)
         else:
             logits = self.lm_head(hidden if not logits_to_keep else hidden[:, -logits_to_keep:])
             if labels is not None:
@@ -469,25 +487,26 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         )
 
 
-def chunked_lm_loss(lm_head, hidden, labels, chunk_size):
+def chunked_lm_loss(head, inputs, labels, chunk_size):
     """Summed shifted cross-entropy over position chunks without keeping any chunk's logits.
 
-    Each chunk's logits are recomputed in the backward pass (activation checkpointing), so the
-    peak holds one (chunk_size, vocab) block instead of (length, vocab).
+    head maps chunks of `inputs` (tensors of shape (batch, length, ...)) to logits.  Each chunk's
+    head and logits are recomputed in the backward pass (activation checkpointing), so the peak
+    holds one chunk's head activations and (chunk_size, vocab) logits instead of the sequence's.
+    The inputs are split (not sliced chunk by chunk), so their gradient is assembled once.
     """
     targets = nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
 
-    def chunk_loss(hidden_chunk, target_chunk):
-        logits = lm_head(hidden_chunk).float()
+    def chunk_loss(target_chunk, *input_chunks):
+        logits = head(*input_chunks).float()
         return nn.functional.cross_entropy(
             logits.reshape(-1, logits.shape[-1]), target_chunk.reshape(-1), ignore_index=-100, reduction="sum"
         )
 
-    loss_sum = hidden.new_zeros((), dtype=torch.float32)
-    for start in range(0, hidden.shape[1], chunk_size):
-        hidden_chunk = hidden[:, start : start + chunk_size]
-        target_chunk = targets[:, start : start + chunk_size]
-        loss_sum = loss_sum + torch.utils.checkpoint.checkpoint(chunk_loss, hidden_chunk, target_chunk, use_reentrant=False)
+    loss_sum = inputs[0].new_zeros((), dtype=torch.float32)
+    input_chunks = [tensor.split(chunk_size, dim=1) for tensor in inputs]
+    for target_chunk, *chunks in zip(targets.split(chunk_size, dim=1), *input_chunks):
+        loss_sum = loss_sum + torch.utils.checkpoint.checkpoint(chunk_loss, target_chunk, *chunks, use_reentrant=False)
     return loss_sum, (targets != -100).sum()
 
 

@@ -296,3 +296,44 @@ def test_kernels_module_imports_without_triton(monkeypatch):
     with pytest.raises(RuntimeError, match="triton is not installed"):
         module.lsh_attention(torch.zeros(1, 1, 8, 4), torch.zeros(1, 1, 8, 4), torch.zeros(1, 1, 1, 8, dtype=torch.long),
                              n_buckets=2, chunk_length=8)
+
+
+def test_gradients_when_only_one_output_is_used():
+    """The autograd functions do not materialise zero gradients: an unused lse (the model's case)
+    or an unused output must give the gradients of a zero upstream gradient for it."""
+    query_key, value, bucket_ids, _ = lsh_inputs(1, 2, 16, 16, 2, 4, n_pad=0, seed=12)
+    options = dict(n_buckets=4, chunk_length=4, causal=True)
+    grad_out, grad_lse = upstream_grads(query_key.shape, None, seed=13)
+    inputs = [query_key.float().requires_grad_(), value.float().requires_grad_()]
+    for use_out in (True, False):
+        out, lse = kernels.lsh_attention(*inputs, bucket_ids, **options)
+        used, upstream = (out, grad_out.float()) if use_out else (lse, grad_lse)
+        got = torch.autograd.grad(used, inputs, upstream)
+        zeros = (grad_out, torch.zeros_like(grad_lse)) if use_out else (torch.zeros_like(grad_out), grad_lse)
+        want = forward_backward(attention.lsh_attention, [t.detach() for t in inputs], *zeros, bucket_ids, **options)
+        for actual, expected in zip(got, want[2:]):  # d value is exactly zero when only lse is used
+            torch.testing.assert_close(actual, expected.to(actual.dtype), atol=1e-6, rtol=1e-5)
+
+
+def test_operands_in_different_memory_layouts():
+    """Heads split off a projection are (batch, length, heads, d_head) in memory; the kernels take
+    one set of strides, so operands (and the output gradient) in another layout are copied into
+    the first one's.  Results equal those of contiguous operands."""
+    query_key, value, bucket_ids, pad_mask = lsh_inputs(1, 2, 16, 16, 2, 4, n_pad=2, seed=14)
+    grad_out, grad_lse = upstream_grads(query_key.shape, pad_mask, seed=15)
+    options = dict(n_buckets=4, chunk_length=4, causal=True, pad_mask=pad_mask)
+    inputs = [query_key.float(), value.float()]
+    expected = forward_backward(kernels.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    heads_last = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in inputs]  # same values, other layout
+    mixed = forward_backward(kernels.lsh_attention, [heads_last[0], inputs[1]], grad_out.transpose(1, 2).contiguous()
+                             .transpose(1, 2), grad_lse, bucket_ids, **options)
+    for got, want in zip(mixed, expected):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    local = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (inputs[0], inputs[1], grad_out.float())]
+    local_options = dict(chunk_length=4, causal=True, pad_mask=pad_mask)
+    expected = forward_backward(attention.local_attention, [inputs[0], inputs[1], grad_out.float()], grad_out,
+                                grad_lse, **local_options)
+    actual = forward_backward(kernels.local_attention, [local[0], inputs[1], local[2]], grad_out, grad_lse,
+                              **local_options)
+    for got, want in zip(actual, expected):
+        assert relative_error(got, want) < 1e-5

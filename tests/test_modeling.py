@@ -62,6 +62,20 @@ def test_chunked_feed_forward_equals_unchunked():
     torch.testing.assert_close(chunked(hidden), block(hidden), atol=0, rtol=0)
 
 
+def test_chunked_loss_normalises_chunk_by_chunk():
+    """With chunk_size_lm_head the final layer norm, like the LM head, sees one chunk at a time
+    (forward and recomputation): the (length, 2 * hidden) normalised states are never built."""
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config(chunk_size_lm_head=7))
+    lengths = []
+    model.reformer.layer_norm.register_forward_hook(lambda module, args, output: lengths.append(args[0].shape[1]))
+    input_ids = torch.randint(0, 40, (2, 30))
+    model(input_ids, labels=input_ids).loss.backward()
+    assert lengths[:5] == [7, 7, 7, 7, 2] and sorted(lengths[5:]) == [2, 7, 7, 7, 7]  # forward; each rebuilt
+    lengths.clear()
+    assert model(input_ids).logits.shape[1] == 30 and lengths == [30]  # no labels: the whole sequence
+
+
 def test_chunked_loss_equals_full_loss_and_gradients():
     torch.manual_seed(0)
     full = ReformerForCausalLM(tiny_config(chunk_size_lm_head=0))
