@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gettext
 import json
+import logging
 import math
 import os
 import re
@@ -31,6 +32,8 @@ import torch
 
 from .tokenization import BYTE_ID_OFFSET, PAD_ID
 from .training import step_generator
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 SPLIT_NAMES = ("train", "validation", "test")
@@ -303,8 +306,9 @@ def load_gettext_pairs(
     msgid is the source (English by gettext convention) and msgstr the translation.
     Accelerator marks are stripped from both, surrounding whitespace removed, and
     pairs that are empty on either side, identical on both sides (untranslated
-    names, numbers, placeholders) or already seen are dropped.  Files are read in
-    sorted order so the result is deterministic.
+    names, numbers, placeholders) or already seen are dropped; how many of each is
+    logged (logger `reformer_hf.data`, INFO).  Files are read in sorted order so the
+    result is deterministic.
     """
     root = Path(root_dir)
     if not root.is_dir():
@@ -315,13 +319,18 @@ def load_gettext_pairs(
         raise FileNotFoundError(f"root_dir={str(root)!r} contains no .mo files.")
     seen = set()
     rows = []
+    dropped = {"empty": 0, "untranslated": 0, "duplicate": 0}
     for path in mo_files:
         for source, target in _catalog_pairs(path):
             pair = (_clean_label(source), _clean_label(target))
-            if not pair[0] or not pair[1] or pair[0] == pair[1] or pair in seen:
+            reason = ("empty" if not pair[0] or not pair[1] else "untranslated" if pair[0] == pair[1]
+                      else "duplicate" if pair in seen else None)
+            if reason is not None:
+                dropped[reason] += 1
                 continue
             seen.add(pair)
             rows.append({source_lang: pair[0], target_lang: pair[1]})
+    logger.info("load_gettext_pairs: %d pairs from %d catalogs; dropped %s", len(rows), len(mo_files), dropped)
     return _translation_dataset(rows, source_lang, target_lang)
 
 

@@ -1,6 +1,7 @@
 """Data loaders on small files in their real formats, built here in tmp dirs."""
 
 import json
+import logging
 import struct
 import zipfile
 
@@ -614,3 +615,11 @@ def test_error_duplication_dataset_num_samples():
 def test_error_duplication_dataset_index_out_of_range():
     with pytest.raises(IndexError, match="index 2"):
         DuplicationDataset(num_samples=2, length=8)[2]
+
+
+def test_gettext_pairs_log_what_they_drop(catalog_dir, caplog):
+    """Nothing is dropped silently: the counts of empty, untranslated and duplicate entries are logged."""
+    with caplog.at_level(logging.INFO, logger="reformer_hf.data"):
+        load_gettext_pairs(catalog_dir)
+    assert "6 pairs from 2 catalogs" in caplog.text
+    assert "'untranslated': 1" in caplog.text and "'duplicate': 1" in caplog.text
