@@ -149,6 +149,30 @@ def sort_by_bucket(bucket_ids, n_buckets, pad_mask=None):
     return sorted_order, sorted_buckets
 
 
+def check_lsh_arguments(query_key, value, bucket_ids, chunk_length, window_mode):
+    """`lsh_attention`'s argument checks, shared with the fused kernels (kernels.py)."""
+    batch, heads, length, _ = query_key.shape
+    if length % chunk_length:
+        raise ValueError(f"lsh_attention: length={length} must be a multiple of chunk_length={chunk_length}")
+    if window_mode not in ("chunk", "bucket_window"):
+        raise ValueError(f"lsh_attention: window_mode={window_mode!r}; expected 'chunk' or 'bucket_window'")
+    if tuple(value.shape) != tuple(query_key.shape):
+        raise ValueError(f"lsh_attention: value has shape {tuple(value.shape)}; expected {tuple(query_key.shape)}")
+    if bucket_ids.dim() != 4 or tuple(bucket_ids.shape[:2]) != (batch, heads) or bucket_ids.shape[3] != length:
+        raise ValueError(f"lsh_attention: bucket_ids has shape {tuple(bucket_ids.shape)}; "
+                         f"expected (batch, heads, n_hashes, length) = ({batch}, {heads}, n_hashes, {length})")
+
+
+def check_local_arguments(query, key, value, chunk_length):
+    """`local_attention`'s argument checks, shared with the fused kernel (kernels.py)."""
+    length = query.shape[2]
+    if length % chunk_length:
+        raise ValueError(f"local_attention: length={length} must be a multiple of chunk_length={chunk_length}")
+    for name, tensor in (("key", key), ("value", value)):
+        if tuple(tensor.shape) != tuple(query.shape):
+            raise ValueError(f"local_attention: {name} has shape {tuple(tensor.shape)}; expected {tuple(query.shape)}")
+
+
 def lsh_attention(
     query_key,
     value,
@@ -179,12 +203,9 @@ def lsh_attention(
     `n_chunks_before * chunk_length` sorted places before it (or `n_chunks_after * ...`
     after it).  A query sees itself only when nothing else is visible.
     """
+    check_lsh_arguments(query_key, value, bucket_ids, chunk_length, window_mode)
     batch, heads, length, d_head = query_key.shape
     n_hashes = bucket_ids.shape[2]
-    if length % chunk_length:
-        raise ValueError(f"lsh_attention: length={length} must be a multiple of chunk_length={chunk_length}")
-    if window_mode not in ("chunk", "bucket_window"):
-        raise ValueError(f"lsh_attention: window_mode={window_mode!r}; expected 'chunk' or 'bucket_window'")
     if window_mode == "chunk" and length == chunk_length:
         # Every round is a single chunk, so every query sees the whole sequence whatever the
         # hashing.  The ring would show each key several times, which changes nothing but the
@@ -280,9 +301,8 @@ def local_attention(
     semantics), otherwise chunks off either end are missing.
     Returns out (batch, heads, length, d_head) and log-sum-exp (batch, heads, length).
     """
+    check_local_arguments(query, key, value, chunk_length)
     batch, heads, length, d_head = query.shape
-    if length % chunk_length:
-        raise ValueError(f"local_attention: length={length} must be a multiple of chunk_length={chunk_length}")
     device = query.device
     n_chunks = length // chunk_length
     chunk_ids, chunk_exists = neighbour_chunks(n_chunks, n_chunks_before, n_chunks_after, wrap_around, device)

@@ -895,16 +895,8 @@ def lsh_attention(
     training=False,
 ):
     """`attention.lsh_attention` as fused kernels: same arguments, same results (out, lse)."""
+    attention.check_lsh_arguments(query_key, value, bucket_ids, chunk_length, window_mode)
     batch, heads, length, d_head = query_key.shape
-    if length % chunk_length:
-        raise ValueError(f"lsh_attention: length={length} must be a multiple of chunk_length={chunk_length}")
-    if window_mode not in ("chunk", "bucket_window"):
-        raise ValueError(f"lsh_attention: window_mode={window_mode!r}; expected 'chunk' or 'bucket_window'")
-    if tuple(value.shape) != tuple(query_key.shape):
-        raise ValueError(f"lsh_attention: value has shape {tuple(value.shape)}; expected {tuple(query_key.shape)}")
-    if bucket_ids.dim() != 4 or tuple(bucket_ids.shape[:2]) != (batch, heads) or bucket_ids.shape[3] != length:
-        raise ValueError(f"lsh_attention: bucket_ids has shape {tuple(bucket_ids.shape)}; "
-                         f"expected (batch, heads, n_hashes, length) = ({batch}, {heads}, n_hashes, {length})")
     _refuse_dropout("lsh_attention", dropout_p, training)
     _require_kernels("lsh_attention", query_key, value)
     pad = _pad_bytes(pad_mask, batch, length)
@@ -936,12 +928,8 @@ def local_attention(
     training=False,
 ):
     """`attention.local_attention` as a fused kernel: same arguments, same results (out, lse)."""
+    attention.check_local_arguments(query, key, value, chunk_length)
     batch, heads, length, d_head = query.shape
-    if length % chunk_length:
-        raise ValueError(f"local_attention: length={length} must be a multiple of chunk_length={chunk_length}")
-    for name, tensor in (("key", key), ("value", value)):
-        if tuple(tensor.shape) != tuple(query.shape):
-            raise ValueError(f"local_attention: {name} has shape {tuple(tensor.shape)}; expected {tuple(query.shape)}")
     _refuse_dropout("local_attention", dropout_p, training)
     _require_kernels("local_attention", query, key, value)
     pad = _pad_bytes(pad_mask, batch, length)
