@@ -155,6 +155,23 @@ def _window_chunk(chunk, w, n_chunks, NB: tl.constexpr, CIRCULAR: tl.constexpr):
 
 
 @_jit_helper
+def _slots(POS, BKT, slot_base, chunk, offsets, CHUNK, SORTED: tl.constexpr, BUCKET_WINDOW: tl.constexpr,
+           MISSING_BUCKET: tl.constexpr):
+    """Slots `offsets` of sorted `chunk`: which lie inside the chunk, the slots, their positions
+    (-1 outside) and buckets (MISSING_BUCKET outside; without BUCKET_WINDOW, the positions)."""
+    inside = offsets < CHUNK
+    slot = chunk * CHUNK + offsets
+    if SORTED:
+        pos = tl.load(POS + slot_base + slot, mask=inside, other=-1)
+    else:
+        pos = tl.where(inside, slot, -1)
+    bkt = pos
+    if BUCKET_WINDOW:
+        bkt = tl.load(BKT + slot_base + slot, mask=inside, other=MISSING_BUCKET)
+    return inside, slot, pos, bkt
+
+
+@_jit_helper
 def _key_block(
     Q, K, V, POS, BKT, PAD, stride_b, stride_h, stride_l, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH,
     CHUNK, D,
@@ -166,16 +183,8 @@ def _key_block(
     flags, which of them exist, and their keys and values, read through the slot -> position map
     (shared-QK keys normalised from the queries here).  With OWN_ROWS these slots are the
     program's own rows, already loaded as `own_rows`: shared-QK keys come from them."""
-    cols = start + tl.arange(0, BLOCK_N)
-    col_ok = cols < CHUNK
-    k_slot = key_chunk * CHUNK + cols
-    if SORTED:
-        k_pos = tl.load(POS + slot_base + k_slot, mask=col_ok, other=-1)
-    else:
-        k_pos = tl.where(col_ok, k_slot, -1)
-    k_bkt = k_pos
-    if BUCKET_WINDOW:
-        k_bkt = tl.load(BKT + slot_base + k_slot, mask=col_ok, other=-2)
+    col_ok, k_slot, k_pos, k_bkt = _slots(POS, BKT, slot_base, key_chunk, start + tl.arange(0, BLOCK_N), CHUNK,
+                                          SORTED, BUCKET_WINDOW, -2)
     k_pad = k_pos
     if HAS_PAD:
         k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
@@ -218,19 +227,11 @@ def _window_fwd_kernel(
     chunk = pid_m // m_blocks
     n_chunks = N_SLOTS // CHUNK
     rows = (pid_m % m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < CHUNK
     d_offs = tl.arange(0, BLOCK_D)
     d_ok = d_offs < D
 
-    q_slot = chunk * CHUNK + rows
     slot_base = (b * H + h) * N_SLOTS
-    if SORTED:
-        q_pos = tl.load(POS + slot_base + q_slot, mask=row_ok, other=-1)
-    else:
-        q_pos = tl.where(row_ok, q_slot, -1)
-    q_bkt = q_pos
-    if BUCKET_WINDOW:
-        q_bkt = tl.load(BKT + slot_base + q_slot, mask=row_ok, other=-1)
+    row_ok, q_slot, q_pos, q_bkt = _slots(POS, BKT, slot_base, chunk, rows, CHUNK, SORTED, BUCKET_WINDOW, -1)
     q = tl.load(Q + b * stride_b + h * stride_h + q_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                 mask=row_ok[:, None] & d_ok[None, :], other=0.0)
 
@@ -372,14 +373,7 @@ def _window_bwd_kernel(
     seq_base = (b * H + h) * LENGTH
 
     # This block's rows, in both of their roles.
-    my_slot = chunk * CHUNK + rows
-    if SORTED:
-        my_pos = tl.load(POS + slot_base + my_slot, mask=row_ok, other=-1)
-    else:
-        my_pos = tl.where(row_ok, my_slot, -1)
-    my_bkt = my_pos
-    if BUCKET_WINDOW:
-        my_bkt = tl.load(BKT + slot_base + my_slot, mask=row_ok, other=-1)
+    _, my_slot, my_pos, my_bkt = _slots(POS, BKT, slot_base, chunk, rows, CHUNK, SORTED, BUCKET_WINDOW, -1)
     my_pad = my_pos
     if HAS_PAD:
         my_pad = tl.load(PAD + b * LENGTH + my_pos, mask=row_ok, other=1)
@@ -410,16 +404,8 @@ def _window_bwd_kernel(
                 pair_ok = (query_chunk >= 0) & (query_chunk < n_chunks)
                 query_chunk = tl.minimum(tl.maximum(query_chunk, 0), n_chunks - 1)
             for start in range(0, CHUNK, BLOCK_N):
-                cols = start + tl.arange(0, BLOCK_N)
-                col_ok = cols < CHUNK
-                q_slot = query_chunk * CHUNK + cols
-                if SORTED:
-                    q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=-1)
-                else:
-                    q_pos = tl.where(col_ok, q_slot, -1)
-                q_bkt = q_pos
-                if BUCKET_WINDOW:
-                    q_bkt = tl.load(BKT + slot_base + q_slot, mask=col_ok, other=-2)
+                col_ok, q_slot, q_pos, q_bkt = _slots(POS, BKT, slot_base, query_chunk, start + tl.arange(0, BLOCK_N),
+                                                      CHUNK, SORTED, BUCKET_WINDOW, -2)
                 col_mask = col_ok[:, None] & d_ok[None, :]
                 rows_at = q_pos.to(tl.int64)[:, None]
                 q = tl.load(Q + b * stride_b + h * stride_h + rows_at * stride_l + d_offs[None, :],
