@@ -42,6 +42,7 @@ from common import (  # noqa: E402
     kernel_times,
     markdown_table,
     measure,
+    plot_against_length,
     read_json_lines,
 )
 
@@ -507,36 +508,16 @@ def write_report(out_dir, stem="attention"):
 
 
 def plot(sweep, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", flush=True)
-        return
     series = [("SDPA flash (dense)", dict(impl="sdpa_flash")),
               ("transformers LSHSelfAttention layer", dict(impl="layer_transformers"))]
     series += [(f"ours LSH n_hashes={n}", dict(impl="lsh_triton", n_hashes=n, mode="bucket_window")) for n in (1, 2, 4, 8)]
     series += [("ours LSH layer n_hashes=4", dict(impl="layer_ours", mode="chunk")),
                ("ours torch path n_hashes=4", dict(impl="lsh_torch"))]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
-    for label, match in series:
-        points = sorted((row["length"], row["median_ms"], row["peak_gib"]) for row in sweep
-                        if all(row.get(k) == v for k, v in match.items()) and row.get("status") == "ok")
-        if points:
-            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-            right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
-    for axis, ylabel in ((left, "forward + backward time (ms)"), (right, "peak memory (GiB)")):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("sequence length (tokens)")
-        axis.set_ylabel(ylabel)
-        axis.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8)
-    figure.suptitle("Causal attention, batch 1, 8 heads, d_head 64, bf16, one H100")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    lines = [(label, [(row["length"], row["median_ms"], row["peak_gib"]) for row in sweep
+                      if all(row.get(k) == v for k, v in match.items()) and row.get("status") == "ok"])
+             for label, match in series]
+    plot_against_length(path, lines, ("forward + backward time (ms)", "peak memory (GiB)"),
+                        "Causal attention, batch 1, 8 heads, d_head 64, bf16, one H100", figsize=(13, 5))
 
 
 def main():

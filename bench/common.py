@@ -176,3 +176,35 @@ def lsh_buckets(length, chunk_length):
     if 2**power <= 128:
         return 2**power
     return [2 ** (power // 2), 2 ** (power - power // 2)]
+
+
+def plot_against_length(path, series, ylabels, title, figsize=(12, 5)):
+    """Two log-log panels against sequence length, one line per series, saved as a PNG.
+
+    series: (label, points) pairs, points (length, left value, right value) tuples; a series
+    without points is left out.  Without matplotlib nothing is drawn (and it is said).
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", flush=True)
+        return
+    figure, (left, right) = plt.subplots(1, 2, figsize=figsize)
+    for label, points in series:
+        points = sorted(points)
+        if points:
+            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+            right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+    for axis, ylabel in zip((left, right), ylabels):
+        axis.set_xscale("log", base=2)
+        axis.set_yscale("log")
+        axis.set_xlabel("sequence length (tokens)")
+        axis.set_ylabel(ylabel)
+        axis.grid(True, which="both", alpha=0.3)
+    left.legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)

@@ -46,6 +46,7 @@ from common import (  # noqa: E402
     kernel_times,
     markdown_table,
     measure,
+    plot_against_length,
     read_json_lines,
 )
 
@@ -322,35 +323,16 @@ def parameter_gib(n_layers, length=2**16):
 
 
 def plot(model_rows, path):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", flush=True)
-        return
-    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 5))
-    for label, match in (("ours (Reformer, Triton)", dict(kind="ours")),
-                         ("Llama SDPA + checkpointing", dict(kind="llama", checkpointing=True)),
-                         ("Llama SDPA", dict(kind="llama", checkpointing=False)),
-                         ("transformers Reformer", dict(kind="transformers_reformer"))):
-        points = sorted((row["length"], row["tokens_per_s"], row["peak_gib"]) for row in model_rows
-                        if row["n_layers"] == 12 and row.get("status") == "ok"
-                        and all(row.get(k) == v for k, v in match.items()))
-        if points:
-            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-            right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
-    for axis, ylabel in ((left, "training tokens / s"), (right, "peak memory (GiB)")):
-        axis.set_xscale("log", base=2)
-        axis.set_yscale("log")
-        axis.set_xlabel("sequence length (tokens)")
-        axis.set_ylabel(ylabel)
-        axis.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=8)
-    figure.suptitle("One training step, 12 layers, d_model 1024, bf16 autocast, one H100")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    series = (("ours (Reformer, Triton)", dict(kind="ours")),
+              ("Llama SDPA + checkpointing", dict(kind="llama", checkpointing=True)),
+              ("Llama SDPA", dict(kind="llama", checkpointing=False)),
+              ("transformers Reformer", dict(kind="transformers_reformer")))
+    lines = [(label, [(row["length"], row["tokens_per_s"], row["peak_gib"]) for row in model_rows
+                      if row["n_layers"] == 12 and row.get("status") == "ok"
+                      and all(row.get(k) == v for k, v in match.items())])
+             for label, match in series]
+    plot_against_length(path, lines, ("training tokens / s", "peak memory (GiB)"),
+                        "One training step, 12 layers, d_model 1024, bf16 autocast, one H100")
 
 
 def main():
