@@ -275,6 +275,17 @@ def _window_fwd_kernel(
     tl.store(LSE + b * stride_lb + h * stride_lh + round_id * stride_lr + q_pos, lse, mask=row_ok)
 
 
+@_jit_helper
+def _position_block(H, LENGTH, D, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The (batch, head) and BLOCK_L positions of a program on grid (position blocks, batch x
+    heads): b, h, the positions, which lie inside the sequence, the feature offsets and which lie
+    inside d_head."""
+    pid_bh = tl.program_id(1)
+    pos = (tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
+    d_offs = tl.arange(0, BLOCK_D)
+    return (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64), pos, pos < LENGTH, d_offs, d_offs < D
+
+
 @_jit
 def _combine_rounds_kernel(
     ROUND_OUT, ROUND_LSE, OUT, LSE,
@@ -284,14 +295,8 @@ def _combine_rounds_kernel(
     DOT_MODE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """out = sum_r exp(lse_r - logsumexp_r lse_r) * out_r, in float32, per position."""
-    pid_l = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    pos = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
-    pos_ok = pos < LENGTH
-    d_offs = tl.arange(0, BLOCK_D)
-    mask = pos_ok[:, None] & (d_offs[None, :] < D)
+    b, h, pos, pos_ok, d_offs, d_ok = _position_block(H, LENGTH, D, BLOCK_L, BLOCK_D)
+    mask = pos_ok[:, None] & d_ok[None, :]
     lse_base = ROUND_LSE + (b * H + h) * N_ROUNDS * LENGTH + pos
     top = tl.full([BLOCK_L], float("-inf"), tl.float32)
     for r in range(N_ROUNDS):
@@ -320,14 +325,8 @@ def _delta_kernel(
     HAS_DLSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """delta = rowsum(dout * out) - dlse: the softmax backward's per-query offset."""
-    pid_l = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    pos = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
-    pos_ok = pos < LENGTH
-    d_offs = tl.arange(0, BLOCK_D)
-    mask = pos_ok[:, None] & (d_offs[None, :] < D)
+    b, h, pos, pos_ok, d_offs, d_ok = _position_block(H, LENGTH, D, BLOCK_L, BLOCK_D)
+    mask = pos_ok[:, None] & d_ok[None, :]
     out = tl.load(OUT + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + d_offs[None, :], mask=mask, other=0.0)
     dout = tl.load(DOUT + b * stride_gb + h * stride_gh + pos[:, None] * stride_gl + d_offs[None, :], mask=mask,
                    other=0.0)
@@ -552,14 +551,7 @@ def _hash_kernel(
     PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """bucket = argmax([xR; -xR]) per factor of the bucket count and per round, without keeping xR."""
-    pid_l = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H).to(tl.int64)
-    h = (pid_bh % H).to(tl.int64)
-    pos = (pid_l * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
-    pos_ok = pos < LENGTH
-    d_offs = tl.arange(0, BLOCK_D)
-    d_ok = d_offs < D
+    b, h, pos, pos_ok, d_offs, d_ok = _position_block(H, LENGTH, D, BLOCK_L, BLOCK_D)
     x = tl.load(X + b * stride_xb + h * stride_xh + pos[:, None] * stride_xl + d_offs[None, :],
                 mask=pos_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     for hash_round in range(N_HASHES):
