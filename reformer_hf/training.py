@@ -238,6 +238,24 @@ class CheckpointManager:
         self.accelerator.load_state(str(path))
         return json.loads(info_path.read_text(encoding="utf-8"))
 
+    def resume(self, path):
+        """(step, elapsed seconds) of the checkpoint `path`, restored, or (0, 0.0) for None."""
+        if path is None:
+            return 0, 0.0
+        info = self.load(path)
+        self.accelerator.print(f"resumed from {path} at step {info['step']}")
+        return info["step"], info["elapsed_seconds"]
+
+
+def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm):
+    """One update after the backward passes: clip the gradient norm to `max_grad_norm` (0 or None:
+    no clipping), step the optimizer and the scheduler, clear the gradients."""
+    if max_grad_norm:
+        accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
 
 def _write_json_durably(path, payload):
     with open(path, "w", encoding="utf-8") as handle:

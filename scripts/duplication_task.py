@@ -201,7 +201,7 @@ def main(argv=None):
     from transformers import get_scheduler
 
     from reformer_hf import ReformerForCausalLM
-    from reformer_hf.training import CheckpointManager, MetricsLog, tensorboard_available
+    from reformer_hf.training import CheckpointManager, MetricsLog, optimizer_step, tensorboard_available
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -218,11 +218,7 @@ def main(argv=None):
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
 
-    step, elapsed = 0, 0.0
-    if resume_from is not None:
-        info = checkpoints.load(resume_from)
-        step, elapsed = info["step"], info["elapsed_seconds"]
-        accelerator.print(f"resumed from {resume_from} at step {step}")
+    step, elapsed = checkpoints.resume(resume_from)
     metrics = MetricsLog(output_dir, resume_step=step, enabled=accelerator.is_main_process and not args.eval_only,
                          tensorboard=tensorboard_available() and not args.no_tensorboard)
 
@@ -243,11 +239,7 @@ def main(argv=None):
                 logits = model(input_ids=input_ids).logits
             loss_sum, correct, count = second_copy_metrics(logits, labels)
             accelerator.backward(loss_sum / count)
-            if args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
             step += 1
             elapsed += time.perf_counter() - step_start
             progress.update(1)

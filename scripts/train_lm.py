@@ -217,7 +217,7 @@ def main(argv=None):
     from transformers import get_scheduler
 
     from reformer_hf import ReformerForCausalLM
-    from reformer_hf.training import CheckpointManager, MetricsLog, tensorboard_available
+    from reformer_hf.training import CheckpointManager, MetricsLog, optimizer_step, tensorboard_available
 
     # cpu=True on a machine without CUDA is what makes accelerate pick gloo DDP under a multi-process launch.
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
@@ -238,11 +238,7 @@ def main(argv=None):
     # Registered rather than prepared: a prepared scheduler steps once per process per step.
     accelerator.register_for_checkpointing(scheduler)
 
-    start_step, elapsed = 0, 0.0
-    if resume_from is not None:
-        info = checkpoints.load(resume_from)
-        start_step, elapsed = info["step"], info["elapsed_seconds"]
-        accelerator.print(f"resumed from {resume_from} at step {start_step}")
+    start_step, elapsed = checkpoints.resume(resume_from)
     use_tensorboard = tensorboard_available() and not args.no_tensorboard
     metrics = MetricsLog(output_dir, resume_step=start_step, enabled=accelerator.is_main_process,
                          tensorboard=use_tensorboard)
@@ -276,11 +272,7 @@ def main(argv=None):
                 loss = model(input_ids=input_ids, labels=input_ids, num_items_in_batch=targets_per_step).loss
                 accelerator.backward(loss)
             loss_total += loss.detach()
-        if args.max_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
         step += 1
         step_loss = accelerator.reduce(loss_total, "mean").item()
         elapsed += time.perf_counter() - step_start

@@ -310,7 +310,7 @@ def main(argv=None):
     from transformers import get_scheduler
 
     from reformer_hf.seq2seq import ReformerForConditionalGeneration
-    from reformer_hf.training import MetricsLog
+    from reformer_hf.training import MetricsLog, optimizer_step
 
     accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -362,11 +362,7 @@ def main(argv=None):
                                decoder_input_ids=decoder_input_ids, use_cache=False).logits
                 loss = smoothed_loss(logits, batch["labels"], args.label_smoothing)
             accelerator.backward(loss)
-            if args.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(accelerator, model, optimizer, scheduler, args.max_grad_norm)
             step += 1
             tokens += int((batch["labels"] != -100).sum()) * accelerator.num_processes
             step_loss = accelerator.reduce(loss.detach(), "mean").item()
