@@ -141,6 +141,20 @@ def _visible(q_slot, q_pos, q_bkt, k_slot, k_pos, k_bkt, k_pad, exists, CHUNK,
 
 
 @_jit_helper
+def _mask_logits(logits, vis, same_position, SELF_MASK: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr):
+    """The reference's masking: logits it hides become MASK and, with SELF_MASK, a visible query-key
+    pair at the same position becomes SELF_VALUE.  Returns the logits and where gradient flows
+    (visible and not self: the constants pass none)."""
+    logits = tl.where(vis, logits, MASK)
+    grad_flows = vis
+    if SELF_MASK:
+        is_self = vis & same_position
+        logits = tl.where(is_self, SELF_VALUE, logits)
+        grad_flows = vis & ~is_self
+    return logits, grad_flows
+
+
+@_jit_helper
 def _window_chunk(chunk, w, n_chunks, NB: tl.constexpr, CIRCULAR: tl.constexpr):
     """The chunk `w` places into `chunk`'s window (w = NB is `chunk` itself), clamped into range,
     and whether it exists (on a ring every neighbour does)."""
@@ -251,9 +265,7 @@ def _window_fwd_kernel(
             logits = _dot(q, tl.trans(k), DOT_MODE) * scale
             vis = _visible(q_slot[:, None], q_pos[:, None], q_bkt[:, None], k_slot[None, :], k_pos[None, :],
                            k_bkt[None, :], k_pad[None, :], exists, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
-            logits = tl.where(vis, logits, MASK)
-            if SELF_MASK:
-                logits = tl.where(vis & (k_pos[None, :] == q_pos[:, None]), SELF_VALUE, logits)
+            logits, _ = _mask_logits(logits, vis, k_pos[None, :] == q_pos[:, None], SELF_MASK, MASK, SELF_VALUE)
             logits = tl.where(col_ok[None, :], logits, float("-inf"))
 
             m_new = tl.maximum(m_i, tl.max(logits, 1))
@@ -419,12 +431,8 @@ def _window_bwd_kernel(
                 vis_t = _visible(q_slot[None, :], q_pos[None, :], q_bkt[None, :], my_slot[:, None],
                                  my_pos[:, None], my_bkt[:, None], my_pad[:, None], pair_ok, CHUNK, NB, NA, CAUSAL,
                                  BUCKET_WINDOW, HAS_PAD)
-                logits_t = tl.where(vis_t, logits_t, MASK)
-                grad_flows = vis_t
-                if SELF_MASK:
-                    is_self = vis_t & (my_pos[:, None] == q_pos[None, :])
-                    logits_t = tl.where(is_self, SELF_VALUE, logits_t)
-                    grad_flows = vis_t & ~is_self
+                logits_t, grad_flows = _mask_logits(logits_t, vis_t, my_pos[:, None] == q_pos[None, :], SELF_MASK, MASK,
+                                                    SELF_VALUE)
                 p_t = tl.exp(logits_t - lse[None, :])
                 p_t = tl.where(row_ok[:, None] & col_ok[None, :] & pair_ok, p_t, 0.0)
                 dv += _dot(_narrow(p_t, do.dtype, DOT_MODE), do, DOT_MODE)
@@ -439,12 +447,8 @@ def _window_bwd_kernel(
         logits_t = _dot(k_me, tl.trans(q_me), DOT_MODE) * scale
         vis_t = _visible(my_slot[None, :], my_pos[None, :], my_bkt[None, :], my_slot[:, None], my_pos[:, None],
                          my_bkt[:, None], my_pad[:, None], True, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
-        logits_t = tl.where(vis_t, logits_t, MASK)
-        grad_flows = vis_t
-        if SELF_MASK:
-            is_self = vis_t & (my_pos[:, None] == my_pos[None, :])
-            logits_t = tl.where(is_self, SELF_VALUE, logits_t)
-            grad_flows = vis_t & ~is_self
+        logits_t, grad_flows = _mask_logits(logits_t, vis_t, my_pos[:, None] == my_pos[None, :], SELF_MASK, MASK,
+                                            SELF_VALUE)
         p_t = tl.exp(logits_t - lse_me[None, :])
         p_t = tl.where(row_ok[:, None] & row_ok[None, :], p_t, 0.0)
         dv += _dot(_narrow(p_t, do_me.dtype, DOT_MODE), do_me, DOT_MODE)
@@ -510,12 +514,8 @@ def _window_bwd_kernel(
                 logits = _dot(q_me, tl.trans(k), DOT_MODE) * scale
                 vis = _visible(my_slot[:, None], my_pos[:, None], my_bkt[:, None], k_slot[None, :], k_pos[None, :],
                                k_bkt[None, :], k_pad[None, :], exists, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
-                logits = tl.where(vis, logits, MASK)
-                grad_flows = vis
-                if SELF_MASK:
-                    is_self = vis & (k_pos[None, :] == my_pos[:, None])
-                    logits = tl.where(is_self, SELF_VALUE, logits)
-                    grad_flows = vis & ~is_self
+                logits, grad_flows = _mask_logits(logits, vis, k_pos[None, :] == my_pos[:, None], SELF_MASK, MASK,
+                                                  SELF_VALUE)
                 p = tl.exp(logits - lse_me[:, None])
                 p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
                 dp = _dot(do_me, tl.trans(v), DOT_MODE)
