@@ -232,41 +232,45 @@ def run_profile(log, lengths, n_hashes=4):
     contiguous); and the hashing dot's precision."""
     print(f"== profile (bucket_window, n_hashes {n_hashes})", flush=True)
     for length in lengths:
-        query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes)
-        n_buckets = total_buckets(num_buckets)
-        if DEVICE == "cuda":
-            times = kernel_times(lsh_op_case(length, n_hashes, "bucket_window", "triton"))
-            log.write(section="profile", length=length, n_hashes=n_hashes, kernels_ms=times)
-            print(length_label(length), {name: round(ms, 3) for name, ms in list(times.items())[:8]}, flush=True)
-        bucket_ids = kernels.hash_vectors(query_key.detach(), rotations, num_buckets)
-        hashed = kernels.sort_by_bucket(bucket_ids, n_buckets)
-        identity = (torch.arange(length, device=DEVICE, dtype=torch.int32).repeat(n_hashes).expand(1, HEADS, -1).contiguous(),
-                    (torch.arange(n_hashes, device=DEVICE, dtype=torch.int32) * (n_buckets + 1))
-                    .repeat_interleave(length).expand(1, HEADS, -1).contiguous())
-        for order_name, (positions, buckets) in (("hashed", hashed), ("identity", identity)):
-            def step(positions=positions, buckets=buckets):
-                out, _ = kernels.LSHAttentionFunction.apply(query_key, value, positions, buckets, None, CHUNK, 1, 0,
-                                                             True, "bucket_window")
-                torch.autograd.grad(out, (query_key, value), grad_out)
-
-            result = measure(step)
-            log.write(section="profile_order", length=length, n_hashes=n_hashes, order=order_name, **result)
-            print(length_label(length), "attention fwd+bwd,", order_name, "order:", result, flush=True)
-        default_precision = kernels.HASH_PRECISION
-        for precision in ("ieee", "tf32x3"):
-            kernels.HASH_PRECISION = precision
-            result = measure(lambda: kernels.hash_vectors(query_key.detach(), rotations, num_buckets))
-            mismatch = None
-            if length <= 2**18:  # the torch path stores x @ R: 32 GiB at 1M
-                mismatch = (kernels.hash_vectors(query_key.detach(), rotations, num_buckets)
-                            != attention.hash_vectors(query_key.detach().float(), rotations, num_buckets)
-                            ).float().mean().item()
-            log.write(section="profile_hash", length=length, n_hashes=n_hashes, precision=precision,
-                      mismatch_vs_torch=mismatch, **result)
-            print(length_label(length), "hash", precision, result, "mismatch", mismatch, flush=True)
-        kernels.HASH_PRECISION = default_precision
-        del query_key, value, grad_out, hashed, identity, bucket_ids
+        profile_length(log, length, n_hashes)
         free_memory()
+
+
+def profile_length(log, length, n_hashes):
+    """run_profile at one length; its tensors are freed when it returns."""
+    query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes)
+    n_buckets = total_buckets(num_buckets)
+    if DEVICE == "cuda":
+        times = kernel_times(lsh_op_case(length, n_hashes, "bucket_window", "triton"))
+        log.write(section="profile", length=length, n_hashes=n_hashes, kernels_ms=times)
+        print(length_label(length), {name: round(ms, 3) for name, ms in list(times.items())[:8]}, flush=True)
+    bucket_ids = kernels.hash_vectors(query_key.detach(), rotations, num_buckets)
+    hashed = kernels.sort_by_bucket(bucket_ids, n_buckets)
+    identity = (torch.arange(length, device=DEVICE, dtype=torch.int32).repeat(n_hashes).expand(1, HEADS, -1).contiguous(),
+                (torch.arange(n_hashes, device=DEVICE, dtype=torch.int32) * (n_buckets + 1))
+                .repeat_interleave(length).expand(1, HEADS, -1).contiguous())
+    for order_name, (positions, buckets) in (("hashed", hashed), ("identity", identity)):
+        def step(positions=positions, buckets=buckets):
+            out, _ = kernels.LSHAttentionFunction.apply(query_key, value, positions, buckets, None, CHUNK, 1, 0,
+                                                         True, "bucket_window")
+            torch.autograd.grad(out, (query_key, value), grad_out)
+
+        result = measure(step)
+        log.write(section="profile_order", length=length, n_hashes=n_hashes, order=order_name, **result)
+        print(length_label(length), "attention fwd+bwd,", order_name, "order:", result, flush=True)
+    default_precision = kernels.HASH_PRECISION
+    for precision in ("ieee", "tf32x3"):
+        kernels.HASH_PRECISION = precision
+        result = measure(lambda: kernels.hash_vectors(query_key.detach(), rotations, num_buckets))
+        mismatch = None
+        if length <= 2**18:  # the torch path stores x @ R: 32 GiB at 1M
+            mismatch = (kernels.hash_vectors(query_key.detach(), rotations, num_buckets)
+                        != attention.hash_vectors(query_key.detach().float(), rotations, num_buckets)
+                        ).float().mean().item()
+        log.write(section="profile_hash", length=length, n_hashes=n_hashes, precision=precision,
+                  mismatch_vs_torch=mismatch, **result)
+        print(length_label(length), "hash", precision, result, "mismatch", mismatch, flush=True)
+    kernels.HASH_PRECISION = default_precision
 
 
 # ---------------------------------------------------------------------------------------------

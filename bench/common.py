@@ -182,8 +182,12 @@ def plot_against_length(path, series, ylabels, title, figsize=(12, 5)):
     """Two log-log panels against sequence length, one line per series, saved as a PNG.
 
     series: (label, points) pairs, points (length, left value, right value) tuples; a series
-    without points is left out.  Without matplotlib nothing is drawn (and it is said).
+    without points is left out, and with no points at all nothing is drawn.  Without matplotlib
+    nothing is drawn either (and it is said).
     """
+    series = [(label, sorted(points)) for label, points in series if points]
+    if not series:
+        return
     try:
         import matplotlib
 
@@ -194,10 +198,8 @@ def plot_against_length(path, series, ylabels, title, figsize=(12, 5)):
         return
     figure, (left, right) = plt.subplots(1, 2, figsize=figsize)
     for label, points in series:
-        points = sorted(points)
-        if points:
-            left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
-            right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
+        left.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        right.plot([p[0] for p in points], [p[2] for p in points], marker="o", label=label)
     for axis, ylabel in zip((left, right), ylabels):
         axis.set_xscale("log", base=2)
         axis.set_yscale("log")
