@@ -1,6 +1,6 @@
 """Attention layer on the GPU: full-size kernel checks, launch tuning, and the speed/memory sweep.
 
-    PYTHONPATH=. python bench/attention.py --out DIR --check --tune --sweep --report
+    PYTHONPATH=. python bench/attention.py --out DIR --check --profile --sweep --graphs --report
 
 --check   fused kernels against the torch path at full sizes (causal / non-causal, padding,
           n_hashes 1/2/4/8, d_head 64/128, both window modes, local attention, float32): the
@@ -16,6 +16,8 @@
           dense SDPA (flash), our LSH attention (n_hashes 1/2/4/8; "bucket_window" and "chunk"),
           our torch path, and the whole layer (projections + hashing + attention) against
           transformers' LSHSelfAttention in bf16.
+--graphs  SDPA and the LSH op with each step captured in a CUDA graph, at short lengths
+          (1K..64K): the GPU time of both sides without the CPU's launch work.
 --report  renders DIR/attention.jsonl as DIR/attention.md and DIR/attention.png.
 """
 
@@ -37,6 +39,7 @@ from common import (  # noqa: E402
     fmt_ms,
     fmt_ratio,
     free_memory,
+    graphed,
     length_label,
     lsh_buckets,
     kernel_times,
@@ -377,6 +380,26 @@ def run_sweep(log, lengths, hashes):
                   f"{record['status'] if record['status'] != 'ok' else ''}", flush=True)
 
 
+def run_graphs(log, lengths):
+    """SDPA and the LSH op (n_hashes 4) with each step captured in a CUDA graph: both sides'
+    launch overhead removed, which at short lengths is most of ours (8 Triton launches)."""
+    print("== CUDA graphs (fwd+bwd, launch overhead removed on both sides)", flush=True)
+    for length in lengths:
+        cases = [("lsh_triton", 4, mode, (lambda mode=mode: lsh_op_case(length, 4, mode, "triton")))
+                 for mode in ("bucket_window", "chunk")]
+        cases += [("sdpa_flash", None, None, lambda: sdpa_case(length))]
+        for impl, n_hashes, mode, build in cases:
+            try:
+                result = measure(graphed(build()))
+            except Exception as error:  # a step that cannot be captured is a result, not a stop
+                result = {"status": f"error: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            free_memory()
+            log.write(section="graphs", impl=impl, n_hashes=n_hashes, mode=mode, length=length, **result)
+            print(f"{length_label(length):>5} {impl:20s} n={n_hashes} {mode or '':13s} graphed "
+                  f"{result.get('median_ms', float('nan')):10.3f} ms {result['status'] if result['status'] != 'ok' else ''}",
+                  flush=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # --report
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +418,7 @@ def write_report(out_dir, stem="attention"):
     sweep = [row for row in rows if row.get("section") == "sweep"]
     lengths = sorted({row["length"] for row in sweep})
     text = ["# Attention layer benchmark", "", environment_markdown(env), "",
-            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/attention.py --out DIR --check --tune --profile --sweep --report`. "
+            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/attention.py --out DIR --check --profile --sweep --graphs --report` (`--tune` re-times the launch settings; the last tuning run is `attention_h100_tune.jsonl`). "
             "Plot: `attention_h100.png` (time and memory against length, log-log). Raw numbers: the .jsonl beside this file.", ""]
 
     checks = [row for row in rows if row.get("section") == "check"]
@@ -500,7 +523,26 @@ def write_report(out_dir, stem="attention"):
     text += ["## Whole layer (projections + hashing + attention), n_hashes 4, vs transformers", "",
              "Hidden 512 -> 8 heads of 64, bf16 weights and activations, same bucket counts.", "",
              markdown_table(header, table), ""]
-    failed = [row for row in sweep if row.get("status") != "ok"]
+    graphs = [row for row in rows if row.get("section") == "graphs"]
+    if graphs:
+        header = ["length", "SDPA flash ms (eager)", "LSH n=4 ms (eager)", "SDPA flash ms (graph)",
+                  "LSH n=4 ms (graph)", "LSH n=4 chunk ms (graph)", "SDPA / LSH n=4 (graph)"]
+        table = []
+        for length in sorted({row["length"] for row in graphs}):
+            sdpa = pick(graphs, impl="sdpa_flash", length=length)
+            ours = pick(graphs, impl="lsh_triton", mode="bucket_window", length=length)
+            chunk = pick(graphs, impl="lsh_triton", mode="chunk", length=length)
+            table.append([length_label(length), fmt_ms(time_of(impl="sdpa_flash", length=length)),
+                          fmt_ms(time_of(impl="lsh_triton", n_hashes=4, mode="bucket_window", length=length)),
+                          fmt_ms(sdpa and sdpa["median_ms"]), fmt_ms(ours and ours["median_ms"]),
+                          fmt_ms(chunk and chunk["median_ms"]),
+                          fmt_ratio(sdpa and sdpa["median_ms"], ours and ours["median_ms"])])
+        text += ["## Short sequences with each step captured in a CUDA graph", "",
+                 "The same op steps as above (forward + backward, hashing and sorting included), captured once "
+                 "with `torch.cuda.graph` and replayed (`--graphs`): the CPU's launch work is gone on both sides, "
+                 "so each figure is GPU time. Eager columns: the sweep above, same process.", "",
+                 markdown_table(header, table), ""]
+    failed = [row for row in sweep + graphs if row.get("status") != "ok"]
     if failed:
         text += ["## Cases that did not run", ""]
         text += [f"- {row['impl']} n={row['n_hashes']} {row['mode']} at {length_label(row['length'])}: {row['status']}"
@@ -533,6 +575,9 @@ def main():
     parser.add_argument("--profile-lengths", type=lambda s: [int(x) for x in s.split(",")],
                         default=[2**14, 2**16, 2**18, 2**20])
     parser.add_argument("--sweep", action="store_true")
+    parser.add_argument("--graphs", action="store_true")
+    parser.add_argument("--graph-lengths", type=lambda s: [int(x) for x in s.split(",")],
+                        default=[2**10, 2**12, 2**13, 2**14, 2**16])
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=LENGTHS)
     parser.add_argument("--hashes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
@@ -546,7 +591,8 @@ def main():
         CHECKS = [case[:9] + (1, 2, 256) for case in CHECKS[::3]]
         args.lengths = [128, 256]
         args.profile_lengths = [256]
-    if args.check or args.tune or args.profile or args.sweep:
+        args.graph_lengths = [256]
+    if args.check or args.tune or args.profile or args.sweep or args.graphs:
         if not torch.cuda.is_available() and not args.smoke:
             raise SystemExit("bench/attention.py measures on a CUDA GPU; none is available here.")
         log = JsonLines(os.path.join(args.out, args.stem + ".jsonl"))
@@ -559,6 +605,8 @@ def main():
             run_profile(log, args.profile_lengths)
         if args.sweep:
             run_sweep(log, args.lengths, args.hashes)
+        if args.graphs:
+            run_graphs(log, args.graph_lengths)
     if args.report:
         write_report(args.out, args.stem)
 

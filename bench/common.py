@@ -104,6 +104,31 @@ def measure(step, *, min_runs=10, budget_s=20.0, warmup=2):
         free_memory()
 
 
+def graphed(step, warmup=3):
+    """`step` captured once in a CUDA graph; the returned function replays it.  Replaying skips
+    the CPU work of launching (Python, autograd, the launchers), so a step's time is its GPU time.
+    Without a GPU (--smoke) the step itself is returned."""
+    if not torch.cuda.is_available():
+        return step
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up (compilation, allocator pools) outside the capture
+        for _ in range(warmup):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+
+    def replay():
+        graph.replay()
+
+    # The graph reads the inputs that `step` holds (allocated outside its memory pool): they must
+    # live as long as the graph, or the allocator hands their memory back while it is replayed.
+    replay.step = step
+    return replay
+
+
 def kernel_times(step, steps=3):
     """Device time per step (ms) of each kernel `step` launches, from torch.profiler, largest first.
     Without a GPU (--smoke) the CPU operators' own times stand in for it."""

@@ -200,7 +200,7 @@ def run_profile(log, length, n_layers=12):
         kinds[kind] = kinds.get(kind, 0.0) + ms
     result = measure(step)
     record = log.write(section="profile", length=length, n_layers=n_layers, kinds_ms=kinds,
-                       top_kernels_ms=dict(list(times.items())[:15]), step_ms=result.get("median_ms"))
+                       top_kernels_ms=dict(list(times.items())[:20]), step_ms=result.get("median_ms"))
     print("profile", {kind: round(ms, 1) for kind, ms in kinds.items()}, "step", record["step_ms"], flush=True)
     model = None
     free_memory()
@@ -297,6 +297,9 @@ def write_report(out_dir, stem="model"):
         text += [f"## One step of ours at {length_label(row['length'])} tokens, {row['n_layers']} layers, by kind of kernel",
                  "", f"torch.profiler device time; all kernels {total:.1f} ms, step {fmt_ms(row['step_ms'])} ms "
                  "(CUDA events).", "", markdown_table(["kind", "ms", "share"], table), ""]
+        top = [[f"`{name[:90]}`", f"{ms:.1f}"] for name, ms in row.get("top_kernels_ms", {}).items()]
+        if top:
+            text += ["The largest kernels of that step:", "", markdown_table(["kernel", "ms"], top), ""]
     million = [row for row in rows if row.get("section") == "million"]
     for row in million:
         speed = (f"; {row['length'] / (sum(row['step_seconds']) / len(row['step_seconds'])):,.0f} tokens/s"

@@ -143,7 +143,8 @@ def sort_by_bucket(bucket_ids, n_buckets, pad_mask=None):
     n_hashes = bucket_ids.shape[2]
     if pad_mask is not None:
         bucket_ids = bucket_ids.masked_fill(pad_mask[:, None, None, :], n_buckets)
-    offsets = torch.arange(n_hashes, device=bucket_ids.device, dtype=bucket_ids.dtype) * (n_buckets + 1)
+    round_stride = n_buckets + 1
+    offsets = torch.arange(0, n_hashes * round_stride, round_stride, device=bucket_ids.device, dtype=bucket_ids.dtype)
     round_buckets = (bucket_ids + offsets.view(1, 1, n_hashes, 1)).flatten(2)
     sorted_buckets, sorted_order = torch.sort(round_buckets, dim=-1, stable=True)
     return sorted_order, sorted_buckets

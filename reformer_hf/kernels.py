@@ -18,6 +18,8 @@ with `dropout_p > 0` in training to the torch path.  Triton is imported in a `tr
 that this file imports (and is copied into saved model folders) on machines without it.
 """
 
+import dataclasses
+import functools
 import math
 import os
 from types import SimpleNamespace
@@ -91,13 +93,16 @@ def _refuse_dropout(name, dropout_p, training):
 
 @_jit_helper
 def _dot(a, b, DOT_MODE: tl.constexpr):
-    """DOT_MODE 0: tensor cores; 1: exact float32 (float32 inputs, like torch's matmul); 2: upcast
+    """DOT_MODE 0: tensor cores; 1: exact float32 (float32 inputs, like torch's matmul); 3: float32
+    inputs as three tf32 products on the tensor cores (FLOAT32_PRECISION); 2: upcast
     first (bfloat16 under TRITON_INTERPRET=1, whose dot misreads bfloat16; the products of
     bfloat16 numbers are exact in float32, so this computes what the tensor cores do)."""
     if DOT_MODE == 0:
         return tl.dot(a, b)
     elif DOT_MODE == 1:
         return tl.dot(a, b, input_precision="ieee")
+    elif DOT_MODE == 3:
+        return tl.dot(a, b, input_precision="tf32x3")
     else:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
 
@@ -470,13 +475,8 @@ def _window_bwd_kernel(
                 first = n_chunks - count
             for query_chunk in range(first, first + count):
                 for start in range(0, CHUNK, BLOCK_N):
-                    cols = start + tl.arange(0, BLOCK_N)
-                    col_ok = cols < CHUNK
-                    q_slot = query_chunk * CHUNK + cols
-                    if SORTED:
-                        q_pos = tl.load(POS + slot_base + q_slot, mask=col_ok, other=0)
-                    else:
-                        q_pos = q_slot
+                    col_ok, q_slot, q_pos, q_bkt = _slots(POS, BKT, slot_base, query_chunk,
+                                                          start + tl.arange(0, BLOCK_N), CHUNK, SORTED, False, -2)
                     do = tl.load(DO + b * stride_b + h * stride_h + q_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
                                  mask=col_ok[:, None] & d_ok[None, :], other=0.0)
                     lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
@@ -596,7 +596,7 @@ def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.co
 
 def _dot_mode(dtype):
     if dtype == torch.float32:
-        return 1
+        return 3 if FLOAT32_PRECISION == "tf32x3" else 1
     return 2 if dtype == torch.bfloat16 and _interpreting() else 0
 
 
@@ -606,7 +606,7 @@ def _pow2(value, floor=16):
 
 # Launch settings per kernel: warps per program, key columns per tile (block_n, at most the 64
 # rows of a block) and positions per hashing program (block_l).  `bench/attention.py --tune`
-# times the alternatives at 64K tokens, n_hashes 4, on one H100 (bench/results/attention_h100.md):
+# times the alternatives at 64K tokens, n_hashes 4, on one H100 (bench/results/attention_h100_tune.jsonl):
 # forward 0.99 ms with 4 warps and 32-key tiles against 1.79 / 2.23 / 1.88 ms for the other
 # three; forward + backward 3.88 ms with 4 warps and 64-key tiles (the fused own-chunk tile)
 # against 4.23 / 5.97 / 6.73 ms; hashing 0.49 ms with 128 positions per program against 0.53
@@ -617,11 +617,25 @@ LAUNCH = {
     "backward": {"num_warps": 4, "block_n": 64},
     "hash": {"num_warps": 4, "block_l": 128},
 }
+# float32 rows take twice the registers of 16-bit ones: compiled for sm_90 with the 16-bit
+# settings and "ieee" products, the float32 backward spilled 17 KB per thread to local memory and
+# took 55 ms per round at batch 64 x 4 heads x 1024 on the H100 (the torch path's whole training
+# step of that model took 40 ms).  With tf32x3 products and 32-key tiles the op (forward +
+# backward, 4 rounds) takes 8.7 ms there, against 11.5 ms with 64-key tiles or 8 warps, 20.6 ms
+# with "ieee" products, and 19.9 ms for the torch path.
+LAUNCH_FLOAT32 = {
+    "forward": {"num_warps": 4, "block_n": 32},
+    "backward": {"num_warps": 4, "block_n": 32},
+}
 
 
-def _tiles(chunk_length, d_head, phase):
+def _launch_settings(phase, dtype):
+    return LAUNCH_FLOAT32[phase] if dtype == torch.float32 else LAUNCH[phase]
+
+
+def _tiles(chunk_length, d_head, block_n):
     block_m = min(_pow2(chunk_length), 64)
-    block_n = min(block_m, LAUNCH[phase]["block_n"])
+    block_n = min(block_m, block_n)
     if d_head > 64:
         # The tuning ran at d_head 64; wider heads keep the full-width tiles that the full-size
         # checks (bench/attention.py --check, d_head 128) passed with.
@@ -633,33 +647,43 @@ def _tiles(chunk_length, d_head, phase):
 # and keeps float32's accuracy (a bfloat16 or float16 x splits exactly, so only the rotation's
 # low bits are rounded, at 2^-21), so only near-tied argmaxes can differ from the reference.
 HASH_PRECISION = "tf32x3"
+# The attention products of float32 operands: "ieee" on the FMA units, or "tf32x3", three tf32
+# products on the tensor cores (float32's accuracy up to the rounding of the low parts: at the
+# shapes above the gradient's error against float64 is 4.2e-7, the torch path's 2.9e-7).
+FLOAT32_PRECISION = "tf32x3"
 
 
+@dataclasses.dataclass(frozen=True)
 class _Window:
     """Static description of a chunked-window attention problem, shared by forward and backward."""
 
-    def __init__(self, *, chunk_length, n_chunks_before, n_chunks_after, causal, circular, bucket_window,
-                 self_mask, norm_keys, sorted_slots, scale):
-        self.chunk_length = chunk_length
-        self.n_before = n_chunks_before
-        self.n_after = n_chunks_after
-        self.causal = causal
-        self.circular = circular
-        self.bucket_window = bucket_window
-        self.self_mask = self_mask
-        self.norm_keys = norm_keys
-        self.sorted_slots = sorted_slots
-        self.scale = scale
+    chunk_length: int
+    n_before: int
+    n_after: int
+    causal: bool
+    circular: bool
+    bucket_window: bool
+    self_mask: bool
+    norm_keys: bool
+    sorted_slots: bool
+    scale: float
 
     def constexprs(self, dtype, d_head, phase):
-        block_m, block_n, block_d = _tiles(self.chunk_length, d_head, phase)
-        return dict(
-            NB=self.n_before, NA=self.n_after, CAUSAL=self.causal, CIRCULAR=self.circular,
-            BUCKET_WINDOW=self.bucket_window, SELF_MASK=self.self_mask, NORM_KEYS=self.norm_keys,
-            SORTED=self.sorted_slots, DOT_MODE=_dot_mode(dtype), MASK=MASK_VALUE, SELF_VALUE=SELF_MASK_VALUE,
-            EPS=KEY_NORM_EPS, ONE_BLOCK=self.chunk_length <= block_m and block_n == block_m, BLOCK_M=block_m, BLOCK_N=block_n,
-            BLOCK_D=block_d,
-        )
+        return _window_constexprs(self, _dot_mode(dtype), d_head, _launch_settings(phase, dtype)["block_n"])
+
+
+@functools.cache
+def _window_constexprs(window, dot_mode, d_head, block_n):
+    """The kernels' compile-time arguments for `window` (cached: built once per problem kind, not
+    on every launch)."""
+    block_m, block_n, block_d = _tiles(window.chunk_length, d_head, block_n)
+    return dict(
+        NB=window.n_before, NA=window.n_after, CAUSAL=window.causal, CIRCULAR=window.circular,
+        BUCKET_WINDOW=window.bucket_window, SELF_MASK=window.self_mask, NORM_KEYS=window.norm_keys,
+        SORTED=window.sorted_slots, DOT_MODE=dot_mode, MASK=MASK_VALUE, SELF_VALUE=SELF_MASK_VALUE,
+        EPS=KEY_NORM_EPS, ONE_BLOCK=window.chunk_length <= block_m and block_n == block_m, BLOCK_M=block_m,
+        BLOCK_N=block_n, BLOCK_D=block_d,
+    )
 
 
 def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds):
@@ -689,7 +713,8 @@ def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds
         query, key, value, positions, buckets, pad, out, lse,
         *query.stride()[:3], *out_strides, *lse_strides,
         heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
-        HAS_PAD=pad is not None, num_warps=LAUNCH["forward"]["num_warps"], num_stages=1, **consts,
+        HAS_PAD=pad is not None, num_warps=_launch_settings("forward", query.dtype)["num_warps"], num_stages=1,
+        **consts,
     )
     return out, lse
 
@@ -751,7 +776,8 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
             *query.stride()[:3],
             heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
             round_id * chunks_per_round,
-            HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=LAUNCH["backward"]["num_warps"], num_stages=1, **consts,
+            HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=_launch_settings("backward", query.dtype)["num_warps"],
+            num_stages=1, **consts,
         )
     return dq, dk, dv
 
@@ -776,7 +802,7 @@ class LSHAttentionFunction(torch.autograd.Function):
         is_sorted = sorted_positions is not None
         n_rounds = sorted_positions.shape[-1] // query_key.shape[2] if is_sorted else 1
         window = _Window(
-            chunk_length=chunk_length, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+            chunk_length=chunk_length, n_before=n_chunks_before, n_after=n_chunks_after,
             causal=causal, circular=window_mode == "chunk", bucket_window=window_mode == "bucket_window",
             self_mask=True, norm_keys=True, sorted_slots=is_sorted, scale=1.0,
         )
@@ -803,7 +829,7 @@ class LocalAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query, key, value, pad, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around):
         window = _Window(
-            chunk_length=chunk_length, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+            chunk_length=chunk_length, n_before=n_chunks_before, n_after=n_chunks_after,
             causal=causal, circular=wrap_around, bucket_window=False, self_mask=False, norm_keys=False,
             sorted_slots=False, scale=1.0 / math.sqrt(query.shape[-1]),
         )
