@@ -195,15 +195,16 @@ def main(argv=None):
     config = build_config(parser, args)
 
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from reformer_hf import ReformerForCausalLM
-    from reformer_hf.training import CheckpointManager, MetricsLog, optimizer_step, tensorboard_available
+    from reformer_hf.training import (
+        CheckpointManager, MetricsLog, gather_state_dict, make_accelerator, optimizer_step, tensorboard_available,
+    )
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
+    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
     checkpoints = CheckpointManager(accelerator, output_dir / "checkpoints", keep=2)
@@ -268,11 +269,14 @@ def main(argv=None):
             checkpoints.save(step, checkpoint_info())
 
     results = {setting: evaluate(accelerator, model, args, setting) for setting in ["full", *args.eval_hash_counts]}
+    save_final = step >= args.max_steps or args.eval_only
+    state_dict = gather_state_dict(accelerator, model) if save_final else None
     if accelerator.is_main_process:
         table = write_table(output_dir, args, step, results)
         accelerator.print(table)
-        if step >= args.max_steps or args.eval_only:
-            accelerator.unwrap_model(model).save_pretrained(output_dir / "final", safe_serialization=True)
+        if save_final:
+            accelerator.unwrap_model(model).save_pretrained(output_dir / "final", state_dict=state_dict,
+                                                            safe_serialization=True)
     metrics.close()
     accelerator.wait_for_everyone()
     accelerator.end_training()

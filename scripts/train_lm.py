@@ -211,16 +211,17 @@ def main(argv=None):
     splits = load_splits(parser, args)
 
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from reformer_hf import ReformerForCausalLM
-    from reformer_hf.training import CheckpointManager, MetricsLog, optimizer_step, tensorboard_available
+    from reformer_hf.training import (
+        CheckpointManager, MetricsLog, make_accelerator, optimizer_step, tensorboard_available,
+    )
 
     # cpu=True on a machine without CUDA is what makes accelerate pick gloo DDP under a multi-process launch.
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
+    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
     checkpoints = CheckpointManager(accelerator, output_dir / "checkpoints", keep=args.keep_checkpoints)
@@ -318,6 +319,9 @@ def finish(args, accelerator, model, config, splits, metrics, step, elapsed):
     test_bpb = evaluate_bpb(accelerator, model, splits["test"], args.seq_len, args.eval_windows, args.seed)
     metrics.log(step, {"final_valid_bpb": valid_bpb, "final_test_bpb": test_bpb, "elapsed_seconds": elapsed})
     accelerator.print(f"final: validation {valid_bpb:.4f}, test {test_bpb:.4f} bits per byte")
+    from reformer_hf.training import gather_state_dict
+
+    state_dict = None if args.no_final_model else gather_state_dict(accelerator, model)
     if args.no_final_model or not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
@@ -329,7 +333,7 @@ def finish(args, accelerator, model, config, splits, metrics, step, elapsed):
     ReformerConfig.register_for_auto_class()
     ReformerForCausalLM.register_for_auto_class("AutoModelForCausalLM")
     register_tokenizer_auto_class()
-    accelerator.unwrap_model(model).save_pretrained(final_dir, safe_serialization=True)
+    accelerator.unwrap_model(model).save_pretrained(final_dir, state_dict=state_dict, safe_serialization=True)
     ReformerByteTokenizer().save_pretrained(final_dir)
     dataset = {"type": "enwik8", "name": "enwik8"} if args.enwik8 else {"type": "text", "name": "local text corpus"}
     eval_results = [

@@ -305,14 +305,13 @@ def main(argv=None):
     splits = load_splits(parser, args)
 
     import torch
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from reformer_hf.seq2seq import ReformerForConditionalGeneration
-    from reformer_hf.training import MetricsLog, optimizer_step
+    from reformer_hf.training import MetricsLog, make_accelerator, optimizer_step
 
-    accelerator = Accelerator(mixed_precision=args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
+    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
     set_seed(args.seed)
@@ -423,6 +422,9 @@ def finish(args, accelerator, model, tokenizer, splits, metrics, summary):
     metrics.log(summary["steps"], {key: results[key] for key in ("test_bleu", "copy_source_test_bleu")})
     accelerator.print(f"test BLEU {results['test_bleu']:.2f} (copying the source: "
                       f"{results['copy_source_test_bleu']:.2f}) on {len(sources)} pairs")
+    from reformer_hf.training import gather_state_dict
+
+    state_dict = None if args.no_final_model else gather_state_dict(accelerator, model)
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()
         return
@@ -433,11 +435,11 @@ def finish(args, accelerator, model, tokenizer, splits, metrics, summary):
             handle.write(json.dumps({"source": source, "reference": reference, "hypothesis": hypothesis},
                                     ensure_ascii=False) + "\n")
     if not args.no_final_model:
-        save_final_model(args, accelerator, model, tokenizer, results)
+        save_final_model(args, accelerator, model, state_dict, tokenizer, results)
     accelerator.wait_for_everyone()
 
 
-def save_final_model(args, accelerator, model, tokenizer, results):
+def save_final_model(args, accelerator, model, state_dict, tokenizer, results):
     from reformer_hf.model_card import write_model_card
 
     final_dir = Path(args.output_dir) / "final"
@@ -445,7 +447,7 @@ def save_final_model(args, accelerator, model, tokenizer, results):
     # The pipeline and generate() then decode as the reported BLEU was decoded.
     unwrapped.generation_config.update(num_beams=args.num_beams, length_penalty=args.length_penalty,
                                        max_new_tokens=args.max_new_tokens)
-    unwrapped.save_pretrained(final_dir, safe_serialization=True)
+    unwrapped.save_pretrained(final_dir, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(final_dir)
     dataset_name = args.dataset if args.dataset is not None else "gettext catalogs"
     from_hub = args.dataset is not None and not Path(args.dataset).exists()

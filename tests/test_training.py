@@ -19,6 +19,8 @@ from reformer_hf.training import (
     MetricsLog,
     bits_per_byte,
     dense_shared_qk_overrides,
+    gather_state_dict,
+    make_accelerator,
     parse_overrides,
     preset_config,
     read_metrics,
@@ -139,6 +141,27 @@ def test_checkpoint_manager_ignores_half_written_checkpoints_and_keeps_the_newes
     torch.testing.assert_close(model.weight, saved_weights[3])
     with pytest.raises(FileNotFoundError, match="has no checkpoint.json"):
         manager.load(tmp_path / "step_00000005")
+
+
+def test_make_accelerator_builds_no_fsdp_plugin_outside_an_fsdp_launch(monkeypatch):
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    from accelerate.utils import DistributedType
+
+    accelerator = make_accelerator("no", cpu=True)
+    assert accelerator.distributed_type == DistributedType.NO
+    assert getattr(accelerator.state, "fsdp_plugin", None) is None
+    assert accelerator.device.type == "cpu" and accelerator.mixed_precision == "no"
+
+
+def test_gather_state_dict_holds_every_weight_of_the_prepared_model():
+    accelerator = make_accelerator("no", cpu=True)
+    model = ReformerForCausalLM(preset_config("tiny"))
+    expected = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    prepared = accelerator.prepare(model)
+    gathered = gather_state_dict(accelerator, prepared)
+    assert sorted(gathered) == sorted(expected)
+    for name, tensor in expected.items():
+        assert torch.equal(gathered[name].cpu(), tensor)
 
 
 # ------------------------------------------------------------------------------ Trainer
