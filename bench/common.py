@@ -1,14 +1,17 @@
 """Timing, memory and reporting helpers shared by the benchmarks (see docs/benchmarking.md)."""
 
+import argparse
 import datetime
 import gc
 import json
 import math
+import os
 import platform
 import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -235,3 +238,29 @@ def plot_against_length(path, series, ylabels, title, figsize=(12, 5)):
     figure.suptitle(title)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
+
+
+def two_gpu_parser(description):
+    """The arguments of the 2-GPU `scripts/train_lm.py` benchmarks: corpus, output folder, model."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seq-len", type=int, default=16384)
+    parser.add_argument("--preset", default="lm-6layer-16k")
+    return parser
+
+
+def parse_two_gpu_args(parser, argv=None):
+    args = parser.parse_args(argv)
+    if not args.corpus.exists():
+        parser.error(f"--corpus={str(args.corpus)!r} does not exist")
+    if torch.cuda.device_count() < 2:
+        parser.error(f"this benchmark needs 2 GPUs; torch sees {torch.cuda.device_count()}")
+    return args
+
+
+def two_gpu_environment(root):
+    """The environment of the launched training processes: NCCL with NVLink multicast off (the
+    lent machines' rule) and the repository on PYTHONPATH."""
+    return dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1",
+                PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))

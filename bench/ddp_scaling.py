@@ -7,7 +7,6 @@ measured from the metrics log between `--skip-steps` and the last step, so start
 (compiling, allocating) steps are left out.  Writes DIR/ddp_scaling.md and the two metrics logs.
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -17,23 +16,17 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import parse_two_gpu_args, two_gpu_environment, two_gpu_parser  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = two_gpu_parser(__doc__)
     parser.add_argument("--seconds", type=float, default=45.0, help="training time budget of each run")
     parser.add_argument("--skip-steps", type=int, default=10)
-    parser.add_argument("--seq-len", type=int, default=16384)
-    parser.add_argument("--preset", default="lm-6layer-16k")
-    args = parser.parse_args(argv)
-    if not args.corpus.exists():
-        parser.error(f"--corpus={str(args.corpus)!r} does not exist")
-    if torch.cuda.device_count() < 2:
-        parser.error(f"this benchmark needs 2 GPUs; torch sees {torch.cuda.device_count()}")
-    return args
+    return parse_two_gpu_args(parser, argv)
 
 
 def train_command(args, output_dir):
@@ -57,8 +50,7 @@ def throughput(metrics_path, skip_steps):
 def main(argv=None):
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = two_gpu_environment(ROOT)
     runs = {
         "1 GPU": [sys.executable, *train_command(args, args.out / "one")],
         "2 GPUs (accelerate launch, DDP)": [

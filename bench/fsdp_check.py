@@ -8,7 +8,6 @@ final validation bits per byte, and the two saved models (loaded back with AutoM
 parameter differences and the loss each gives on one held-out window.  Writes DIR/fsdp_check.md.
 """
 
-import argparse
 import json
 import os
 import subprocess
@@ -18,23 +17,17 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import parse_two_gpu_args, two_gpu_environment, two_gpu_parser  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = {"DDP": "scripts/accelerate_configs/ddp_2gpu.yaml", "FSDP": "scripts/accelerate_configs/fsdp_2gpu.yaml"}
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser = two_gpu_parser(__doc__)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--seq-len", type=int, default=16384)
-    parser.add_argument("--preset", default="lm-6layer-16k")
-    args = parser.parse_args(argv)
-    if not args.corpus.exists():
-        parser.error(f"--corpus={str(args.corpus)!r} does not exist")
-    if torch.cuda.device_count() < 2:
-        parser.error(f"this check needs 2 GPUs; torch sees {torch.cuda.device_count()}")
-    return args
+    return parse_two_gpu_args(parser, argv)
 
 
 def train_command(args, config, output_dir):
@@ -80,9 +73,7 @@ def compare_models(folders, corpus, seq_len):
 def main(argv=None):
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, NCCL_NVLS_ENABLE="0", TORCH_SYMM_MEM_DISABLE_MULTICAST="1", NVSHMEM_DISABLE_NVLS="1",
-               CUDA_VISIBLE_DEVICES="0,1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(two_gpu_environment(ROOT), CUDA_VISIBLE_DEVICES="0,1")
     folders, walls = {}, {}
     for name, config in CONFIGS.items():
         folders[name] = args.out / name.lower()
