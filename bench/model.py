@@ -1,6 +1,6 @@
 """Whole-model training step on the GPU: our Reformer against a dense Llama and transformers' Reformer.
 
-    PYTHONPATH=. python bench/model.py --out DIR --sweep --depth --million --report
+    PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --million --report
 
 One step = forward + backward of the language-model loss on one sequence of random bytes
 (optimizer excluded), bf16 autocast over float32 weights, dropout off in every model.
@@ -12,6 +12,9 @@ Shared shape: byte vocabulary (256), d_model 1024, d_ff 4096, 16 heads of 64.
 --depth    ours at 64K tokens with 2 / 6 / 12 / 24 layers (memory flat in depth).
 --profile  device time of one step of ours at 64K tokens and 12 layers by kind of kernel
            (torch.profiler): matrix products, attention kernels, sorting, normalisation, the rest.
+--check    the blocks' fused layer norm (kernels.layer_norm) against torch's at 64K x 1024: outputs
+           against autocast's (float32 layer norm rounded to bf16), gradients against float64,
+           and the time of forward + backward of each.
 --million  three AdamW steps of ours on one 1M-token sequence of random bytes: it fits and trains
            (time and peak memory per step; the loss of random bytes stays near ln 256 = 5.55).
 --report   renders DIR/model.jsonl as DIR/model.md and DIR/model.png.
@@ -206,6 +209,40 @@ def run_profile(log, length, n_layers=12):
     free_memory()
 
 
+def run_layer_norm_check(log, length=2**16):
+    """kernels.layer_norm against torch's layer norm under autocast, at full size."""
+    from reformer_hf import kernels
+
+    generator = torch.Generator(device=DEVICE).manual_seed(0)
+    streams = torch.randn(1, length, D_MODEL, generator=generator, device=DEVICE).requires_grad_(True)
+    weight = (1 + 0.1 * torch.randn(D_MODEL, generator=generator, device=DEVICE)).requires_grad_(True)
+    bias = (0.1 * torch.randn(D_MODEL, generator=generator, device=DEVICE)).requires_grad_(True)
+    grad_out = torch.randn(1, length, D_MODEL, generator=generator, device=DEVICE).to(torch.bfloat16)
+    leaves = (streams, weight, bias)
+
+    def fused():
+        out = kernels.layer_norm(streams, weight, bias, 1e-12, torch.bfloat16)
+        return out, torch.autograd.grad(out, leaves, grad_out)
+
+    def autocast():  # what nn.LayerNorm + the next projection's cast do under autocast
+        out = torch.nn.functional.layer_norm(streams, (D_MODEL,), weight, bias, 1e-12).to(torch.bfloat16)
+        return out, torch.autograd.grad(out, leaves, grad_out)
+
+    exact = [tensor.detach().double().requires_grad_(True) for tensor in leaves]
+    reference = torch.nn.functional.layer_norm(exact[0], (D_MODEL,), exact[1], exact[2], 1e-12)
+    reference_grads = torch.autograd.grad(reference, exact, grad_out.double())
+    record = {}
+    for name, step in (("fused", fused), ("torch", autocast)):
+        out, grads = step()
+        record[name] = {
+            "same_bf16_as_autocast": (out == reference.float().to(torch.bfloat16)).float().mean().item(),
+            "grad_errors": [((g.double() - r).norm() / r.norm()).item() for g, r in zip(grads, reference_grads)],
+            **measure(step),
+        }
+    log.write(section="layer_norm_check", length=length, d_model=D_MODEL, **record)
+    print("layer norm check", record, flush=True)
+
+
 def run_million(log, length, steps=3):
     """A few optimizer steps on one long sequence: it fits and trains; time and peak memory per step."""
     model = our_model(length, 12).to(DEVICE).train()
@@ -247,7 +284,7 @@ def write_report(out_dir, stem="model"):
         return None
 
     text = ["# Whole-model training step", "", environment_markdown(env), "",
-            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/model.py --out DIR --sweep --depth --million --report`. "
+            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --million --report`. "
             "Plot: `model_h100.png` (tokens/s and memory against length). Raw numbers: the .jsonl beside this file.", "",
             f"Byte vocabulary, d_model {D_MODEL}, d_ff {D_FF}, {HEADS} heads of {D_HEAD}, bf16 autocast over float32 "
             f"weights, dropout off, one sequence, forward + backward (optimizer excluded). Ours: local/LSH alternating, "
@@ -300,6 +337,16 @@ def write_report(out_dir, stem="model"):
         top = [[f"`{name[:90]}`", f"{ms:.1f}"] for name, ms in row.get("top_kernels_ms", {}).items()]
         if top:
             text += ["The largest kernels of that step:", "", markdown_table(["kernel", "ms"], top), ""]
+    for row in (row for row in rows if row.get("section") == "layer_norm_check"):
+        table = [[name, f"{row[name]['same_bf16_as_autocast']:.6f}",
+                  " / ".join(f"{error:.1e}" for error in row[name]["grad_errors"]), fmt_ms(row[name].get("median_ms"))]
+                 for name in ("fused", "torch")]
+        text += [f"## Layer norm of the blocks: fused kernel vs torch under autocast ({length_label(row['length'])} x "
+                 f"{row['d_model']}, float32 streams -> bf16)", "",
+                 "Outputs: share equal to float64's result rounded to bf16 (what autocast's float32 layer norm and "
+                 "cast give, up to near ties). Gradients (x, weight, bias): relative error against float64. "
+                 "Time: forward + backward.", "",
+                 markdown_table(["path", "outputs equal", "gradient errors", "ms"], table), ""]
     million = [row for row in rows if row.get("section") == "million"]
     for row in million:
         speed = (f"; {row['length'] / (sum(row['step_seconds']) / len(row['step_seconds'])):,.0f} tokens/s"
@@ -345,6 +392,7 @@ def main():
     parser.add_argument("--depth", action="store_true")
     parser.add_argument("--million", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--check", action="store_true")
     parser.add_argument("--report", action="store_true")
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
                         default=[2**12, 2**14, 2**16, 2**18, 2**20])
@@ -358,9 +406,11 @@ def main():
     if args.smoke:
         DEVICE, D_MODEL, D_FF, HEADS = "cpu", 64, 128, 2
         args.lengths, args.baseline_limit, million, depth_length = [256], 256, 512, 256
-    if args.sweep or args.depth or args.million or args.profile:
+    if args.sweep or args.depth or args.million or args.profile or args.check:
         log = JsonLines(os.path.join(args.out, args.stem + ".jsonl"))
         log.write(section="environment", **environment())
+        if args.check:
+            run_layer_norm_check(log, 2**16 if not args.smoke else 256)
         if args.sweep:
             run_sweep(log, args.lengths, args.baseline_limit)
         if args.profile:

@@ -14,6 +14,7 @@ from .attention import SELF_ATTENTION_CLASSES
 from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import AxialPositionEmbeddings, ReformerEmbeddings
+from .layer_norm import ReformerLayerNorm
 from .reversible import ReformerStack, ReversibleLayer
 
 
@@ -23,7 +24,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, config, kind):
         super().__init__()
         self.kind = kind
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm = ReformerLayerNorm(config.hidden_size, eps=config.layer_norm_eps, backend=config.attn_backend)
         self.self_attention = SELF_ATTENTION_CLASSES[kind](config)
         inner = config.num_attention_heads * config.head_size
         self.output = nn.Linear(inner, config.hidden_size, bias=False)
@@ -48,7 +49,7 @@ class FeedForwardBlock(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.chunk_size = config.chunk_size_feed_forward
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm = ReformerLayerNorm(config.hidden_size, eps=config.layer_norm_eps, backend=config.attn_backend)
         self.dense_in = nn.Linear(config.hidden_size, config.feed_forward_size)
         self.activation = ACT2FN[config.hidden_act]
         self.dense_out = nn.Linear(config.feed_forward_size, config.hidden_size)

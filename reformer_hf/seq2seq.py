@@ -27,6 +27,7 @@ from .attention import full_attention, merge_heads, split_heads
 from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import position_embeddings
+from .layer_norm import ReformerLayerNorm
 from .modeling import (
     AttentionBlock,
     FeedForwardBlock,
@@ -141,7 +142,7 @@ class CrossAttentionBlock(nn.Module):
         self.n_heads, self.d_head = config.num_attention_heads, config.head_size
         inner = self.n_heads * self.d_head
         self.dropout_p = config.full_attention_probs_dropout
-        self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm = ReformerLayerNorm(config.hidden_size, eps=config.layer_norm_eps, backend=config.attn_backend)
         self.query = nn.Linear(config.hidden_size, inner, bias=False)
         self.key = nn.Linear(2 * config.hidden_size, inner, bias=False)
         self.value = nn.Linear(2 * config.hidden_size, inner, bias=False)

@@ -1,0 +1,52 @@
+"""The blocks' layer norm: under CUDA autocast, one Triton kernel per pass.
+
+Autocast runs `nn.LayerNorm` in float32 and casts its output again for the projection that
+follows; with the residual streams in float32 that is a float32 write, a read and a bf16 write
+per call, and the backward converts the bf16 gradient back first.  `ReformerLayerNorm` keeps
+`nn.LayerNorm`'s parameters and results, and where the kernels can run (CUDA, autocast to
+bfloat16 or float16, triton installed, `attn_backend` not "torch") on at least FUSED_FROM_ROWS
+positions it normalises straight into autocast's dtype (`kernels.layer_norm`); everywhere else
+it is `nn.LayerNorm`.
+"""
+
+import torch
+from torch import nn
+
+from .attention import _triton_installed
+
+# batch x length from which the kernel runs.  On one H100 (bench/results/model_h100.md, 12 layers,
+# d_model 1024) it took a training step at 64K tokens from 245 to 211 ms (1M: 4.54 -> 3.78 s); at
+# 4K tokens the step, bound by the CPU there, went from 53 to 83 ms, so shorter inputs keep
+# torch's layer norm.
+FUSED_FROM_ROWS = 2**14
+
+
+class ReformerLayerNorm(nn.LayerNorm):
+    def __init__(self, hidden_size, eps, backend="auto"):
+        super().__init__(hidden_size, eps=eps)
+        self.backend = backend
+
+    def forward(self, hidden):
+        if self._fuses(hidden):
+            return _kernels().layer_norm(hidden, self.weight, self.bias, self.eps, torch.get_autocast_dtype("cuda"))
+        return super().forward(hidden)
+
+    def _fuses(self, hidden):
+        return (
+            self.backend != "torch"
+            and hidden.is_cuda
+            and hidden.dim() == 3
+            and hidden.shape[0] * hidden.shape[1] >= FUSED_FROM_ROWS
+            and hidden.dtype == torch.float32
+            and torch.is_autocast_enabled("cuda")
+            and torch.get_autocast_dtype("cuda") in (torch.bfloat16, torch.float16)
+            and _triton_installed()
+            and hidden.shape[-1] <= _kernels().LAYER_NORM_MAX_WIDTH
+        )
+
+
+def _kernels():
+    """kernels.py, imported (with triton) only once a fused call is possible."""
+    from . import kernels
+
+    return kernels
