@@ -1,8 +1,9 @@
-"""Fused Triton kernels for LSH attention, local attention and LSH hashing.
+"""Fused Triton kernels for LSH attention, local attention, LSH hashing and the blocks' layer norm.
 
-Each public function has the signature and semantics of its torch reference in `attention.py`
-(`lsh_attention`, `local_attention`, `hash_vectors`), which the tests compare it against.  What
-the kernels do differently is where the work happens:
+The attention functions have the signature and semantics of their torch references in
+`attention.py` (`lsh_attention`, `local_attention`, `hash_vectors`), which the tests compare them
+against; `layer_norm` is torch's layer norm written in another dtype (see `layer_norm.py`).  What
+the attention kernels do differently is where the work happens:
 
 - no sorted copy of queries, keys or values is ever built: the kernels read rows through the
   sorted-slot -> position map, and write outputs and gradients back to positions;
