@@ -195,6 +195,30 @@ def _slots(POS, BKT, slot_base, chunk, offsets, CHUNK, SORTED: tl.constexpr, BUC
 
 
 @_jit_helper
+def _rows(X, b, h, pos, stride_b, stride_h, stride_l, d_offs):
+    """Pointers to the rows `pos` (feature offsets `d_offs`) of head h of batch row b of a
+    (batch, heads, length, d_head) operand."""
+    return X + b * stride_b + h * stride_h + pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :]
+
+
+@_jit_helper
+def _keys_values(Q, K, V, b, h, pos, mask, stride_b, stride_h, stride_l, d_offs, D, key_scale, queries,
+                 NORM_KEYS: tl.constexpr, HAVE_QUERIES: tl.constexpr, DOT_MODE: tl.constexpr, EPS: tl.constexpr):
+    """The keys and values of the rows `pos`: shared-QK keys are the rows' queries normalised
+    (`queries`, already loaded, with HAVE_QUERIES; read from Q otherwise), other keys K's rows."""
+    if NORM_KEYS:
+        if HAVE_QUERIES:
+            raw = queries
+        else:
+            raw = tl.load(_rows(Q, b, h, pos, stride_b, stride_h, stride_l, d_offs), mask=mask, other=0.0)
+        k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
+    else:
+        k = tl.load(_rows(K, b, h, pos, stride_b, stride_h, stride_l, d_offs), mask=mask, other=0.0)
+    v = tl.load(_rows(V, b, h, pos, stride_b, stride_h, stride_l, d_offs), mask=mask, other=0.0)
+    return k, v
+
+
+@_jit_helper
 def _key_block(
     Q, K, V, POS, BKT, PAD, stride_b, stride_h, stride_l, b, h, slot_base, key_chunk, start, d_offs, d_ok, LENGTH,
     CHUNK, D,
@@ -211,19 +235,8 @@ def _key_block(
     k_pad = k_pos
     if HAS_PAD:
         k_pad = tl.load(PAD + b * LENGTH + k_pos, mask=col_ok, other=1)
-    kv_mask = col_ok[:, None] & d_ok[None, :]
-    if NORM_KEYS:
-        if OWN_ROWS:
-            raw = own_rows
-        else:
-            raw = tl.load(Q + b * stride_b + h * stride_h + k_pos.to(tl.int64)[:, None] * stride_l
-                          + d_offs[None, :], mask=kv_mask, other=0.0)
-        k = _narrow(_unit_rows(raw.to(tl.float32), D, key_scale, EPS), raw.dtype, DOT_MODE)
-    else:
-        k = tl.load(K + b * stride_b + h * stride_h + k_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
-                    mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_b + h * stride_h + k_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
-                mask=kv_mask, other=0.0)
+    k, v = _keys_values(Q, K, V, b, h, k_pos, col_ok[:, None] & d_ok[None, :], stride_b, stride_h, stride_l, d_offs, D,
+                        key_scale, own_rows, NORM_KEYS, OWN_ROWS, DOT_MODE, EPS)
     return k_slot, k_pos, k_bkt, k_pad, col_ok, k, v
 
 
@@ -255,8 +268,8 @@ def _window_fwd_kernel(
 
     slot_base = (b * H + h) * N_SLOTS
     row_ok, q_slot, q_pos, q_bkt = _slots(POS, BKT, slot_base, chunk, rows, CHUNK, SORTED, BUCKET_WINDOW, -1)
-    q = tl.load(Q + b * stride_b + h * stride_h + q_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = tl.load(_rows(Q, b, h, q_pos, stride_b, stride_h, stride_l, d_offs), mask=row_ok[:, None] & d_ok[None, :],
+                other=0.0)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -397,17 +410,10 @@ def _window_bwd_kernel(
     my_pad = my_pos
     if HAS_PAD:
         my_pad = tl.load(PAD + b * LENGTH + my_pos, mask=row_ok, other=1)
-    q_me = tl.load(Q + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
-                   mask=row_mask, other=0.0)
-    if NORM_KEYS:
-        k_me = _narrow(_unit_rows(q_me.to(tl.float32), D, key_scale, EPS), q_me.dtype, DOT_MODE)
-    else:
-        k_me = tl.load(K + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
-                       mask=row_mask, other=0.0)
-    v_me = tl.load(V + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
-                   mask=row_mask, other=0.0)
-    do_me = tl.load(DO + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
-                    mask=row_mask, other=0.0)
+    q_me = tl.load(_rows(Q, b, h, my_pos, stride_b, stride_h, stride_l, d_offs), mask=row_mask, other=0.0)
+    k_me, v_me = _keys_values(Q, K, V, b, h, my_pos, row_mask, stride_b, stride_h, stride_l, d_offs, D, key_scale,
+                              q_me, NORM_KEYS, True, DOT_MODE, EPS)
+    do_me = tl.load(_rows(DO, b, h, my_pos, stride_b, stride_h, stride_l, d_offs), mask=row_mask, other=0.0)
     lse_me = tl.load(LSE + seq_base + my_pos, mask=row_ok, other=0.0)
     delta_me = tl.load(DELTA + seq_base + my_pos, mask=row_ok, other=0.0)
 
@@ -427,11 +433,8 @@ def _window_bwd_kernel(
                 col_ok, q_slot, q_pos, q_bkt = _slots(POS, BKT, slot_base, query_chunk, start + tl.arange(0, BLOCK_N),
                                                       CHUNK, SORTED, BUCKET_WINDOW, -2)
                 col_mask = col_ok[:, None] & d_ok[None, :]
-                rows_at = q_pos.to(tl.int64)[:, None]
-                q = tl.load(Q + b * stride_b + h * stride_h + rows_at * stride_l + d_offs[None, :],
-                            mask=col_mask, other=0.0)
-                do = tl.load(DO + b * stride_b + h * stride_h + rows_at * stride_l + d_offs[None, :],
-                             mask=col_mask, other=0.0)
+                q = tl.load(_rows(Q, b, h, q_pos, stride_b, stride_h, stride_l, d_offs), mask=col_mask, other=0.0)
+                do = tl.load(_rows(DO, b, h, q_pos, stride_b, stride_h, stride_l, d_offs), mask=col_mask, other=0.0)
                 lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
                 delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
 
@@ -481,7 +484,7 @@ def _window_bwd_kernel(
                 for start in range(0, CHUNK, BLOCK_N):
                     col_ok, q_slot, q_pos, q_bkt = _slots(POS, BKT, slot_base, query_chunk,
                                                           start + tl.arange(0, BLOCK_N), CHUNK, SORTED, False, -2)
-                    do = tl.load(DO + b * stride_b + h * stride_h + q_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
+                    do = tl.load(_rows(DO, b, h, q_pos, stride_b, stride_h, stride_l, d_offs),
                                  mask=col_ok[:, None] & d_ok[None, :], other=0.0)
                     lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
                     p_t = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + tl.exp(MASK - lse)[None, :]
@@ -491,7 +494,7 @@ def _window_bwd_kernel(
     # dv and dk are final here; store dv and fold dk into dq now, so that the query loop below
     # runs with one accumulator live instead of three.
     acc_offs = (b * H + h) * LENGTH * D + my_pos.to(tl.int64)[:, None] * D + d_offs[None, :]
-    dv_ptrs = DV + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :]
+    dv_ptrs = _rows(DV, b, h, my_pos, stride_b, stride_h, stride_l, d_offs)
     _accumulate(ACC_V, acc_offs, dv_ptrs, dv, row_mask, ACC_MODE, DOT_MODE)
     dk = dk * scale
     if NORM_KEYS:
@@ -501,7 +504,7 @@ def _window_bwd_kernel(
         r = 1.0 / tl.sqrt(tl.sum(qf * qf, 1) / D + EPS)
         dq += (r * key_scale)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
     else:
-        tl.store(DK + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :],
+        tl.store(_rows(DK, b, h, my_pos, stride_b, stride_h, stride_l, d_offs),
                  _narrow(dk, DK.dtype.element_ty, DOT_MODE), mask=row_mask)
 
     # Queries: this block against its own window.
@@ -526,7 +529,7 @@ def _window_bwd_kernel(
                 ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0) * scale
                 dq += _dot(_narrow(ds, k.dtype, DOT_MODE), k, DOT_MODE)
 
-    dq_ptrs = DQ + b * stride_b + h * stride_h + my_pos.to(tl.int64)[:, None] * stride_l + d_offs[None, :]
+    dq_ptrs = _rows(DQ, b, h, my_pos, stride_b, stride_h, stride_l, d_offs)
     _accumulate(ACC_Q, acc_offs, dq_ptrs, dq, row_mask, ACC_MODE, DOT_MODE)
 
 

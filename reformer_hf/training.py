@@ -181,10 +181,8 @@ def _full_parameters(model):
     (every process must enter it: gathering them is a collective); a no-op for other wrappers.
     Forward passes of the unwrapped module inside it are then local, so the processes may run
     different numbers of them."""
-    try:
-        from torch.distributed.fsdp import FullyShardedDataParallel
-    except ImportError:
-        return contextlib.nullcontext()
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
     if isinstance(model, FullyShardedDataParallel):
         return FullyShardedDataParallel.summon_full_params(model, writeback=False)
     return contextlib.nullcontext()
