@@ -21,6 +21,7 @@ that this file imports (and is copied into saved model folders) on machines with
 
 import dataclasses
 import functools
+import inspect
 import math
 import os
 from types import SimpleNamespace
@@ -42,12 +43,15 @@ MAX_D_HEAD = 256
 # The layer norm kernel holds a whole row in registers.
 LAYER_NORM_MAX_WIDTH = 8192
 
-# ACC_MODE of the backward kernel: how this round's gradient meets the other rounds'.
-WRITE_ONLY, ACC_FIRST, ACC_MIDDLE, ACC_LAST = 0, 1, 2, 3
+# acc_mode of the backward kernel: how this round's gradient meets the other rounds' (with one
+# round it is written out directly).
+ACC_FIRST, ACC_MIDDLE, ACC_LAST = 1, 2, 3
 
 
-def _jit(fn):
-    return triton.jit(fn) if triton is not None else fn
+def _jit(fn=None, *, do_not_specialize=()):
+    if fn is None:
+        return functools.partial(_jit, do_not_specialize=do_not_specialize)
+    return triton.jit(fn, do_not_specialize=list(do_not_specialize)) if triton is not None else fn
 
 
 def _jit_helper(fn):
@@ -246,7 +250,8 @@ def _window_fwd_kernel(
     stride_b, stride_h, stride_l,
     stride_ob, stride_oh, stride_or, stride_ol,
     stride_lb, stride_lh, stride_lr,
-    H, LENGTH, N_SLOTS, CHUNK, D, scale, key_scale,
+    H, LENGTH, N_SLOTS,
+    CHUNK: tl.constexpr, D: tl.constexpr, SCALE: tl.constexpr, KEY_SCALE: tl.constexpr,
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
     BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
@@ -280,11 +285,11 @@ def _window_fwd_kernel(
             k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
                 Q, K, V, POS, BKT, PAD, stride_b, stride_h, stride_l, b, h, slot_base, key_chunk, start, d_offs, d_ok,
                 LENGTH, CHUNK, D,
-                key_scale, q, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, ONE_BLOCK and w == NB, DOT_MODE, EPS,
+                KEY_SCALE, q, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, ONE_BLOCK and w == NB, DOT_MODE, EPS,
                 BLOCK_N,
             )
 
-            logits = _dot(q, tl.trans(k), DOT_MODE) * scale
+            logits = _dot(q, tl.trans(k), DOT_MODE) * SCALE
             vis = _visible(q_slot[:, None], q_pos[:, None], q_bkt[:, None], k_slot[None, :], k_pos[None, :],
                            k_bkt[None, :], k_pad[None, :], exists, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
             logits, _ = _mask_logits(logits, vis, k_pos[None, :] == q_pos[:, None], SELF_MASK, MASK, SELF_VALUE)
@@ -370,15 +375,16 @@ def _delta_kernel(
     tl.store(DELTA + (b * H + h) * LENGTH + pos, delta, mask=pos_ok)
 
 
-@_jit
+@_jit(do_not_specialize=("first_chunk", "acc_mode"))
 def _window_bwd_kernel(
     Q, K, V, DO, POS, BKT, PAD, LSE, DELTA, DQ, DK, DV, ACC_Q, ACC_V,
     stride_b, stride_h, stride_l,
-    H, LENGTH, N_SLOTS, CHUNK, D, scale, key_scale, first_chunk,
+    H, LENGTH, N_SLOTS, first_chunk, acc_mode,
+    CHUNK: tl.constexpr, D: tl.constexpr, SCALE: tl.constexpr, KEY_SCALE: tl.constexpr,
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
     BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
-    EPS: tl.constexpr, ACC_MODE: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    EPS: tl.constexpr, ACCUMULATE: tl.constexpr, ONE_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Gradients for one block of rows of one sorted chunk, which are keys of the query chunks
@@ -411,7 +417,7 @@ def _window_bwd_kernel(
     if HAS_PAD:
         my_pad = tl.load(PAD + b * LENGTH + my_pos, mask=row_ok, other=1)
     q_me = tl.load(_rows(Q, b, h, my_pos, stride_b, stride_h, stride_l, d_offs), mask=row_mask, other=0.0)
-    k_me, v_me = _keys_values(Q, K, V, b, h, my_pos, row_mask, stride_b, stride_h, stride_l, d_offs, D, key_scale,
+    k_me, v_me = _keys_values(Q, K, V, b, h, my_pos, row_mask, stride_b, stride_h, stride_l, d_offs, D, KEY_SCALE,
                               q_me, NORM_KEYS, True, DOT_MODE, EPS)
     do_me = tl.load(_rows(DO, b, h, my_pos, stride_b, stride_h, stride_l, d_offs), mask=row_mask, other=0.0)
     lse_me = tl.load(LSE + seq_base + my_pos, mask=row_ok, other=0.0)
@@ -439,7 +445,7 @@ def _window_bwd_kernel(
                 delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
 
                 # Transposed problem: rows are this block's keys, columns the queries.
-                logits_t = _dot(k_me, tl.trans(q), DOT_MODE) * scale
+                logits_t = _dot(k_me, tl.trans(q), DOT_MODE) * SCALE
                 vis_t = _visible(q_slot[None, :], q_pos[None, :], q_bkt[None, :], my_slot[:, None],
                                  my_pos[:, None], my_bkt[:, None], my_pad[:, None], pair_ok, CHUNK, NB, NA, CAUSAL,
                                  BUCKET_WINDOW, HAS_PAD)
@@ -456,7 +462,7 @@ def _window_bwd_kernel(
     if ONE_BLOCK:
         # The chunk against itself, transposed as above: rows are this block's keys, columns its
         # queries.  dq's share is ds^T k, the query loop's product for this tile.
-        logits_t = _dot(k_me, tl.trans(q_me), DOT_MODE) * scale
+        logits_t = _dot(k_me, tl.trans(q_me), DOT_MODE) * SCALE
         vis_t = _visible(my_slot[None, :], my_pos[None, :], my_bkt[None, :], my_slot[:, None], my_pos[:, None],
                          my_bkt[:, None], my_pad[:, None], True, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
         logits_t, grad_flows = _mask_logits(logits_t, vis_t, my_pos[:, None] == my_pos[None, :], SELF_MASK, MASK,
@@ -467,7 +473,7 @@ def _window_bwd_kernel(
         dp_t = _dot(v_me, tl.trans(do_me), DOT_MODE)
         ds_t = tl.where(grad_flows, p_t * (dp_t - delta_me[None, :]), 0.0)
         dk += _dot(_narrow(ds_t, q_me.dtype, DOT_MODE), q_me, DOT_MODE)
-        dq += _dot(_narrow(tl.trans(ds_t * scale), k_me.dtype, DOT_MODE), k_me, DOT_MODE)
+        dq += _dot(_narrow(tl.trans(ds_t * SCALE), k_me.dtype, DOT_MODE), k_me, DOT_MODE)
 
     if not CIRCULAR:
         # Window slots off either end of the sorted sequence are clamped onto its first or last
@@ -495,14 +501,14 @@ def _window_bwd_kernel(
     # runs with one accumulator live instead of three.
     acc_offs = (b * H + h) * LENGTH * D + my_pos.to(tl.int64)[:, None] * D + d_offs[None, :]
     dv_ptrs = _rows(DV, b, h, my_pos, stride_b, stride_h, stride_l, d_offs)
-    _accumulate(ACC_V, acc_offs, dv_ptrs, dv, row_mask, ACC_MODE, DOT_MODE)
-    dk = dk * scale
+    _accumulate(ACC_V, acc_offs, dv_ptrs, dv, row_mask, acc_mode, ACCUMULATE, DOT_MODE)
+    dk = dk * SCALE
     if NORM_KEYS:
         # Through k = q * r / sqrt(d), r = rsqrt(mean(q^2) + eps):
         # dq = (r / sqrt(d)) * (dk - (r^2 / d) * q * <dk, q>) + (the queries' own gradient, below).
         qf = q_me.to(tl.float32)
         r = 1.0 / tl.sqrt(tl.sum(qf * qf, 1) / D + EPS)
-        dq += (r * key_scale)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
+        dq += (r * KEY_SCALE)[:, None] * (dk - ((r * r / D) * tl.sum(dk * qf, 1))[:, None] * qf)
     else:
         tl.store(_rows(DK, b, h, my_pos, stride_b, stride_h, stride_l, d_offs),
                  _narrow(dk, DK.dtype.element_ty, DOT_MODE), mask=row_mask)
@@ -515,10 +521,10 @@ def _window_bwd_kernel(
                 k_slot, k_pos, k_bkt, k_pad, col_ok, k, v = _key_block(
                     Q, K, V, POS, BKT, PAD, stride_b, stride_h, stride_l, b, h, slot_base, key_chunk, start, d_offs,
                     d_ok, LENGTH, CHUNK, D,
-                    key_scale, q_me, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, False, DOT_MODE, EPS, BLOCK_N,
+                    KEY_SCALE, q_me, SORTED, BUCKET_WINDOW, HAS_PAD, NORM_KEYS, False, DOT_MODE, EPS, BLOCK_N,
                 )
 
-                logits = _dot(q_me, tl.trans(k), DOT_MODE) * scale
+                logits = _dot(q_me, tl.trans(k), DOT_MODE) * SCALE
                 vis = _visible(my_slot[:, None], my_pos[:, None], my_bkt[:, None], k_slot[None, :], k_pos[None, :],
                                k_bkt[None, :], k_pad[None, :], exists, CHUNK, NB, NA, CAUSAL, BUCKET_WINDOW, HAS_PAD)
                 logits, grad_flows = _mask_logits(logits, vis, k_pos[None, :] == my_pos[:, None], SELF_MASK, MASK,
@@ -526,24 +532,27 @@ def _window_bwd_kernel(
                 p = tl.exp(logits - lse_me[:, None])
                 p = tl.where(row_ok[:, None] & col_ok[None, :], p, 0.0)
                 dp = _dot(do_me, tl.trans(v), DOT_MODE)
-                ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0) * scale
+                ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0) * SCALE
                 dq += _dot(_narrow(ds, k.dtype, DOT_MODE), k, DOT_MODE)
 
     dq_ptrs = _rows(DQ, b, h, my_pos, stride_b, stride_h, stride_l, d_offs)
-    _accumulate(ACC_Q, acc_offs, dq_ptrs, dq, row_mask, ACC_MODE, DOT_MODE)
+    _accumulate(ACC_Q, acc_offs, dq_ptrs, dq, row_mask, acc_mode, ACCUMULATE, DOT_MODE)
 
 
 @_jit_helper
-def _accumulate(ACC, acc_offs, out_ptrs, grad, mask, ACC_MODE: tl.constexpr, DOT_MODE: tl.constexpr):
-    """Add one round's gradient to the others': ACC_MODE 0 writes it out, 1 starts the float32
-    accumulator, 2 adds to it, 3 adds the accumulator and writes the sum out."""
-    if ACC_MODE == 1:
-        tl.store(ACC + acc_offs, grad, mask=mask)
-    elif ACC_MODE == 2:
-        tl.store(ACC + acc_offs, tl.load(ACC + acc_offs, mask=mask, other=0.0) + grad, mask=mask)
-    else:
-        if ACC_MODE == 3:
+def _accumulate(ACC, acc_offs, out_ptrs, grad, mask, acc_mode, ACCUMULATE: tl.constexpr, DOT_MODE: tl.constexpr):
+    """Add one round's gradient to the others'.  Without ACCUMULATE (one round) it is written out;
+    otherwise acc_mode (a run-time value, so that every round runs the same compiled kernel) is
+    ACC_FIRST (1): start the float32 accumulator, ACC_MIDDLE (2): add to it, or ACC_LAST (3): add
+    the accumulator and write the sum out."""
+    if ACCUMULATE:
+        if acc_mode != 1:
             grad += tl.load(ACC + acc_offs, mask=mask, other=0.0)
+        if acc_mode == 3:
+            tl.store(out_ptrs, _narrow(grad, out_ptrs.dtype.element_ty, DOT_MODE), mask=mask)
+        else:
+            tl.store(ACC + acc_offs, grad, mask=mask)
+    else:
         tl.store(out_ptrs, _narrow(grad, out_ptrs.dtype.element_ty, DOT_MODE), mask=mask)
 
 
@@ -553,25 +562,46 @@ def _hash_kernel(
     stride_xb, stride_xh, stride_xl,
     stride_rh, stride_rd, stride_rn,
     stride_ob, stride_oh, stride_on,
-    H, LENGTH, D, N_HASHES,
-    HALF0: tl.constexpr, HALF1: tl.constexpr, BLOCK_H0: tl.constexpr, BLOCK_H1: tl.constexpr,
-    PRECISION: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    H, LENGTH, N_HASHES,
+    D: tl.constexpr, HALF0: tl.constexpr, HALF1: tl.constexpr, BLOCK_H0: tl.constexpr, BLOCK_H1: tl.constexpr,
+    PRECISION: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """bucket = argmax([xR; -xR]) per factor of the bucket count and per round, without keeping xR."""
+    """bucket = argmax([xR; -xR]) per factor of the bucket count and per round, without keeping xR.
+    PRECISION "bf16x3": x is bfloat16 and is used as it is, against the rotation split into three
+    bfloat16 parts; otherwise x is read as float32 and the dot has that input precision."""
     b, h, pos, pos_ok, d_offs, d_ok = _position_block(H, LENGTH, D, BLOCK_L, BLOCK_D)
     x = tl.load(X + b * stride_xb + h * stride_xh + pos[:, None] * stride_xl + d_offs[None, :],
-                mask=pos_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
+                mask=pos_ok[:, None] & d_ok[None, :], other=0.0)
+    if PRECISION != "bf16x3":
+        x = x.to(tl.float32)
     for hash_round in range(N_HASHES):
         rot_base = ROT + h * stride_rh + hash_round * stride_rn
-        bucket = _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, 0, HALF0, BLOCK_H0, PRECISION)
+        bucket = _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, 0, HALF0, BLOCK_H0, PRECISION, DOT_MODE)
         if HALF1 > 0:
-            bucket += 2 * HALF0 * _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, HALF0, HALF1, BLOCK_H1, PRECISION)
+            bucket += 2 * HALF0 * _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, HALF0, HALF1, BLOCK_H1, PRECISION,
+                                               DOT_MODE)
         tl.store(OUT + b * stride_ob + h * stride_oh + hash_round * stride_on + pos, bucket.to(tl.int64), mask=pos_ok)
 
 
 @_jit_helper
+def _rotate(x, rotation, PRECISION: tl.constexpr, DOT_MODE: tl.constexpr):
+    """x @ rotation at float32 accuracy.  "bf16x3": the float32 rotation is split into three
+    bfloat16 parts (8 + 8 + 8 significant bits, all of float32's 24), each product of bfloat16
+    numbers is exact in float32, and the tensor cores accumulate them in float32."""
+    if PRECISION == "bf16x3":
+        high = _narrow(rotation, tl.bfloat16, DOT_MODE)
+        rest = rotation - high.to(tl.float32)
+        middle = _narrow(rest, tl.bfloat16, DOT_MODE)
+        low = _narrow(rest - middle.to(tl.float32), tl.bfloat16, DOT_MODE)
+        rotated = _dot(x, low, DOT_MODE) + _dot(x, middle, DOT_MODE) + _dot(x, high, DOT_MODE)
+    else:
+        rotated = tl.dot(x, rotation, input_precision=PRECISION)
+    return rotated
+
+
+@_jit_helper
 def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.constexpr, BLOCK_H: tl.constexpr,
-                 PRECISION: tl.constexpr):
+                 PRECISION: tl.constexpr, DOT_MODE: tl.constexpr):
     """argmax over [xR, -xR] for one factor's HALF columns, BLOCK_H columns at a time."""
     best_high = tl.full([x.shape[0]], float("-inf"), tl.float32)
     best_low = tl.full([x.shape[0]], float("inf"), tl.float32)
@@ -582,7 +612,7 @@ def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.co
         column_ok = columns < HALF
         rotation = tl.load(rot_base + d_offs[:, None] * stride_rd + first_column + columns[None, :],
                            mask=d_ok[:, None] & column_ok[None, :], other=0.0).to(tl.float32)
-        rotated = tl.dot(x, rotation, input_precision=PRECISION)
+        rotated = _rotate(x, rotation, PRECISION, DOT_MODE)
         highest = tl.where(column_ok[None, :], rotated, float("-inf"))
         lowest = tl.where(column_ok[None, :], rotated, float("inf"))
         block_high = tl.max(highest, 1)
@@ -670,8 +700,8 @@ def _pow2(value, floor=16):
 # (64) and 1.27 (32).  Four warps spill a few registers where eight do not, but more programs
 # per multiprocessor hide the row gathers better.
 LAUNCH = {
-    "forward": {"num_warps": 4, "block_n": 32},
-    "backward": {"num_warps": 4, "block_n": 64},
+    "forward": {"num_warps": 4, "block_m": 64, "block_n": 32},
+    "backward": {"num_warps": 4, "block_m": 64, "block_n": 64},
     "hash": {"num_warps": 4, "block_l": 128},
 }
 # float32 rows take twice the registers of 16-bit ones: compiled for sm_90 with the 16-bit
@@ -681,8 +711,8 @@ LAUNCH = {
 # backward, 4 rounds) takes 8.7 ms there, against 11.5 ms with 64-key tiles or 8 warps, 20.6 ms
 # with "ieee" products, and 19.9 ms for the torch path.
 LAUNCH_FLOAT32 = {
-    "forward": {"num_warps": 4, "block_n": 32},
-    "backward": {"num_warps": 4, "block_n": 32},
+    "forward": {"num_warps": 4, "block_m": 64, "block_n": 32},
+    "backward": {"num_warps": 4, "block_m": 64, "block_n": 32},
 }
 
 
@@ -690,8 +720,8 @@ def _launch_settings(phase, dtype):
     return LAUNCH_FLOAT32[phase] if dtype == torch.float32 else LAUNCH[phase]
 
 
-def _tiles(chunk_length, d_head, block_n):
-    block_m = min(_pow2(chunk_length), 64)
+def _tiles(chunk_length, d_head, block_m, block_n):
+    block_m = min(_pow2(chunk_length), block_m)
     block_n = min(block_m, block_n)
     if d_head > 64:
         # The tuning ran at d_head 64; wider heads keep the full-width tiles that the full-size
@@ -703,7 +733,9 @@ def _tiles(chunk_length, d_head, block_n):
 # of an LSH step at 64K tokens on one H100; "tf32x3" runs three tf32 products on the tensor cores
 # and keeps float32's accuracy (a bfloat16 or float16 x splits exactly, so only the rotation's
 # low bits are rounded, at 2^-21), so only near-tied argmaxes can differ from the reference.
-HASH_PRECISION = "tf32x3"
+# "bf16x3" (bfloat16 x; other dtypes take "tf32x3") keeps x as it is and splits the rotation into
+# three bfloat16 parts: three bfloat16 products, each exact in float32.
+HASH_PRECISION = "bf16x3"
 # The attention products of float32 operands: "ieee" on the FMA units, or "tf32x3", three tf32
 # products on the tensor cores (float32's accuracy up to the rounding of the low parts: at the
 # shapes above the gradient's error against float64 is 4.2e-7, the torch path's 2.9e-7).
@@ -726,16 +758,17 @@ class _Window:
     scale: float
 
     def constexprs(self, dtype, d_head, phase):
-        return _window_constexprs(self, _dot_mode(dtype), d_head, _launch_settings(phase, dtype)["block_n"])
+        settings = _launch_settings(phase, dtype)
+        return _window_constexprs(self, _dot_mode(dtype), d_head, settings["block_m"], settings["block_n"])
 
 
 @functools.cache
-def _window_constexprs(window, dot_mode, d_head, block_n):
+def _window_constexprs(window, dot_mode, d_head, block_m, block_n):
     """The kernels' compile-time arguments for `window` (cached: built once per problem kind, not
     on every launch)."""
-    block_m, block_n, block_d = _tiles(window.chunk_length, d_head, block_n)
+    block_m, block_n, block_d = _tiles(window.chunk_length, d_head, block_m, block_n)
     return dict(
-        NB=window.n_before, NA=window.n_after, CAUSAL=window.causal, CIRCULAR=window.circular,
+        CHUNK=window.chunk_length, D=d_head, SCALE=window.scale, KEY_SCALE=1.0 / math.sqrt(d_head), NB=window.n_before, NA=window.n_after, CAUSAL=window.causal, CIRCULAR=window.circular,
         BUCKET_WINDOW=window.bucket_window, SELF_MASK=window.self_mask, NORM_KEYS=window.norm_keys,
         SORTED=window.sorted_slots, DOT_MODE=dot_mode, MASK=MASK_VALUE, SELF_VALUE=SELF_MASK_VALUE,
         EPS=KEY_NORM_EPS, ONE_BLOCK=window.chunk_length <= block_m and block_n == block_m, BLOCK_M=block_m,
@@ -769,7 +802,7 @@ def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds
     _window_fwd_kernel[grid](
         query, key, value, positions, buckets, pad, out, lse,
         *query.stride()[:3], *out_strides, *lse_strides,
-        heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
+        heads, length, n_slots,
         HAS_PAD=pad is not None, num_warps=_launch_settings("forward", query.dtype)["num_warps"], num_stages=1,
         **consts,
     )
@@ -821,22 +854,43 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     chunks_per_round = length // window.chunk_length
     grid = (chunks_per_round * m_blocks, batch * heads)
     dk_arg = dk if dk is not None else dq
+    options = dict(HAS_PAD=pad is not None, ACCUMULATE=n_rounds > 1, **consts)
+    compiled = None
     for round_id in range(n_rounds):
-        if n_rounds == 1:
-            mode = WRITE_ONLY
-        else:
-            mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
+        acc_mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
         # Rounds run one after another: a position appears once per round, so within one launch
         # every program owns its rows and the accumulation needs no atomics.
-        _window_bwd_kernel[grid](
-            query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
-            *query.stride()[:3],
-            heads, length, n_slots, window.chunk_length, d_head, window.scale, 1.0 / math.sqrt(d_head),
-            round_id * chunks_per_round,
-            HAS_PAD=pad is not None, ACC_MODE=mode, num_warps=_launch_settings("backward", query.dtype)["num_warps"],
-            num_stages=1, **consts,
-        )
+        args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
+                *query.stride()[:3], heads, length, n_slots, round_id * chunks_per_round, acc_mode)
+        compiled = _launch(_window_bwd_kernel, grid, args, options, _launch_settings("backward", query.dtype),
+                           compiled)
     return dq, dk, dv
+
+
+def _launch(kernel, grid, args, constexprs, settings, compiled=None):
+    """kernel[grid](*args, **constexprs) with settings' num_warps; returns what to pass as
+    `compiled` to launch it again with other `args` that Triton does not specialise on (the same
+    tensors, integers marked do_not_specialize).
+
+    A launch through Triton binds and specialises every argument: on the H100 host that took
+    52 us of CPU for the backward kernel, against 12 us through the compiled kernel's own runner,
+    which a relaunch calls.  Under TRITON_INTERPRET=1 (no compiled kernel) every launch goes
+    through Triton."""
+    if compiled is None or not hasattr(compiled, "run"):
+        return kernel[grid](*args, num_warps=settings["num_warps"], num_stages=1, **constexprs)
+    values = (*args, *(constexprs[name] for name in _parameter_names(kernel)[len(args):]))
+    device = triton.runtime.driver.active.get_current_device()
+    stream = triton.runtime.driver.active.get_current_stream(device)
+    hooks = triton.knobs.runtime
+    compiled.run(grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata(grid, stream, *values), hooks.launch_enter_hook, hooks.launch_exit_hook,
+                 *values)
+    return compiled
+
+
+@functools.cache
+def _parameter_names(kernel):
+    return tuple(inspect.signature(kernel.fn).parameters)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1087,15 +1141,19 @@ def hash_vectors(vectors, rotations, num_buckets):
     vectors = _rows_contiguous(vectors)
     rotations = rotations.to(device=vectors.device, dtype=torch.float32).contiguous()
     halves = [f // 2 for f in factors] + [0]
+    precision = HASH_PRECISION
+    if precision == "bf16x3" and vectors.dtype != torch.bfloat16:
+        precision = "tf32x3"
     out = torch.empty(batch, heads, n_hashes, length, dtype=torch.long, device=vectors.device)
     # 128 positions of d_head 128 per program asked for 256 KB of shared memory on the H100 (it
-    # has 227 KB): the float32 tile is capped at 8K elements.
-    block_l = min(LAUNCH["hash"]["block_l"], 8192 // _pow2(d_head))
+    # has 227 KB): the tile is capped at 32 KB (8K float32 elements).
+    block_l = min(LAUNCH["hash"]["block_l"], (16384 if precision == "bf16x3" else 8192) // _pow2(d_head))
     grid = (triton.cdiv(length, block_l), batch * heads)
     _hash_kernel[grid](
         vectors, rotations, out, *vectors.stride()[:3], *rotations.stride()[:3], *out.stride()[:3],
-        heads, length, d_head, n_hashes, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=min(_pow2(halves[0]), 64),
-        BLOCK_H1=min(_pow2(max(halves[1], 1)), 64), PRECISION=HASH_PRECISION, BLOCK_L=block_l,
+        heads, length, n_hashes, D=d_head, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=min(_pow2(halves[0]), 64),
+        BLOCK_H1=min(_pow2(max(halves[1], 1)), 64), PRECISION=precision, DOT_MODE=_dot_mode(vectors.dtype),
+        BLOCK_L=block_l,
         BLOCK_D=_pow2(d_head), num_warps=LAUNCH["hash"]["num_warps"],
     )
     return out

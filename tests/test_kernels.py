@@ -184,13 +184,16 @@ def test_local_kernel_bfloat16_error_is_within_twice_the_torch_paths():
         assert relative_error(got, want) <= 2 * relative_error(ref, want) + 1e-6, name
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_buckets", [8, [4, 16], 2])
-def test_hash_kernel_equals_reference_buckets(num_buckets):
+def test_hash_kernel_equals_reference_buckets(num_buckets, dtype):
+    """float32 rows take tf32x3 products, bfloat16 rows three bfloat16 products against the
+    rotation's split (HASH_PRECISION "bf16x3"); both against the reference's float32 hashing."""
     generator = torch.Generator().manual_seed(10)
-    vectors = torch.randn(2, 3, 40, 16, generator=generator)
+    vectors = torch.randn(2, 3, 40, 16, generator=generator).to(dtype).float()
     rotations = torch.randn(3, 16, 2, attention.rotation_size(num_buckets), generator=generator)
     expected = attention.hash_vectors(vectors, rotations, num_buckets)
-    actual = kernels.hash_vectors(vectors.to(DEVICE), rotations.to(DEVICE), num_buckets)
+    actual = kernels.hash_vectors(vectors.to(DEVICE, dtype), rotations.to(DEVICE), num_buckets)
     assert actual.dtype == torch.long
     # float32 sums in another order can only flip an argmax that is a near tie
     rotated = torch.einsum("bhld,hdnr->bhnlr", vectors, rotations)
