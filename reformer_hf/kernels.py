@@ -681,6 +681,51 @@ def _layer_norm_bwd_kernel(
 # ----------------------------------------------------------------------------------------------
 
 
+def _launch(kernel, grid, args, constexprs, num_warps=4, num_stages=3):
+    """kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs) (Triton's
+    defaults: 4 warps, 3 stages).
+
+    A launch through Triton binds and specialises every argument again: on the H100's host that
+    took 52 us of CPU for the backward kernel (and about 25 us for the small ones), against 12 us
+    through the compiled kernel's own runner.  So the compiled kernel is kept, keyed on what
+    Triton specialises on (each tensor's dtype and 16-byte alignment, each integer being 1, a
+    multiple of 16, and its integer type's range; the constants; the device), and later launches
+    with the same key go straight to its runner.  Under TRITON_INTERPRET=1 there is no compiled
+    kernel and every launch goes through Triton."""
+    if _interpreting():
+        kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
+        return
+    device = triton.runtime.driver.active.get_current_device()
+    key = (kernel, device, num_warps, num_stages, *constexprs.values(), *map(_specialisation, args))
+    compiled = _COMPILED.get(key)
+    if compiled is None:
+        _COMPILED[key] = kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
+        return
+    values = (*args, *(constexprs[name] for name in _parameter_names(kernel)[len(args):]))
+    stream = triton.runtime.driver.active.get_current_stream(device)
+    hooks = triton.knobs.runtime
+    compiled.run(*grid, *(1,) * (3 - len(grid)), stream, compiled.function, compiled.packed_metadata,
+                 compiled.launch_metadata(grid, stream, *values), hooks.launch_enter_hook, hooks.launch_exit_hook,
+                 *values)
+
+
+_COMPILED = {}
+
+
+def _specialisation(arg):
+    """What Triton's compiled kernel assumes about one launch argument."""
+    if isinstance(arg, torch.Tensor):
+        return arg.dtype, arg.data_ptr() % 16 == 0
+    if isinstance(arg, bool) or not isinstance(arg, int):
+        return arg if arg is None or isinstance(arg, bool) else type(arg)
+    return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31, 0 <= arg < 2**32, -(2**63) <= arg < 2**63
+
+
+@functools.cache
+def _parameter_names(kernel):
+    return tuple(inspect.signature(kernel.fn).parameters)
+
+
 def _dot_mode(dtype):
     if dtype == torch.float32:
         return 3 if FLOAT32_PRECISION == "tf32x3" else 1
@@ -799,13 +844,10 @@ def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds
     consts = window.constexprs(query.dtype, d_head, "forward")
     m_blocks = triton.cdiv(window.chunk_length, consts["BLOCK_M"])
     grid = (n_slots // window.chunk_length * m_blocks, batch * heads)
-    _window_fwd_kernel[grid](
-        query, key, value, positions, buckets, pad, out, lse,
-        *query.stride()[:3], *out_strides, *lse_strides,
-        heads, length, n_slots,
-        HAS_PAD=pad is not None, num_warps=_launch_settings("forward", query.dtype)["num_warps"], num_stages=1,
-        **consts,
-    )
+    args = (query, key, value, positions, buckets, pad, out, lse, *query.stride()[:3], *out_strides, *lse_strides,
+            heads, length, n_slots)
+    _launch(_window_fwd_kernel, grid, args, dict(HAS_PAD=pad is not None, **consts),
+            _launch_settings("forward", query.dtype)["num_warps"], 1)
     return out, lse
 
 
@@ -815,10 +857,9 @@ def _combine_rounds(round_out, round_lse):
     lse = torch.empty(batch, heads, length, dtype=torch.float32, device=round_out.device)
     block_l = 32
     grid = (triton.cdiv(length, block_l), batch * heads)
-    _combine_rounds_kernel[grid](
-        round_out, round_lse, out, lse, *round_out.stride()[:4], *out.stride()[:3],
-        heads, length, d_head, n_rounds, DOT_MODE=_dot_mode(round_out.dtype), BLOCK_L=block_l, BLOCK_D=_pow2(d_head),
-    )
+    _launch(_combine_rounds_kernel, grid,
+            (round_out, round_lse, out, lse, *round_out.stride()[:4], *out.stride()[:3], heads, length, d_head, n_rounds),
+            dict(DOT_MODE=_dot_mode(round_out.dtype), BLOCK_L=block_l, BLOCK_D=_pow2(d_head)))
     return out, lse
 
 
@@ -829,10 +870,9 @@ def _delta(out, grad_out, grad_lse):
     grid = (triton.cdiv(length, block_l), batch * heads)
     if grad_lse is not None:
         grad_lse = grad_lse.float().contiguous()
-    _delta_kernel[grid](
-        out, grad_out, grad_lse, delta, *out.stride()[:3], *grad_out.stride()[:3], heads, length, d_head,
-        HAS_DLSE=grad_lse is not None, BLOCK_L=block_l, BLOCK_D=_pow2(d_head),
-    )
+    _launch(_delta_kernel, grid,
+            (out, grad_out, grad_lse, delta, *out.stride()[:3], *grad_out.stride()[:3], heads, length, d_head),
+            dict(HAS_DLSE=grad_lse is not None, BLOCK_L=block_l, BLOCK_D=_pow2(d_head)))
     return delta
 
 
@@ -855,42 +895,14 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     grid = (chunks_per_round * m_blocks, batch * heads)
     dk_arg = dk if dk is not None else dq
     options = dict(HAS_PAD=pad is not None, ACCUMULATE=n_rounds > 1, **consts)
-    compiled = None
     for round_id in range(n_rounds):
         acc_mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
         # Rounds run one after another: a position appears once per round, so within one launch
         # every program owns its rows and the accumulation needs no atomics.
         args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
                 *query.stride()[:3], heads, length, n_slots, round_id * chunks_per_round, acc_mode)
-        compiled = _launch(_window_bwd_kernel, grid, args, options, _launch_settings("backward", query.dtype),
-                           compiled)
+        _launch(_window_bwd_kernel, grid, args, options, _launch_settings("backward", query.dtype)["num_warps"], 1)
     return dq, dk, dv
-
-
-def _launch(kernel, grid, args, constexprs, settings, compiled=None):
-    """kernel[grid](*args, **constexprs) with settings' num_warps; returns what to pass as
-    `compiled` to launch it again with other `args` that Triton does not specialise on (the same
-    tensors, integers marked do_not_specialize).
-
-    A launch through Triton binds and specialises every argument: on the H100 host that took
-    52 us of CPU for the backward kernel, against 12 us through the compiled kernel's own runner,
-    which a relaunch calls.  Under TRITON_INTERPRET=1 (no compiled kernel) every launch goes
-    through Triton."""
-    if compiled is None or not hasattr(compiled, "run"):
-        return kernel[grid](*args, num_warps=settings["num_warps"], num_stages=1, **constexprs)
-    values = (*args, *(constexprs[name] for name in _parameter_names(kernel)[len(args):]))
-    device = triton.runtime.driver.active.get_current_device()
-    stream = triton.runtime.driver.active.get_current_stream(device)
-    hooks = triton.knobs.runtime
-    compiled.run(grid[0], grid[1], 1, stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata(grid, stream, *values), hooks.launch_enter_hook, hooks.launch_exit_hook,
-                 *values)
-    return compiled
-
-
-@functools.cache
-def _parameter_names(kernel):
-    return tuple(inspect.signature(kernel.fn).parameters)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -987,10 +999,9 @@ class LayerNormFunction(torch.autograd.Function):
         out = torch.empty(batch, length, d_model, dtype=out_dtype, device=x.device)
         mean = torch.empty(batch * length, dtype=torch.float32, device=x.device)
         rstd = torch.empty_like(mean)
-        _layer_norm_fwd_kernel[(batch * length,)](
-            x, weight, bias, out, mean, rstd, x.stride(0), x.stride(1), length, d_model, eps,
-            DOT_MODE=_dot_mode(out_dtype), BLOCK_D=_pow2(d_model), num_warps=4,
-        )
+        _launch(_layer_norm_fwd_kernel, (batch * length,),
+                (x, weight, bias, out, mean, rstd, x.stride(0), x.stride(1), length, d_model, eps),
+                dict(DOT_MODE=_dot_mode(out_dtype), BLOCK_D=_pow2(d_model)))
         ctx.save_for_backward(x, weight, mean, rstd)
         return out
 
@@ -1005,10 +1016,9 @@ class LayerNormFunction(torch.autograd.Function):
         n_programs = triton.cdiv(rows, rows_per_program)
         dw_part = torch.empty(n_programs, d_model, dtype=torch.float32, device=x.device)
         db_part = torch.empty_like(dw_part)
-        _layer_norm_bwd_kernel[(n_programs,)](
-            x, weight, grad_out, mean, rstd, grad_x, dw_part, db_part, x.stride(0), x.stride(1), length, rows,
-            d_model, rows_per_program, BLOCK_D=_pow2(d_model), num_warps=4,
-        )
+        _launch(_layer_norm_bwd_kernel, (n_programs,),
+                (x, weight, grad_out, mean, rstd, grad_x, dw_part, db_part, x.stride(0), x.stride(1), length, rows,
+                 d_model, rows_per_program), dict(BLOCK_D=_pow2(d_model)))
         grad_weight = dw_part.sum(0).to(weight.dtype)
         return grad_x, grad_weight, db_part.sum(0).to(weight.dtype), None, None
 
@@ -1149,11 +1159,11 @@ def hash_vectors(vectors, rotations, num_buckets):
     # has 227 KB): the tile is capped at 32 KB (8K float32 elements).
     block_l = min(LAUNCH["hash"]["block_l"], (16384 if precision == "bf16x3" else 8192) // _pow2(d_head))
     grid = (triton.cdiv(length, block_l), batch * heads)
-    _hash_kernel[grid](
-        vectors, rotations, out, *vectors.stride()[:3], *rotations.stride()[:3], *out.stride()[:3],
-        heads, length, n_hashes, D=d_head, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=min(_pow2(halves[0]), 64),
-        BLOCK_H1=min(_pow2(max(halves[1], 1)), 64), PRECISION=precision, DOT_MODE=_dot_mode(vectors.dtype),
-        BLOCK_L=block_l,
-        BLOCK_D=_pow2(d_head), num_warps=LAUNCH["hash"]["num_warps"],
-    )
+    _launch(_hash_kernel, grid,
+            (vectors, rotations, out, *vectors.stride()[:3], *rotations.stride()[:3], *out.stride()[:3], heads, length,
+             n_hashes),
+            dict(D=d_head, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=min(_pow2(halves[0]), 64),
+                 BLOCK_H1=min(_pow2(max(halves[1], 1)), 64), PRECISION=precision, DOT_MODE=_dot_mode(vectors.dtype),
+                 BLOCK_L=block_l, BLOCK_D=_pow2(d_head)),
+            LAUNCH["hash"]["num_warps"])
     return out
