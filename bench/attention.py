@@ -262,7 +262,7 @@ def profile_length(log, length, n_hashes):
         log.write(section="profile_order", length=length, n_hashes=n_hashes, order=order_name, **result)
         print(length_label(length), "attention fwd+bwd,", order_name, "order:", result, flush=True)
     default_precision = kernels.HASH_PRECISION
-    for precision in ("ieee", "tf32x3"):
+    for precision in ("ieee", "tf32x3", "bf16x3"):
         kernels.HASH_PRECISION = precision
         result = measure(lambda: kernels.hash_vectors(query_key.detach(), rotations, num_buckets))
         mismatch = None
@@ -472,7 +472,7 @@ def write_report(out_dir, stem="attention"):
         text += [markdown_table(["length", "hashed order ms", "identity order ms", "hashed / identity"], table), ""]
     hashing = [row for row in rows if row.get("section") == "profile_hash"]
     if hashing:
-        text += ["## Hashing kernel: float32 rotation on FMA units (ieee) vs three tf32 products (tf32x3)", ""]
+        text += ["## Hashing kernel: ieee (FMA units), tf32x3 (three tf32 products), bf16x3 (three bfloat16 products, the default for bfloat16)", ""]
         table = [[length_label(row["length"]), row["precision"], fmt_ms(row.get("median_ms")),
                   "–" if row.get("mismatch_vs_torch") is None else f"{row['mismatch_vs_torch']:.1e}"] for row in hashing]
         text += [markdown_table(["length", "precision", "ms", "buckets differing from the torch path"], table), ""]

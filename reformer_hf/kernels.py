@@ -736,14 +736,16 @@ def _pow2(value, floor=16):
     return max(floor, triton.next_power_of_2(value))
 
 
-# Launch settings per kernel: warps per program, key columns per tile (block_n, at most the 64
-# rows of a block) and positions per hashing program (block_l).  `bench/attention.py --tune`
-# times the alternatives at 64K tokens, n_hashes 4, on one H100 (bench/results/attention_h100_tune.jsonl):
-# forward 0.99 ms with 4 warps and 32-key tiles against 1.79 / 2.23 / 1.88 ms for the other
-# three; forward + backward 3.88 ms with 4 warps and 64-key tiles (the fused own-chunk tile)
-# against 4.23 / 5.97 / 6.73 ms; hashing 0.49 ms with 128 positions per program against 0.53
-# (64) and 1.27 (32).  Four warps spill a few registers where eight do not, but more programs
-# per multiprocessor hide the row gathers better.
+# Launch settings per kernel: warps per program, rows per block (block_m, at most 64), key
+# columns per tile (block_n, at most block_m) and positions per hashing program (block_l).
+# `bench/attention.py --tune` times the alternatives at 64K tokens, n_hashes 4, on one H100
+# (bench/results/attention_h100_tune.jsonl): forward 0.99 ms with 4 warps and 32-key tiles
+# against 1.79 / 2.23 / 1.88 ms for the other three; forward + backward 3.88 ms with 4 warps and
+# 64-key tiles (the fused own-chunk tile) against 4.23 / 5.97 / 6.73 ms; hashing 0.49 ms with 128
+# positions per program against 0.53 (64) and 1.27 (32) (bf16x3 hashing: 0.27-0.30 ms against
+# 0.33 (64) and 0.29 (256)).  With compile-time chunk and d_head, 32-row blocks and 8-warp
+# backward programs were slower again (4.07 and 4.24 ms against 2.74 ms, forward + backward):
+# more programs per multiprocessor hide the row gathers better.
 LAUNCH = {
     "forward": {"num_warps": 4, "block_m": 64, "block_n": 32},
     "backward": {"num_warps": 4, "block_m": 64, "block_n": 64},
