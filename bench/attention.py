@@ -209,17 +209,18 @@ def run_tune(log, length=2**16, n_hashes=4):
         "backward": lambda: torch.autograd.grad(apply()[0], (query_key, value), grad_out),
     }
     chosen = {}
+    default = {phase: dict(settings) for phase, settings in kernels.LAUNCH.items()}  # what a choice leaves out
     for phase, step in steps.items():
         timings = []
         for choice in TUNE_CHOICES[phase]:
-            kernels.LAUNCH[phase] = dict(choice)
+            kernels.LAUNCH[phase] = {**default[phase], **choice}
             result = measure(step)
             log.write(section="tune", part=phase, launch=choice, length=length, n_hashes=n_hashes, **result)
             print(phase, choice, result, flush=True)
             if result["status"] == "ok":
                 timings.append((result["median_ms"], choice))
         chosen[phase] = min(timings, key=lambda item: item[0])[1] if timings else TUNE_CHOICES[phase][0]
-        kernels.LAUNCH[phase] = dict(chosen[phase])
+        kernels.LAUNCH[phase] = {**default[phase], **chosen[phase]}
     log.write(section="tune", part="chosen", launch=chosen)
     print("chosen", chosen, flush=True)
 

@@ -716,9 +716,9 @@ def _specialisation(arg):
     """What Triton's compiled kernel assumes about one launch argument."""
     if isinstance(arg, torch.Tensor):
         return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, bool) or not isinstance(arg, int):
-        return arg if arg is None or isinstance(arg, bool) else type(arg)
-    return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31, 0 <= arg < 2**32, -(2**63) <= arg < 2**63
+    if isinstance(arg, int) and not isinstance(arg, bool):
+        return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31, 0 <= arg < 2**32, -(2**63) <= arg < 2**63
+    return arg if arg is None or isinstance(arg, bool) else type(arg)  # floats: only their type
 
 
 @functools.cache
@@ -897,13 +897,14 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     grid = (chunks_per_round * m_blocks, batch * heads)
     dk_arg = dk if dk is not None else dq
     options = dict(HAS_PAD=pad is not None, ACCUMULATE=n_rounds > 1, **consts)
+    num_warps = _launch_settings("backward", query.dtype)["num_warps"]
     for round_id in range(n_rounds):
         acc_mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
         # Rounds run one after another: a position appears once per round, so within one launch
         # every program owns its rows and the accumulation needs no atomics.
         args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
                 *query.stride()[:3], heads, length, n_slots, round_id * chunks_per_round, acc_mode)
-        _launch(_window_bwd_kernel, grid, args, options, _launch_settings("backward", query.dtype)["num_warps"], 1)
+        _launch(_window_bwd_kernel, grid, args, options, num_warps, 1)
     return dq, dk, dv
 
 
