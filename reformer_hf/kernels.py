@@ -815,7 +815,8 @@ def _window_constexprs(window, dot_mode, d_head, block_m, block_n):
     on every launch)."""
     block_m, block_n, block_d = _tiles(window.chunk_length, d_head, block_m, block_n)
     return dict(
-        CHUNK=window.chunk_length, D=d_head, SCALE=window.scale, KEY_SCALE=1.0 / math.sqrt(d_head), NB=window.n_before, NA=window.n_after, CAUSAL=window.causal, CIRCULAR=window.circular,
+        CHUNK=window.chunk_length, D=d_head, SCALE=window.scale, KEY_SCALE=1.0 / math.sqrt(d_head),
+        NB=window.n_before, NA=window.n_after, CAUSAL=window.causal, CIRCULAR=window.circular,
         BUCKET_WINDOW=window.bucket_window, SELF_MASK=window.self_mask, NORM_KEYS=window.norm_keys,
         SORTED=window.sorted_slots, DOT_MODE=dot_mode, MASK=MASK_VALUE, SELF_VALUE=SELF_MASK_VALUE,
         EPS=KEY_NORM_EPS, ONE_BLOCK=window.chunk_length <= block_m and block_n == block_m, BLOCK_M=block_m,
@@ -982,7 +983,7 @@ LAYER_NORM_ROWS_PER_PROGRAM = 128
 
 @functools.cache
 def _multiprocessors(device):
-    if device.type != "cuda":
+    if device.type != "cuda":  # the interpreter on the CPU: a small count, so tests still run several programs
         return 2
     return torch.cuda.get_device_properties(device).multi_processor_count
 
