@@ -93,6 +93,21 @@ def test_lsh_kernel_equals_torch_path_in_float32(mode, causal, before, after, n_
         assert relative_error(got, want) < 1e-5, name
 
 
+@pytest.mark.parametrize("n_pad", [0, 3])
+def test_lsh_kernel_keeps_a_bucket_of_one_round_apart_from_the_same_bucket_of_the_round_before(n_pad):
+    """Every position in one bucket in every round: the first chunk of round 1 looks back at the
+    last chunk of round 0, whose keys have the same bucket id there but must stay hidden."""
+    query_key, value, _, pad_mask = lsh_inputs(1, 2, 16, 32, 3, 4, n_pad, seed=9)
+    bucket_ids = torch.full((1, 2, 3, 16), 2, dtype=torch.long, device=DEVICE)
+    options = dict(n_buckets=4, chunk_length=4, causal=False, window_mode="bucket_window", pad_mask=pad_mask)
+    grad_out, grad_lse = upstream_grads(query_key.shape, pad_mask, seed=10)
+    inputs = [query_key.float(), value.float()]
+    expected = forward_backward(attention.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    actual = forward_backward(kernels.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    for name, got, want in zip(("out", "lse", "d query_key", "d value"), actual, expected):
+        assert relative_error(got, want) < 1e-5, name
+
+
 @pytest.mark.parametrize("dtype, mode, n_hashes", [
     (torch.bfloat16, "bucket_window", 2),
     (torch.bfloat16, "chunk", 2),
@@ -216,6 +231,8 @@ def test_sort_by_bucket_is_the_references_round_bucket_position_order():
     pad_mask = torch.zeros(2, 20, dtype=torch.bool)
     pad_mask[1, 15:] = True
     positions, buckets = kernels.sort_by_bucket(bucket_ids, 6, pad_mask)
+    assert positions.dtype == buckets.dtype == torch.int32
+    assert torch.equal(kernels.sort_by_bucket(bucket_ids, 6, pad_mask, with_buckets=False)[0], positions)
     for b in range(2):
         for h in range(3):
             slots = [(r, 6 if pad_mask[b, i] else int(bucket_ids[b, h, r, i]), i) for r in range(3) for i in range(20)]

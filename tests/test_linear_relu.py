@@ -1,0 +1,62 @@
+"""linear_relu against nn.Linear + dropout + ReLU computed by plain autograd."""
+
+import torch
+from torch import nn
+
+from reformer_hf.linear_relu import linear_relu
+from reformer_hf.modeling import FeedForwardBlock
+from tiny_models import tiny_config
+
+
+def plain_and_fused(dtype, autocast_dtype=None, dropout=0.0, seed=0):
+    """Outputs and gradients (input, weight, bias) of both computations on the same inputs."""
+    torch.manual_seed(seed)
+    linear = nn.Linear(12, 20).to(dtype)
+    hidden = torch.randn(3, 5, 12, dtype=dtype)
+    grad_out = torch.randn(3, 5, 20, dtype=dtype)
+    drop = nn.Dropout(dropout).train()
+    results = []
+    for compute in (lambda x: torch.relu(drop(linear(x))), lambda x: drop(linear_relu(x, linear))):
+        x = hidden.clone().requires_grad_(True)
+        linear.zero_grad(set_to_none=True)
+        torch.manual_seed(seed + 1)  # the same dropout mask for both
+        with torch.autocast("cpu", dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            out = compute(x)
+        out.backward(grad_out.to(out.dtype))
+        results.append([out, x.grad, linear.weight.grad, linear.bias.grad])
+    return results
+
+
+def test_equals_linear_then_relu_in_float64():
+    plain, fused = plain_and_fused(torch.float64)
+    assert (plain[0] == 0).any() and (plain[0] > 0).any()  # the ReLU cuts somewhere
+    for name, got, want in zip(("out", "d input", "d weight", "d bias"), fused, plain):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_dropout_before_or_after_the_relu_gives_the_same_values():
+    plain, fused = plain_and_fused(torch.float64, dropout=0.3)
+    undropped = plain_and_fused(torch.float64)[0][0]
+    assert (plain[0] == 0).sum() > (undropped == 0).sum()  # dropout zeroed some positive outputs
+    for name, got, want in zip(("out", "d input", "d weight", "d bias"), fused, plain):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_under_autocast_it_computes_in_autocasts_dtype_with_float32_weight_gradients():
+    plain, fused = plain_and_fused(torch.float32, autocast_dtype=torch.bfloat16)
+    exact, _ = plain_and_fused(torch.float64)
+    assert fused[0].dtype == plain[0].dtype == torch.bfloat16
+    assert [g.dtype for g in fused[1:]] == [g.dtype for g in plain[1:]] == [torch.float32] * 3
+    for got, want, reference in zip(fused, plain, exact):
+        fused_error = (got.double() - reference).norm() / reference.norm()
+        plain_error = (want.double() - reference).norm() / reference.norm()
+        assert fused_error <= 2 * plain_error + 1e-6
+
+
+def test_feed_forward_block_with_relu_equals_the_unfused_composition():
+    torch.manual_seed(3)
+    block = FeedForwardBlock(tiny_config(hidden_act="relu")).double()
+    assert block.fused_relu
+    hidden = torch.randn(2, 7, block.dense_in.in_features, dtype=torch.float64)
+    expected = block.dense_out(torch.relu(block.dense_in(block.layer_norm(hidden))))
+    torch.testing.assert_close(block(hidden), expected, rtol=1e-12, atol=1e-12)
