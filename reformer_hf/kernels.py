@@ -919,7 +919,8 @@ class LSHAttentionFunction(torch.autograd.Function):
 
     query_key, value: (batch, heads, length, d_head); sorted_positions, sorted_buckets:
     (batch, heads, n_hashes * length) int32 from `sort_by_bucket` (the buckets may be None in
-    "chunk" mode, which does not read them), or both None for one round in sequence order; pad: (batch, length) int8 or None.
+    "chunk" mode, which does not read them), or both None for one round in sequence order;
+    pad: (batch, length) int8 or None.
     Returns out (batch, heads, length, d_head) and lse (batch, heads, length).
     """
 
@@ -1085,10 +1086,20 @@ def sort_by_bucket(bucket_ids, n_buckets, pad_mask=None, with_buckets=True):
     return order.to(torch.int32).flatten(2), sorted_buckets if with_buckets else None
 
 
-@functools.lru_cache(maxsize=64)
 def _round_offsets(n_hashes, n_buckets, device):
-    """(n_hashes, 1) int32: round r's bucket offset r * (n_buckets + 1), made once per shape."""
+    """(n_hashes, 1) int32: round r's bucket offset r * (n_buckets + 1).  Kept once made, except
+    while a CUDA graph is being captured: a tensor made then holds its values only after the
+    graph's first replay."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return _make_round_offsets(n_hashes, n_buckets, device)
+    return _cached_round_offsets(n_hashes, n_buckets, device)
+
+
+def _make_round_offsets(n_hashes, n_buckets, device):
     return (torch.arange(n_hashes, dtype=torch.int32, device=device) * (n_buckets + 1))[:, None]
+
+
+_cached_round_offsets = functools.lru_cache(maxsize=64)(_make_round_offsets)
 
 
 def lsh_attention(
