@@ -45,6 +45,7 @@ from common import (  # noqa: E402
     kernel_times,
     markdown_table,
     measure,
+    measure_queued,
     plot_against_length,
     read_json_lines,
 )
@@ -383,20 +384,27 @@ def run_sweep(log, lengths, hashes):
 
 def run_graphs(log, lengths):
     """SDPA and the LSH op (n_hashes 4) with each step captured in a CUDA graph: both sides'
-    launch overhead removed, which at short lengths is most of ours (8 Triton launches)."""
+    launch overhead removed, which at short lengths is most of ours (8 Triton launches).  Then
+    the op steps and the whole layers (ours, transformers') queued back to back, as a training
+    loop runs them (`measure_queued`)."""
     print("== CUDA graphs (fwd+bwd, launch overhead removed on both sides)", flush=True)
     for length in lengths:
-        cases = [("lsh_triton", 4, mode, (lambda mode=mode: lsh_op_case(length, 4, mode, "triton")))
-                 for mode in ("bucket_window", "chunk")]
-        cases += [("sdpa_flash", None, None, lambda: sdpa_case(length))]
-        for impl, n_hashes, mode, build in cases:
+        op_cases = [("lsh_triton", 4, mode, (lambda mode=mode: lsh_op_case(length, 4, mode, "triton")))
+                    for mode in ("bucket_window", "chunk")]
+        op_cases += [("sdpa_flash", None, None, lambda: sdpa_case(length))]
+        layer_cases = [("layer_ours", 4, mode, (lambda mode=mode: our_layer_case(length, 4, mode)))
+                       for mode in ("bucket_window", "chunk")]
+        layer_cases += [("layer_transformers", 4, None, lambda: transformers_layer_case(length, 4))]
+        runs = [("graphs", "graphed", case, lambda build: measure(graphed(build()))) for case in op_cases]
+        runs += [("queued", "queued", case, lambda build: measure_queued(build())) for case in op_cases + layer_cases]
+        for section, label, (impl, n_hashes, mode, build), timing in runs:
             try:
-                result = measure(graphed(build()))
+                result = timing(build)
             except Exception as error:  # a step that cannot be captured is a result, not a stop
                 result = {"status": f"error: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}
             free_memory()
-            log.write(section="graphs", impl=impl, n_hashes=n_hashes, mode=mode, length=length, **result)
-            print(f"{length_label(length):>5} {impl:20s} n={n_hashes} {mode or '':13s} graphed "
+            log.write(section=section, impl=impl, n_hashes=n_hashes, mode=mode, length=length, **result)
+            print(f"{length_label(length):>5} {impl:20s} n={n_hashes} {mode or '':13s} {label} "
                   f"{result.get('median_ms', float('nan')):10.3f} ms {result['status'] if result['status'] != 'ok' else ''}",
                   flush=True)
 
@@ -543,7 +551,34 @@ def write_report(out_dir, stem="attention"):
                  "with `torch.cuda.graph` and replayed (`--graphs`): the CPU's launch work is gone on both sides, "
                  "so each figure is GPU time. Eager columns: the sweep above, same process.", "",
                  markdown_table(header, table), ""]
-    failed = [row for row in sweep + graphs if row.get("status") != "ok"]
+    queued = [row for row in rows if row.get("section") == "queued"]
+    if queued:
+        header = ["length", "SDPA flash ms", "LSH n=4 ms", "LSH n=4 chunk ms", "SDPA / LSH n=4 chunk",
+                  "transformers layer ms", "our layer ms", "our layer chunk ms", "transformers / our layer chunk"]
+        table = []
+
+        def queued_ms(**fields):
+            row = pick(queued, **fields)
+            return row and row.get("median_ms")
+
+        for length in sorted({row["length"] for row in queued}):
+            sdpa = queued_ms(impl="sdpa_flash", length=length)
+            chunk = queued_ms(impl="lsh_triton", mode="chunk", length=length)
+            theirs = queued_ms(impl="layer_transformers", length=length)
+            our_chunk = queued_ms(impl="layer_ours", mode="chunk", length=length)
+            table.append([length_label(length), fmt_ms(sdpa),
+                          fmt_ms(queued_ms(impl="lsh_triton", mode="bucket_window", length=length)), fmt_ms(chunk),
+                          fmt_ratio(sdpa, chunk), fmt_ms(theirs),
+                          fmt_ms(queued_ms(impl="layer_ours", mode="bucket_window", length=length)), fmt_ms(our_chunk),
+                          fmt_ratio(theirs, our_chunk)])
+        text += ["## Steps queued back to back", "",
+                 "The same op and layer steps, 10 at a time between two CUDA events without waiting in between "
+                 "(median of 5), as a training loop issues them: one step's CPU launch work overlaps the GPU's "
+                 "work on the steps before it, so a step costs the larger of its CPU and GPU times. The tables "
+                 "above wait for the GPU before each step, which adds the CPU time before a step's first large "
+                 "kernel. Same process as above.", "",
+                 markdown_table(header, table), ""]
+    failed = [row for row in sweep + graphs + queued if row.get("status") != "ok"]
     if failed:
         text += ["## Cases that did not run", ""]
         text += [f"- {row['impl']} n={row['n_hashes']} {row['mode']} at {length_label(row['length'])}: {row['status']}"

@@ -107,6 +107,38 @@ def measure(step, *, min_runs=10, budget_s=20.0, warmup=2):
         free_memory()
 
 
+def measure_queued(step, *, steps=10, repeats=5, warmup=2):
+    """Median time (ms) per step of `steps` calls queued back to back between two CUDA events, as
+    a training loop runs them: the CPU's launch work for one step overlaps the GPU's work on
+    the steps before, so a step costs max(its GPU time, its CPU time) instead of (in `measure`,
+    which waits for the GPU before each step) the CPU time before its first large kernel plus
+    its GPU time.  Without a GPU (--smoke) one timed call."""
+    if not torch.cuda.is_available():
+        started = time.perf_counter()
+        step()
+        return {"status": "ok", "median_ms": (time.perf_counter() - started) * 1000, "runs": 1}
+    free_memory()
+    try:
+        for _ in range(warmup):
+            step()
+        torch.cuda.synchronize()
+        per_step = []
+        for _ in range(repeats):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(steps):
+                step()
+            end.record()
+            end.synchronize()
+            per_step.append(start.elapsed_time(end) / steps)
+        return {"status": "ok", "median_ms": float(sorted(per_step)[len(per_step) // 2]), "runs": steps * repeats,
+                "min_ms": float(min(per_step))}
+    except torch.cuda.OutOfMemoryError:
+        return {"status": "OOM"}
+    finally:
+        free_memory()
+
+
 def graphed(step, warmup=3):
     """`step` captured once in a CUDA graph; the returned function replays it.  Replaying skips
     the CPU work of launching (Python, autograd, the launchers), so a step's time is its GPU time.

@@ -225,20 +225,22 @@ def test_hash_kernel_equals_reference_buckets(num_buckets, dtype):
     assert clear.float().mean() > 0.99
 
 
-def test_sort_by_bucket_is_the_references_round_bucket_position_order():
+@pytest.mark.parametrize("n_buckets", [6, 2**15])  # int16 sort keys; int32 ones (the sentinel exceeds int16)
+def test_sort_by_bucket_is_the_references_round_bucket_position_order(n_buckets):
     generator = torch.Generator().manual_seed(11)
-    bucket_ids = torch.randint(0, 6, (2, 3, 3, 20), generator=generator)
+    bucket_ids = torch.randint(0, 6, (2, 3, 3, 20), generator=generator) * (n_buckets // 6)
     pad_mask = torch.zeros(2, 20, dtype=torch.bool)
     pad_mask[1, 15:] = True
-    positions, buckets = kernels.sort_by_bucket(bucket_ids, 6, pad_mask)
+    positions, buckets = kernels.sort_by_bucket(bucket_ids, n_buckets, pad_mask)
     assert positions.dtype == buckets.dtype == torch.int32
-    assert torch.equal(kernels.sort_by_bucket(bucket_ids, 6, pad_mask, with_buckets=False)[0], positions)
+    assert torch.equal(kernels.sort_by_bucket(bucket_ids, n_buckets, pad_mask, with_buckets=False)[0], positions)
     for b in range(2):
         for h in range(3):
-            slots = [(r, 6 if pad_mask[b, i] else int(bucket_ids[b, h, r, i]), i) for r in range(3) for i in range(20)]
+            slots = [(r, n_buckets if pad_mask[b, i] else int(bucket_ids[b, h, r, i]), i)
+                     for r in range(3) for i in range(20)]
             slots.sort()
             assert positions[b, h].tolist() == [i for _, _, i in slots]
-            assert buckets[b, h].tolist() == [r * 7 + bucket for r, bucket, _ in slots]
+            assert buckets[b, h].tolist() == [r * (n_buckets + 1) + bucket for r, bucket, _ in slots]
 
 
 def lsh_layer_config(backend, **overrides):
