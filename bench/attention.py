@@ -17,7 +17,9 @@
           our torch path, and the whole layer (projections + hashing + attention) against
           transformers' LSHSelfAttention in bf16.
 --graphs  SDPA and the LSH op with each step captured in a CUDA graph, at short lengths
-          (1K..64K): the GPU time of both sides without the CPU's launch work.
+          (1K..64K): the GPU time of both sides without the CPU's launch work; then the op
+          and the whole layers (ours, transformers') with 10 steps queued back to back, as a
+          training loop runs them.
 --report  renders DIR/attention.jsonl as DIR/attention.md and DIR/attention.png.
 """
 
