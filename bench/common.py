@@ -80,9 +80,7 @@ def measure(step, *, min_runs=10, budget_s=20.0, warmup=2):
     """
     free_memory()
     if not torch.cuda.is_available():  # --smoke runs on the CPU: one timed call, no memory figure
-        started = time.perf_counter()
-        step()
-        return {"status": "ok", "median_ms": (time.perf_counter() - started) * 1000, "runs": 1, "peak_gib": 0.0}
+        return {**_timed_once_on_cpu(step), "peak_gib": 0.0}
     try:
         torch.cuda.reset_peak_memory_stats()
         started = time.perf_counter()
@@ -114,9 +112,7 @@ def measure_queued(step, *, steps=10, repeats=5, warmup=2):
     which waits for the GPU before each step) the CPU time before its first large kernel plus
     its GPU time.  Without a GPU (--smoke) one timed call."""
     if not torch.cuda.is_available():
-        started = time.perf_counter()
-        step()
-        return {"status": "ok", "median_ms": (time.perf_counter() - started) * 1000, "runs": 1}
+        return _timed_once_on_cpu(step)
     free_memory()
     try:
         for _ in range(warmup):
@@ -137,6 +133,12 @@ def measure_queued(step, *, steps=10, repeats=5, warmup=2):
         return {"status": "OOM"}
     finally:
         free_memory()
+
+
+def _timed_once_on_cpu(step):
+    started = time.perf_counter()
+    step()
+    return {"status": "ok", "median_ms": (time.perf_counter() - started) * 1000, "runs": 1}
 
 
 def graphed(step, warmup=3):
