@@ -430,7 +430,7 @@ def write_report(out_dir, stem="attention"):
     lengths = sorted({row["length"] for row in sweep})
     text = ["# Attention layer benchmark", "", environment_markdown(env), "",
             "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/attention.py --out DIR --check --profile --sweep --graphs --report` (`--tune` re-times the launch settings; the last tuning run is `attention_h100_tune.jsonl`). "
-            "Plot: `attention_h100.png` (time and memory against length, log-log). Raw numbers: the .jsonl beside this file.", ""]
+            "Plot: the .png of this file's name (time and memory against length, log-log). Raw numbers: the .jsonl of this file's name.", ""]
 
     checks = [row for row in rows if row.get("section") == "check"]
     if checks:

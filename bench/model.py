@@ -285,7 +285,7 @@ def write_report(out_dir, stem="model"):
 
     text = ["# Whole-model training step", "", environment_markdown(env), "",
             "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --million --report`. "
-            "Plot: `model_h100.png` (tokens/s and memory against length). Raw numbers: the .jsonl beside this file.", "",
+            "Plot: the .png of this file's name (tokens/s and memory against length). Raw numbers: the .jsonl of this file's name.", "",
             f"Byte vocabulary, d_model {D_MODEL}, d_ff {D_FF}, {HEADS} heads of {D_HEAD}, bf16 autocast over float32 "
             f"weights, dropout off, one sequence, forward + backward (optimizer excluded). Ours: local/LSH alternating, "
             f"n_hashes {N_HASHES}, chunk {CHUNK}, buckets 2L/64 factorised, reversible, Triton kernels. "
