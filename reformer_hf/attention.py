@@ -328,6 +328,19 @@ def local_attention(
     return out.reshape(batch, heads, length, d_head), lse.reshape(batch, heads, length)
 
 
+def lsh_attention_packed(query_key_value, bucket_ids, *, n_heads, **options):
+    """`lsh_attention` over one projection's output (batch, length, 2 * n_heads * d_head): each
+    position's query-key and value side by side (`unpack_heads`).  The fused kernel returns the
+    gradient of that one tensor directly, so the projection's backward is one product."""
+    return lsh_attention(*unpack_heads(query_key_value, 2, n_heads), bucket_ids, **options)
+
+
+def local_attention_packed(query_key_value, *, n_heads, **options):
+    """`local_attention` over one projection's output (batch, length, 3 * n_heads * d_head):
+    each position's query, key and value side by side (`unpack_heads`)."""
+    return local_attention(*unpack_heads(query_key_value, 3, n_heads), **options)
+
+
 def full_attention(query, key, value, *, causal=False, pad_mask=None, dropout_p=0.0, training=False):
     """Dense attention (the reference, and the layer kind for short inputs).
 
@@ -406,6 +419,28 @@ def merge_heads(hidden):
     return hidden.transpose(1, 2).reshape(batch, length, n_heads * d_head)
 
 
+def unpack_heads(packed, n_parts, n_heads):
+    """One projection's output holding `n_parts` projections side by side, (batch, length,
+    n_parts * n_heads * d_head) -> n_parts views (batch, n_heads, length, d_head), which share one
+    set of strides."""
+    if packed.dim() != 3 or packed.shape[-1] % (n_parts * n_heads):
+        raise ValueError(f"packed projections have shape {tuple(packed.shape)}; expected (batch, length, "
+                         f"{n_parts} * n_heads * d_head) with n_heads={n_heads}")
+    parts = packed.unflatten(-1, (n_parts, n_heads, packed.shape[-1] // (n_parts * n_heads)))
+    return tuple(parts[:, :, part].transpose(1, 2) for part in range(n_parts))
+
+
+def packed_projection(hidden, projections):
+    """`hidden` through bias-free nn.Linear `projections`, their outputs side by side: (batch,
+    length, sum of their widths).  Plain nn.Linear layers without hooks run as one product;
+    others (an adapter, a quantised layer, a hook) are called one by one, their outputs
+    concatenated."""
+    if all(type(projection) is nn.Linear and projection.bias is None and not projection._forward_hooks
+           and not projection._forward_pre_hooks for projection in projections):
+        return nn.functional.linear(hidden, torch.cat([projection.weight for projection in projections]))
+    return torch.cat([projection(hidden) for projection in projections], dim=-1)
+
+
 class LSHSelfAttention(nn.Module):
     """Shared-QK LSH self-attention: projections, hashing, and a call to `lsh_attention`."""
 
@@ -452,20 +487,16 @@ class LSHSelfAttention(nn.Module):
         what decoding needs; a later full pass over a cache hashes with the stored rotations
         and bucket count, so that every step of one generation hashes alike.
         """
-        query_key = split_heads(self.query_key(hidden), self.n_heads, self.d_head)
-        value = split_heads(self.value(hidden), self.n_heads, self.d_head)
+        query_key_value = packed_projection(hidden, (self.query_key, self.value))
+        query_key, value = unpack_heads(query_key_value, 2, self.n_heads)
         num_buckets = self.num_buckets_for(hidden.shape[1])
         if rotations is None and layer_cache is not None and layer_cache.rotations is not None:
             num_buckets, rotations = layer_cache.num_buckets, layer_cache.rotations
         if rotations is None:
             rotations = self.draw_rotations(num_buckets, hidden.device, torch.float32)
         bucket_ids = hash_vectors_dispatch(self.config.attn_backend)(query_key.detach(), rotations, num_buckets)
-        n_buckets = math.prod(bucket_factors(num_buckets))
-        out, _ = lsh_attention_dispatch(self.config.attn_backend)(
-            query_key,
-            value,
-            bucket_ids,
-            n_buckets=n_buckets,
+        options = dict(
+            n_buckets=math.prod(bucket_factors(num_buckets)),
             chunk_length=self.config.lsh_attn_chunk_length,
             n_chunks_before=self.config.lsh_num_chunks_before,
             n_chunks_after=self.config.lsh_num_chunks_after,
@@ -474,6 +505,9 @@ class LSHSelfAttention(nn.Module):
             pad_mask=pad_mask,
             dropout_p=self.config.lsh_attention_probs_dropout,
             training=self.training,
+        )
+        out, _ = lsh_attention_dispatch(self.config.attn_backend, packed=True)(
+            query_key_value, bucket_ids, n_heads=self.n_heads, **options
         )
         if layer_cache is not None and layer_cache.rotations is None:
             layer_cache.prefill(rotations, num_buckets, normalize_keys(query_key), value, bucket_ids, pad_mask)
@@ -532,13 +566,11 @@ class LocalSelfAttention(SeparateQKVAttention):
     kind = "local"
 
     def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
-        query, key, value = self.project(hidden)
+        query_key_value = packed_projection(hidden, (self.query, self.key, self.value))
+        query, key, value = unpack_heads(query_key_value, 3, self.n_heads)
         if layer_cache is not None:
             layer_cache.prefill(key, value, pad_mask)
-        out, _ = local_attention_dispatch(self.config.attn_backend)(
-            query,
-            key,
-            value,
+        options = dict(
             chunk_length=self.config.local_attn_chunk_length,
             n_chunks_before=self.config.local_num_chunks_before,
             n_chunks_after=self.config.local_num_chunks_after,
@@ -547,6 +579,9 @@ class LocalSelfAttention(SeparateQKVAttention):
             pad_mask=pad_mask,
             dropout_p=self.config.local_attention_probs_dropout,
             training=self.training,
+        )
+        out, _ = local_attention_dispatch(self.config.attn_backend, packed=True)(
+            query_key_value, n_heads=self.n_heads, **options
         )
         return merge_heads(out)
 
@@ -652,40 +687,40 @@ def _runs_kernel(backend, kind, tensors, dropout_p=0.0, training=False):
     return False
 
 
-def lsh_attention_dispatch(backend):
-    """The LSH attention function for `backend` ("auto", "torch" or "triton").
+def lsh_attention_dispatch(backend, packed=False):
+    """The LSH attention function for `backend` ("auto", "torch" or "triton"): `lsh_attention`,
+    or with `packed` `lsh_attention_packed`, with its signature.
 
-    The returned function has `lsh_attention`'s signature and decides per call (see
-    `_runs_kernel`); the decision is logged once.
+    The returned function decides per call (see `_runs_kernel`); the decision is logged once.
     """
+    if packed:
+        return _dispatch(backend, "LSH attention", lsh_attention_packed, "lsh_attention_packed", n_parts=2)
+    return _dispatch(backend, "LSH attention", lsh_attention, "lsh_attention", n_tensors=2)
+
+
+def local_attention_dispatch(backend, packed=False):
+    """The local attention function for `backend`: `local_attention`, or with `packed`
+    `local_attention_packed`, with its signature."""
+    if packed:
+        return _dispatch(backend, "local attention", local_attention_packed, "local_attention_packed", n_parts=3)
+    return _dispatch(backend, "local attention", local_attention, "local_attention", n_tensors=3)
+
+
+def _dispatch(backend, kind, reference, kernel_name, n_tensors=None, n_parts=None):
+    """`reference`, or a function that calls the kernels' function of the same signature,
+    `kernel_name`, where `_runs_kernel` takes the kernel for the call's operands: its first
+    `n_tensors` arguments, or the `n_parts` heads-split views of its packed first argument."""
     _check_backend(backend)
     if backend == "torch":
-        return lsh_attention
+        return reference
 
-    def dispatched(query_key, value, bucket_ids, **options):
-        if _runs_kernel(backend, "LSH attention", (query_key, value), options.get("dropout_p", 0.0),
-                        options.get("training", False)):
-            from .kernels import lsh_attention as fused_lsh_attention
+    def dispatched(*arguments, **options):
+        operands = arguments[:n_tensors] if n_parts is None else unpack_heads(arguments[0], n_parts, options["n_heads"])
+        if _runs_kernel(backend, kind, operands, options.get("dropout_p", 0.0), options.get("training", False)):
+            from . import kernels
 
-            return fused_lsh_attention(query_key, value, bucket_ids, **options)
-        return lsh_attention(query_key, value, bucket_ids, **options)
-
-    return dispatched
-
-
-def local_attention_dispatch(backend):
-    """The local attention function for `backend`, with `local_attention`'s signature."""
-    _check_backend(backend)
-    if backend == "torch":
-        return local_attention
-
-    def dispatched(query, key, value, **options):
-        if _runs_kernel(backend, "local attention", (query, key, value), options.get("dropout_p", 0.0),
-                        options.get("training", False)):
-            from .kernels import local_attention as fused_local_attention
-
-            return fused_local_attention(query, key, value, **options)
-        return local_attention(query, key, value, **options)
+            return getattr(kernels, kernel_name)(*arguments, **options)
+        return reference(*arguments, **options)
 
     return dispatched
 

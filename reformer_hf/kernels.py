@@ -379,6 +379,7 @@ def _delta_kernel(
 def _window_bwd_kernel(
     Q, K, V, DO, POS, BKT, PAD, LSE, DELTA, DQ, DK, DV, ACC_Q, ACC_V,
     stride_b, stride_h, stride_l,
+    stride_dob, stride_doh, stride_dol,
     H, LENGTH, N_SLOTS, first_chunk, acc_mode,
     CHUNK: tl.constexpr, D: tl.constexpr, SCALE: tl.constexpr, KEY_SCALE: tl.constexpr,
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
@@ -419,7 +420,7 @@ def _window_bwd_kernel(
     q_me = tl.load(_rows(Q, b, h, my_pos, stride_b, stride_h, stride_l, d_offs), mask=row_mask, other=0.0)
     k_me, v_me = _keys_values(Q, K, V, b, h, my_pos, row_mask, stride_b, stride_h, stride_l, d_offs, D, KEY_SCALE,
                               q_me, NORM_KEYS, True, DOT_MODE, EPS)
-    do_me = tl.load(_rows(DO, b, h, my_pos, stride_b, stride_h, stride_l, d_offs), mask=row_mask, other=0.0)
+    do_me = tl.load(_rows(DO, b, h, my_pos, stride_dob, stride_doh, stride_dol, d_offs), mask=row_mask, other=0.0)
     lse_me = tl.load(LSE + seq_base + my_pos, mask=row_ok, other=0.0)
     delta_me = tl.load(DELTA + seq_base + my_pos, mask=row_ok, other=0.0)
     acc_rows = (b * H + h) * LENGTH * D + my_pos.to(tl.int64) * D
@@ -449,7 +450,8 @@ def _window_bwd_kernel(
                                                       CHUNK, SORTED, BUCKET_WINDOW, -2)
                 col_mask = col_ok[:, None] & d_ok[None, :]
                 q = tl.load(_rows(Q, b, h, q_pos, stride_b, stride_h, stride_l, d_offs), mask=col_mask, other=0.0)
-                do = tl.load(_rows(DO, b, h, q_pos, stride_b, stride_h, stride_l, d_offs), mask=col_mask, other=0.0)
+                do = tl.load(_rows(DO, b, h, q_pos, stride_dob, stride_doh, stride_dol, d_offs), mask=col_mask,
+                             other=0.0)
                 lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
                 delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
 
@@ -499,7 +501,7 @@ def _window_bwd_kernel(
                 for start in range(0, CHUNK, BLOCK_N):
                     col_ok, q_slot, q_pos, q_bkt = _slots(POS, BKT, slot_base, query_chunk,
                                                           start + tl.arange(0, BLOCK_N), CHUNK, SORTED, False, -2)
-                    do = tl.load(_rows(DO, b, h, q_pos, stride_b, stride_h, stride_l, d_offs),
+                    do = tl.load(_rows(DO, b, h, q_pos, stride_dob, stride_doh, stride_dol, d_offs),
                                  mask=col_ok[:, None] & d_ok[None, :], other=0.0)
                     lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
                     p_t = tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + tl.exp(MASK - lse)[None, :]
@@ -907,15 +909,19 @@ def _delta(out, grad_out, grad_lse):
     return delta
 
 
-def _window_backward(window, query, key, value, positions, buckets, pad, out, lse, grad_out, grad_lse, n_rounds):
-    """dq, dk, dv; with shared QK (window.norm_keys) dk is folded into dq and returned as None."""
+def _window_backward(window, query, key, value, positions, buckets, pad, out, lse, grad_out, grad_lse, n_rounds,
+                     grads=None):
+    """dq, dk, dv; with shared QK (window.norm_keys) dk is folded into dq and returned as None.
+
+    grads: where to write them (views with the operands' strides, such as the parts of one packed
+    projection gradient; dk None with shared QK); new tensors like the operands otherwise."""
     batch, heads, length, d_head = query.shape
     n_slots = n_rounds * length
-    grad_out = _like_layout(grad_out, query)
+    grad_out = _rows_contiguous(grad_out)
     delta = _delta(out, grad_out, grad_lse)
-    dq = torch.empty_like(query)
-    dv = torch.empty_like(value)
-    dk = None if window.norm_keys else torch.empty_like(key)
+    if grads is None:
+        grads = torch.empty_like(query), None if window.norm_keys else torch.empty_like(key), torch.empty_like(value)
+    dq, dk, dv = grads
     acc_q = acc_v = None
     if n_rounds > 1:
         acc_q = torch.empty(batch, heads, length, d_head, dtype=torch.float32, device=query.device)
@@ -934,7 +940,8 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
         # Rounds run one after another: a position appears once per round, so within one launch
         # every program owns its rows and the accumulation needs no atomics.
         args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
-                *query.stride()[:3], heads, length, n_slots, round_id * chunks_per_round, acc_mode)
+                *query.stride()[:3], *grad_out.stride()[:3], heads, length, n_slots, round_id * chunks_per_round,
+                acc_mode)
         if compiled is None:
             compiled = _launch(_window_bwd_kernel, grid, args, options, num_warps, 1)
         else:  # only the unspecialised round index and mode differ from the launch before
@@ -952,6 +959,23 @@ def _can_prefetch():
 # ----------------------------------------------------------------------------------------------
 
 
+def _lsh_window(sorted_positions, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode):
+    return _Window(
+        chunk_length=chunk_length, n_before=n_chunks_before, n_after=n_chunks_after,
+        causal=causal, circular=window_mode == "chunk", bucket_window=window_mode == "bucket_window",
+        self_mask=True, norm_keys=True, sorted_slots=sorted_positions is not None, scale=1.0,
+    )
+
+
+def _lsh_forward(window, query_key, value, sorted_positions, sorted_buckets, pad):
+    """(out, lse, n_rounds) of shared-QK LSH attention, the rounds combined."""
+    n_rounds = sorted_positions.shape[-1] // query_key.shape[2] if window.sorted_slots else 1
+    out, lse = _window_forward(window, query_key, query_key, value, sorted_positions, sorted_buckets, pad, n_rounds)
+    if n_rounds > 1:
+        out, lse = _combine_rounds(out, lse)
+    return out, lse, n_rounds
+
+
 class LSHAttentionFunction(torch.autograd.Function):
     """Shared-QK LSH attention over an already sorted sequence.
 
@@ -965,17 +989,9 @@ class LSHAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query_key, value, sorted_positions, sorted_buckets, pad, chunk_length, n_chunks_before,
                 n_chunks_after, causal, window_mode):
-        is_sorted = sorted_positions is not None
-        n_rounds = sorted_positions.shape[-1] // query_key.shape[2] if is_sorted else 1
-        window = _Window(
-            chunk_length=chunk_length, n_before=n_chunks_before, n_after=n_chunks_after,
-            causal=causal, circular=window_mode == "chunk", bucket_window=window_mode == "bucket_window",
-            self_mask=True, norm_keys=True, sorted_slots=is_sorted, scale=1.0,
-        )
-        out, lse = _window_forward(window, query_key, query_key, value, sorted_positions, sorted_buckets, pad, n_rounds)
-        if n_rounds > 1:
-            out, lse = _combine_rounds(out, lse)
-        ctx.window, ctx.n_rounds = window, n_rounds
+        window = _lsh_window(sorted_positions, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode)
+        out, lse, ctx.n_rounds = _lsh_forward(window, query_key, value, sorted_positions, sorted_buckets, pad)
+        ctx.window = window
         ctx.save_for_backward(query_key, value, sorted_positions, sorted_buckets, pad, out, lse)
         ctx.set_materialize_grads(False)  # an unused lse needs no zero gradient
         return out, lse
@@ -989,16 +1005,49 @@ class LSHAttentionFunction(torch.autograd.Function):
         return dqk, dv, None, None, None, None, None, None, None, None
 
 
+class PackedLSHAttentionFunction(torch.autograd.Function):
+    """`LSHAttentionFunction` over one projection's output: query_key_value (batch, length,
+    2 * n_heads * d_head), the query-keys then the values of every position side by side.  Its
+    gradient comes back as one tensor of that shape, written by the kernel in place, so the
+    projection's backward is one product, with no sum of two input gradients and no copy."""
+
+    @staticmethod
+    def forward(ctx, query_key_value, n_heads, sorted_positions, sorted_buckets, pad, chunk_length, n_chunks_before,
+                n_chunks_after, causal, window_mode):
+        window = _lsh_window(sorted_positions, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode)
+        query_key, value = attention.unpack_heads(query_key_value, 2, n_heads)
+        out, lse, ctx.n_rounds = _lsh_forward(window, query_key, value, sorted_positions, sorted_buckets, pad)
+        ctx.window, ctx.n_heads = window, n_heads
+        ctx.save_for_backward(query_key_value, sorted_positions, sorted_buckets, pad, out, lse)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        query_key_value, sorted_positions, sorted_buckets, pad, out, lse = ctx.saved_tensors
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out
+        query_key, value = attention.unpack_heads(query_key_value, 2, ctx.n_heads)
+        grad = torch.empty_like(query_key_value)
+        dqk, dv = attention.unpack_heads(grad, 2, ctx.n_heads)
+        _window_backward(ctx.window, query_key, query_key, value, sorted_positions, sorted_buckets, pad, out, lse,
+                         grad_out, grad_lse, ctx.n_rounds, grads=(dqk, None, dv))
+        return grad, None, None, None, None, None, None, None, None, None
+
+
+def _local_window(query, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around):
+    return _Window(
+        chunk_length=chunk_length, n_before=n_chunks_before, n_after=n_chunks_after,
+        causal=causal, circular=wrap_around, bucket_window=False, self_mask=False, norm_keys=False,
+        sorted_slots=False, scale=1.0 / math.sqrt(query.shape[-1]),
+    )
+
+
 class LocalAttentionFunction(torch.autograd.Function):
     """Chunk-aligned sliding-window attention; query, key, value (batch, heads, length, d_head)."""
 
     @staticmethod
     def forward(ctx, query, key, value, pad, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around):
-        window = _Window(
-            chunk_length=chunk_length, n_before=n_chunks_before, n_after=n_chunks_after,
-            causal=causal, circular=wrap_around, bucket_window=False, self_mask=False, norm_keys=False,
-            sorted_slots=False, scale=1.0 / math.sqrt(query.shape[-1]),
-        )
+        window = _local_window(query, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around)
         out, lse = _window_forward(window, query, key, value, None, None, pad, 1)
         ctx.window = window
         ctx.save_for_backward(query, key, value, pad, out, lse)
@@ -1011,6 +1060,32 @@ class LocalAttentionFunction(torch.autograd.Function):
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out
         dq, dk, dv = _window_backward(ctx.window, query, key, value, None, None, pad, out, lse, grad_out, grad_lse, 1)
         return dq, dk, dv, None, None, None, None, None, None
+
+
+class PackedLocalAttentionFunction(torch.autograd.Function):
+    """`LocalAttentionFunction` over one projection's output: query_key_value (batch, length,
+    3 * n_heads * d_head), queries, keys and values side by side; one gradient of that shape."""
+
+    @staticmethod
+    def forward(ctx, query_key_value, n_heads, pad, chunk_length, n_chunks_before, n_chunks_after, causal,
+                wrap_around):
+        query, key, value = attention.unpack_heads(query_key_value, 3, n_heads)
+        window = _local_window(query, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around)
+        out, lse = _window_forward(window, query, key, value, None, None, pad, 1)
+        ctx.window, ctx.n_heads = window, n_heads
+        ctx.save_for_backward(query_key_value, pad, out, lse)
+        ctx.set_materialize_grads(False)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, grad_out, grad_lse):
+        query_key_value, pad, out, lse = ctx.saved_tensors
+        grad_out = torch.zeros_like(out) if grad_out is None else grad_out
+        query, key, value = attention.unpack_heads(query_key_value, 3, ctx.n_heads)
+        grad = torch.empty_like(query_key_value)
+        _window_backward(ctx.window, query, key, value, None, None, pad, out, lse, grad_out, grad_lse, 1,
+                         grads=attention.unpack_heads(grad, 3, ctx.n_heads))
+        return grad, None, None, None, None, None, None, None
 
 
 # Rows per backward program (each program also writes one row of partial dw / db, summed after):
@@ -1161,6 +1236,26 @@ def lsh_attention(
     training=False,
 ):
     """`attention.lsh_attention` as fused kernels: same arguments, same results (out, lse)."""
+    return _lsh_attention(LSHAttentionFunction, _common_layout(query_key, value), query_key, value, bucket_ids,
+                          n_buckets, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode, pad_mask,
+                          dropout_p, training)
+
+
+def lsh_attention_packed(query_key_value, bucket_ids, *, n_heads, n_buckets, chunk_length, n_chunks_before=1,
+                         n_chunks_after=0, causal=False, window_mode="bucket_window", pad_mask=None, dropout_p=0.0,
+                         training=False):
+    """`attention.lsh_attention_packed` as fused kernels: the gradient of query_key_value is
+    written by the backward kernel as one tensor."""
+    query_key_value = query_key_value.contiguous()
+    return _lsh_attention(PackedLSHAttentionFunction, (query_key_value, n_heads),
+                          *attention.unpack_heads(query_key_value, 2, n_heads), bucket_ids, n_buckets, chunk_length,
+                          n_chunks_before, n_chunks_after, causal, window_mode, pad_mask, dropout_p, training)
+
+
+def _lsh_attention(function, operands, query_key, value, bucket_ids, n_buckets, chunk_length, n_chunks_before,
+                   n_chunks_after, causal, window_mode, pad_mask, dropout_p, training):
+    """Checks, sorting, and `function` (LSHAttentionFunction or its packed twin) applied to
+    `operands` (what it takes in place of query_key and value)."""
     attention.check_lsh_arguments(query_key, value, bucket_ids, chunk_length, window_mode)
     batch, heads, length, d_head = query_key.shape
     _refuse_dropout("lsh_attention", dropout_p, training)
@@ -1169,15 +1264,12 @@ def lsh_attention(
     if window_mode == "chunk" and length == chunk_length:
         # As in the reference: one chunk per round means every query sees the whole sequence,
         # so the rounds are n_hashes copies of dense shared-QK attention, each key shown once.
-        out, lse = LSHAttentionFunction.apply(*_common_layout(query_key, value), None, None, pad, length, 0, 0, causal,
-                                              "chunk")
+        out, lse = function.apply(*operands, None, None, pad, length, 0, 0, causal, "chunk")
         return out, lse + math.log(bucket_ids.shape[2])
     sorted_positions, sorted_buckets = sort_by_bucket(bucket_ids, n_buckets, pad_mask,
                                                       with_buckets=window_mode == "bucket_window")
-    return LSHAttentionFunction.apply(
-        *_common_layout(query_key, value), sorted_positions, sorted_buckets, pad,
-        chunk_length, n_chunks_before, n_chunks_after, causal, window_mode,
-    )
+    return function.apply(*operands, sorted_positions, sorted_buckets, pad, chunk_length, n_chunks_before,
+                          n_chunks_after, causal, window_mode)
 
 
 def local_attention(
@@ -1195,15 +1287,29 @@ def local_attention(
     training=False,
 ):
     """`attention.local_attention` as a fused kernel: same arguments, same results (out, lse)."""
+    return _local_attention(LocalAttentionFunction, _common_layout(query, key, value), query, key, value,
+                            chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around, pad_mask, dropout_p,
+                            training)
+
+
+def local_attention_packed(query_key_value, *, n_heads, chunk_length, n_chunks_before=1, n_chunks_after=0,
+                           causal=False, wrap_around=False, pad_mask=None, dropout_p=0.0, training=False):
+    """`attention.local_attention_packed` as a fused kernel: the gradient of query_key_value is
+    written by the backward kernel as one tensor."""
+    query_key_value = query_key_value.contiguous()
+    return _local_attention(PackedLocalAttentionFunction, (query_key_value, n_heads),
+                            *attention.unpack_heads(query_key_value, 3, n_heads), chunk_length, n_chunks_before,
+                            n_chunks_after, causal, wrap_around, pad_mask, dropout_p, training)
+
+
+def _local_attention(function, operands, query, key, value, chunk_length, n_chunks_before, n_chunks_after, causal,
+                     wrap_around, pad_mask, dropout_p, training):
     attention.check_local_arguments(query, key, value, chunk_length)
     batch, heads, length, d_head = query.shape
     _refuse_dropout("local_attention", dropout_p, training)
     _require_kernels("local_attention", query, key, value)
-    pad = _pad_bytes(pad_mask, batch, length)
-    return LocalAttentionFunction.apply(
-        *_common_layout(query, key, value), pad,
-        chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around,
-    )
+    return function.apply(*operands, _pad_bytes(pad_mask, batch, length), chunk_length, n_chunks_before,
+                          n_chunks_after, causal, wrap_around)
 
 
 def hash_vectors(vectors, rotations, num_buckets):

@@ -14,6 +14,9 @@ from reformer_hf.attention import (
     local_attention,
     lsh_attention,
     normalize_keys,
+    packed_projection,
+    split_heads,
+    unpack_heads,
 )
 
 
@@ -230,3 +233,33 @@ def test_half_precision_masks_stay_finite(dtype):
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
     out, lse = full_attention(query_key, value, value, causal=True, pad_mask=torch.ones(1, 16, dtype=torch.bool))
     assert torch.isfinite(out).all() and torch.isfinite(lse).all()
+
+
+def test_unpack_heads_splits_the_parts_then_the_heads():
+    """Part p, head h, feature i of a position sits at column (p * heads + h) * d_head + i."""
+    batch, length, heads, d_head = 2, 3, 2, 4
+    packed = torch.arange(batch * length * 3 * heads * d_head, dtype=torch.float32).view(batch, length, -1)
+    parts = unpack_heads(packed, 3, heads)
+    for part, view in enumerate(parts):
+        assert view.shape == (batch, heads, length, d_head)
+        for head in range(heads):
+            start = (part * heads + head) * d_head
+            assert torch.equal(view[:, head], packed[:, :, start:start + d_head])
+        assert view.data_ptr() == packed.data_ptr() + part * heads * d_head * packed.element_size()  # a view
+    with pytest.raises(ValueError, match=r"packed projections have shape \(2, 3, 23\).*n_heads=2"):
+        unpack_heads(packed[..., :23], 3, heads)
+
+
+def test_packed_projection_is_the_projections_side_by_side_and_keeps_their_hooks():
+    torch.manual_seed(3)
+    projections = [torch.nn.Linear(8, 6, bias=False) for _ in range(3)]
+    hidden = torch.randn(2, 5, 8)
+    expected = torch.cat([hidden @ projection.weight.T for projection in projections], dim=-1)
+    torch.testing.assert_close(packed_projection(hidden, projections), expected)
+    calls = []
+    handle = projections[1].register_forward_hook(lambda module, args, out: calls.append(out.shape) or out * 2)
+    hooked = packed_projection(hidden, projections)
+    handle.remove()
+    assert calls == [torch.Size([2, 5, 6])]  # a hooked projection is called, and its hook's output used
+    torch.testing.assert_close(hooked[..., 6:12], 2 * expected[..., 6:12])
+    torch.testing.assert_close(split_heads(hooked[..., :6], 3, 2), unpack_heads(hooked, 3, 3)[0])

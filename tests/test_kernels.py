@@ -375,8 +375,8 @@ def test_gradients_when_only_one_output_is_used():
 
 def test_operands_in_different_memory_layouts():
     """Heads split off a projection are (batch, length, heads, d_head) in memory; the kernels take
-    one set of strides, so operands (and the output gradient) in another layout are copied into
-    the first one's.  Results equal those of contiguous operands."""
+    one set of strides for the operands, so operands in another layout are copied into the first
+    one's, and the output gradient is read in its own.  Results equal those of contiguous operands."""
     query_key, value, bucket_ids, pad_mask = lsh_inputs(1, 2, 16, 16, 2, 4, n_pad=2, seed=14)
     grad_out, grad_lse = upstream_grads(query_key.shape, pad_mask, seed=15)
     options = dict(n_buckets=4, chunk_length=4, causal=True, pad_mask=pad_mask)
@@ -395,3 +395,56 @@ def test_operands_in_different_memory_layouts():
                               **local_options)
     for got, want in zip(actual, expected):
         assert relative_error(got, want) < 1e-5
+
+
+def packed_inputs(n_parts, batch, heads, length, d_head, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, length, n_parts * heads * d_head, generator=generator).to(DEVICE)
+
+
+@pytest.mark.parametrize("mode, causal, n_hashes, n_pad", [
+    ("bucket_window", True, 2, 3),
+    ("chunk", False, 3, 0),
+    ("chunk", True, 1, 2),
+])
+def test_packed_lsh_kernel_gradient_is_the_torch_paths_through_the_views(mode, causal, n_hashes, n_pad):
+    """One (batch, length, 2 * heads * d_head) projection output: the kernel writes its gradient
+    as one tensor; the torch path differentiates through `unpack_heads`' views.  The output
+    gradient comes in the (batch, length, heads, d_head) layout that merging heads gives."""
+    heads, length, d_head = 2, 16, 16
+    packed = packed_inputs(2, 2, heads, length, d_head, seed=20)
+    _, _, bucket_ids, pad_mask = lsh_inputs(2, heads, length, d_head, n_hashes, 4, n_pad, seed=21)
+    grad_out, grad_lse = upstream_grads((2, heads, length, d_head), pad_mask, seed=22)
+    grad_out = grad_out.transpose(1, 2).contiguous().transpose(1, 2)
+    options = dict(n_heads=heads, n_buckets=4, chunk_length=4, causal=causal, window_mode=mode, pad_mask=pad_mask)
+    expected = forward_backward(attention.lsh_attention_packed, [packed], grad_out, grad_lse, bucket_ids, **options)
+    actual = forward_backward(kernels.lsh_attention_packed, [packed], grad_out, grad_lse, bucket_ids, **options)
+    for name, got, want in zip(("out", "lse", "d query_key_value"), actual, expected):
+        assert got.shape == want.shape, name
+        assert relative_error(got, want) < 1e-5, name
+
+
+def test_packed_local_kernel_gradient_is_the_torch_paths_through_the_views():
+    heads, length, d_head = 2, 18, 32
+    packed = packed_inputs(3, 2, heads, length, d_head, seed=23)
+    pad_mask = torch.zeros(2, length, dtype=torch.bool, device=DEVICE)
+    pad_mask[1, -4:] = True
+    grad_out, grad_lse = upstream_grads((2, heads, length, d_head), pad_mask, seed=24)
+    options = dict(n_heads=heads, chunk_length=6, causal=True, pad_mask=pad_mask)
+    expected = forward_backward(attention.local_attention_packed, [packed], grad_out, grad_lse, **options)
+    actual = forward_backward(kernels.local_attention_packed, [packed], grad_out, grad_lse, **options)
+    for name, got, want in zip(("out", "lse", "d query_key_value"), actual, expected):
+        assert relative_error(got, want) < 1e-5, name
+
+
+def test_packed_dispatcher_checks_the_heads_not_the_packed_width():
+    """d_head is what the kernels limit: a packed width of 2 * 2 * 128 = 512 is within it."""
+    heads, length, d_head = 2, 8, 128
+    packed = packed_inputs(2, 1, heads, length, d_head, seed=25)
+    _, _, bucket_ids, _ = lsh_inputs(1, heads, length, d_head, 1, 2, 0, seed=26)
+    options = dict(n_heads=heads, n_buckets=2, chunk_length=4, causal=True)
+    got, _ = attention.lsh_attention_dispatch("triton", packed=True)(packed, bucket_ids, **options)
+    want, _ = attention.lsh_attention_packed(packed, bucket_ids, **options)
+    assert relative_error(got, want) < 1e-5
+    with pytest.raises(ValueError, match=r"packed projections have shape \(1, 8, 498\)"):
+        attention.lsh_attention_dispatch("triton", packed=True)(packed[..., :498], bucket_ids, **options)
