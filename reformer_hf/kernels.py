@@ -1007,31 +1007,30 @@ class LSHAttentionFunction(torch.autograd.Function):
 
 class PackedLSHAttentionFunction(torch.autograd.Function):
     """`LSHAttentionFunction` over one projection's output: query_key_value (batch, length,
-    2 * n_heads * d_head), the query-keys then the values of every position side by side.  Its
-    gradient comes back as one tensor of that shape, written by the kernel in place, so the
-    projection's backward is one product, with no sum of two input gradients and no copy."""
+    2 * n_heads * d_head), the query-keys then the values of every position side by side, given
+    with its two heads-split views (`attention.unpack_heads`).  Its gradient comes back as one
+    tensor of that shape, written by the kernel in place, so the projection's backward is one
+    product, with no sum of two input gradients and no copy."""
 
     @staticmethod
-    def forward(ctx, query_key_value, n_heads, sorted_positions, sorted_buckets, pad, chunk_length, n_chunks_before,
-                n_chunks_after, causal, window_mode):
+    def forward(ctx, query_key_value, query_key, value, sorted_positions, sorted_buckets, pad, chunk_length,
+                n_chunks_before, n_chunks_after, causal, window_mode):
         window = _lsh_window(sorted_positions, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode)
-        query_key, value = attention.unpack_heads(query_key_value, 2, n_heads)
         out, lse, ctx.n_rounds = _lsh_forward(window, query_key, value, sorted_positions, sorted_buckets, pad)
-        ctx.window, ctx.n_heads = window, n_heads
-        ctx.save_for_backward(query_key_value, sorted_positions, sorted_buckets, pad, out, lse)
+        ctx.window = window
+        ctx.save_for_backward(query_key_value, query_key, value, sorted_positions, sorted_buckets, pad, out, lse)
         ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        query_key_value, sorted_positions, sorted_buckets, pad, out, lse = ctx.saved_tensors
+        query_key_value, query_key, value, sorted_positions, sorted_buckets, pad, out, lse = ctx.saved_tensors
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out
-        query_key, value = attention.unpack_heads(query_key_value, 2, ctx.n_heads)
         grad = torch.empty_like(query_key_value)
-        dqk, dv = attention.unpack_heads(grad, 2, ctx.n_heads)
+        dqk, dv = attention.unpack_heads(grad, 2, query_key.shape[1])
         _window_backward(ctx.window, query_key, query_key, value, sorted_positions, sorted_buckets, pad, out, lse,
                          grad_out, grad_lse, ctx.n_rounds, grads=(dqk, None, dv))
-        return grad, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def _local_window(query, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around):
@@ -1064,28 +1063,27 @@ class LocalAttentionFunction(torch.autograd.Function):
 
 class PackedLocalAttentionFunction(torch.autograd.Function):
     """`LocalAttentionFunction` over one projection's output: query_key_value (batch, length,
-    3 * n_heads * d_head), queries, keys and values side by side; one gradient of that shape."""
+    3 * n_heads * d_head), queries, keys and values side by side, given with its three
+    heads-split views; one gradient of that shape."""
 
     @staticmethod
-    def forward(ctx, query_key_value, n_heads, pad, chunk_length, n_chunks_before, n_chunks_after, causal,
+    def forward(ctx, query_key_value, query, key, value, pad, chunk_length, n_chunks_before, n_chunks_after, causal,
                 wrap_around):
-        query, key, value = attention.unpack_heads(query_key_value, 3, n_heads)
         window = _local_window(query, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around)
         out, lse = _window_forward(window, query, key, value, None, None, pad, 1)
-        ctx.window, ctx.n_heads = window, n_heads
-        ctx.save_for_backward(query_key_value, pad, out, lse)
+        ctx.window = window
+        ctx.save_for_backward(query_key_value, query, key, value, pad, out, lse)
         ctx.set_materialize_grads(False)
         return out, lse
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
-        query_key_value, pad, out, lse = ctx.saved_tensors
+        query_key_value, query, key, value, pad, out, lse = ctx.saved_tensors
         grad_out = torch.zeros_like(out) if grad_out is None else grad_out
-        query, key, value = attention.unpack_heads(query_key_value, 3, ctx.n_heads)
         grad = torch.empty_like(query_key_value)
         _window_backward(ctx.window, query, key, value, None, None, pad, out, lse, grad_out, grad_lse, 1,
-                         grads=attention.unpack_heads(grad, 3, ctx.n_heads))
-        return grad, None, None, None, None, None, None, None
+                         grads=attention.unpack_heads(grad, 3, query.shape[1]))
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 # Rows per backward program (each program also writes one row of partial dw / db, summed after):
@@ -1247,9 +1245,10 @@ def lsh_attention_packed(query_key_value, bucket_ids, *, n_heads, n_buckets, chu
     """`attention.lsh_attention_packed` as fused kernels: the gradient of query_key_value is
     written by the backward kernel as one tensor."""
     query_key_value = query_key_value.contiguous()
-    return _lsh_attention(PackedLSHAttentionFunction, (query_key_value, n_heads),
-                          *attention.unpack_heads(query_key_value, 2, n_heads), bucket_ids, n_buckets, chunk_length,
-                          n_chunks_before, n_chunks_after, causal, window_mode, pad_mask, dropout_p, training)
+    query_key, value = attention.unpack_heads(query_key_value, 2, n_heads)
+    return _lsh_attention(PackedLSHAttentionFunction, (query_key_value, query_key, value), query_key, value,
+                          bucket_ids, n_buckets, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode,
+                          pad_mask, dropout_p, training)
 
 
 def _lsh_attention(function, operands, query_key, value, bucket_ids, n_buckets, chunk_length, n_chunks_before,
@@ -1297,9 +1296,10 @@ def local_attention_packed(query_key_value, *, n_heads, chunk_length, n_chunks_b
     """`attention.local_attention_packed` as a fused kernel: the gradient of query_key_value is
     written by the backward kernel as one tensor."""
     query_key_value = query_key_value.contiguous()
-    return _local_attention(PackedLocalAttentionFunction, (query_key_value, n_heads),
-                            *attention.unpack_heads(query_key_value, 3, n_heads), chunk_length, n_chunks_before,
-                            n_chunks_after, causal, wrap_around, pad_mask, dropout_p, training)
+    query, key, value = attention.unpack_heads(query_key_value, 3, n_heads)
+    return _local_attention(PackedLocalAttentionFunction, (query_key_value, query, key, value), query, key, value,
+                            chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around, pad_mask, dropout_p,
+                            training)
 
 
 def _local_attention(function, operands, query, key, value, chunk_length, n_chunks_before, n_chunks_after, causal,
