@@ -226,13 +226,20 @@ def test_hash_kernel_equals_reference_buckets(num_buckets, dtype):
     assert clear.float().mean() > 0.99
 
 
-@pytest.mark.parametrize("n_buckets", [6, 2**15])  # int16 sort keys; int32 ones (the sentinel exceeds int16)
-def test_sort_by_bucket_is_the_references_round_bucket_position_order(n_buckets):
+# Rows up to SORT_KERNEL_MAX_LENGTH go to the sorting kernel, longer ones to torch.sort (int16
+# keys for 6 buckets; int32 ones for 2**15, whose padding sentinel exceeds int16).
+@pytest.mark.parametrize("sort_kernel_max_length", [kernels.SORT_KERNEL_MAX_LENGTH, 16])
+@pytest.mark.parametrize("n_buckets", [6, 2**15])
+def test_sort_by_bucket_is_the_references_round_bucket_position_order(n_buckets, sort_kernel_max_length, monkeypatch):
+    monkeypatch.setattr(kernels, "SORT_KERNEL_MAX_LENGTH", sort_kernel_max_length)
     generator = torch.Generator().manual_seed(11)
-    bucket_ids = torch.randint(0, 6, (2, 3, 3, 20), generator=generator) * (n_buckets // 6)
-    pad_mask = torch.zeros(2, 20, dtype=torch.bool)
+    bucket_ids = (torch.randint(0, 6, (2, 3, 3, 20), generator=generator) * (n_buckets // 6)).to(DEVICE)
+    pad_mask = torch.zeros(2, 20, dtype=torch.bool, device=DEVICE)
     pad_mask[1, 15:] = True
+    assert kernels._sorts_in_kernel(bucket_ids, n_buckets) == (sort_kernel_max_length >= 20)
+    assert not kernels._sorts_in_kernel(bucket_ids, 2**26)  # bucket * 32 + position would pass int32's range
     positions, buckets = kernels.sort_by_bucket(bucket_ids, n_buckets, pad_mask)
+    assert torch.equal(kernels.sort_by_bucket(bucket_ids, n_buckets, pad_mask.to(torch.int8))[0], positions)
     assert positions.dtype == buckets.dtype == torch.int32
     assert torch.equal(kernels.sort_by_bucket(bucket_ids, n_buckets, pad_mask, with_buckets=False)[0], positions)
     for b in range(2):
