@@ -423,11 +423,17 @@ def unpack_heads(packed, n_parts, n_heads):
     """One projection's output holding `n_parts` projections side by side, (batch, length,
     n_parts * n_heads * d_head) -> n_parts views (batch, n_heads, length, d_head), which share one
     set of strides."""
+    parts = _head_rows(packed, n_parts, n_heads).unflatten(2, (n_parts, n_heads))
+    return tuple(parts[:, :, part].transpose(1, 2) for part in range(n_parts))
+
+
+def _head_rows(packed, n_parts, n_heads):
+    """A packed projection's output, its shape checked, viewed as (batch, length, n_parts * n_heads,
+    d_head)."""
     if packed.dim() != 3 or packed.shape[-1] % (n_parts * n_heads):
         raise ValueError(f"packed projections have shape {tuple(packed.shape)}; expected (batch, length, "
                          f"{n_parts} * n_heads * d_head) with n_heads={n_heads}")
-    parts = packed.unflatten(-1, (n_parts, n_heads, packed.shape[-1] // (n_parts * n_heads)))
-    return tuple(parts[:, :, part].transpose(1, 2) for part in range(n_parts))
+    return packed.unflatten(-1, (n_parts * n_heads, packed.shape[-1] // (n_parts * n_heads)))
 
 
 def packed_projection(hidden, projections):
@@ -567,8 +573,8 @@ class LocalSelfAttention(SeparateQKVAttention):
 
     def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
         query_key_value = packed_projection(hidden, (self.query, self.key, self.value))
-        query, key, value = unpack_heads(query_key_value, 3, self.n_heads)
         if layer_cache is not None:
+            _, key, value = unpack_heads(query_key_value, 3, self.n_heads)
             layer_cache.prefill(key, value, pad_mask)
         options = dict(
             chunk_length=self.config.local_attn_chunk_length,
@@ -709,13 +715,17 @@ def local_attention_dispatch(backend, packed=False):
 def _dispatch(backend, kind, reference, kernel_name, n_tensors=None, n_parts=None):
     """`reference`, or a function that calls the kernels' function of the same signature,
     `kernel_name`, where `_runs_kernel` takes the kernel for the call's operands: its first
-    `n_tensors` arguments, or the `n_parts` heads-split views of its packed first argument."""
+    `n_tensors` arguments, or its packed first argument viewed with d_head last (one view: the
+    kernels' entry points split the heads themselves)."""
     _check_backend(backend)
     if backend == "torch":
         return reference
 
     def dispatched(*arguments, **options):
-        operands = arguments[:n_tensors] if n_parts is None else unpack_heads(arguments[0], n_parts, options["n_heads"])
+        if n_parts is None:
+            operands = arguments[:n_tensors]
+        else:
+            operands = (_head_rows(arguments[0], n_parts, options["n_heads"]),)
         if _runs_kernel(backend, kind, operands, options.get("dropout_p", 0.0), options.get("training", False)):
             from . import kernels
 
