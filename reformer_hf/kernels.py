@@ -76,7 +76,10 @@ def triton_unusable_reason(*tensors, max_width=MAX_D_HEAD, width_name="d_head"):
     return None
 
 
+@functools.cache
 def _interpreting():
+    """Whether Triton runs kernels in its interpreter: read once, as Triton reads it when the
+    kernels below are decorated."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -705,51 +708,58 @@ def _launch(kernel, grid, args, constexprs, num_warps=4, num_stages=3):
     """kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs) (Triton's
     defaults: 4 warps, 3 stages).
 
-    A launch through Triton binds and specialises every argument again: on the H100's host that
-    took 52 us of CPU for the backward kernel (and about 25 us for the small ones), against 12 us
-    through the compiled kernel's own runner.  So the compiled kernel is kept, keyed on what
-    Triton specialises on (each tensor's dtype and 16-byte alignment, each integer being 1, a
-    multiple of 16, and its integer type's range; the constants; the device), and later launches
-    with the same key go straight to its runner.  Returns the compiled kernel, which a caller
-    relaunching it with only unspecialised arguments changed passes to `_run_compiled` without
-    building the key again.  Under TRITON_INTERPRET=1 there is no compiled kernel (None) and
-    every launch goes through Triton."""
+    A launch through Triton binds and specialises every argument again, which took 50-70 us of
+    the H100 host's CPU per launch, and an 8K-token LSH step launches nine kernels while the GPU
+    waits for them.  So the compiled kernel is kept, keyed on the device, the launch settings,
+    the constants, each tensor's dtype and 16-byte alignment and every other argument's type and
+    value (which determines all Triton specialises on: an integer being 1, a multiple of 16, its
+    range), and a later launch with the same key goes straight to the compiled kernel's runner
+    (`_Launcher`).  Returns that launcher, which a caller relaunching the kernel with only
+    integer arguments changed may call itself without building the key again.  Under
+    TRITON_INTERPRET=1 there is no compiled kernel (None) and every launch goes through Triton."""
     if _interpreting():
         kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
         return None
-    device = triton.runtime.driver.active.get_current_device()
-    key = (kernel, device, num_warps, num_stages, *constexprs.values(), *map(_specialisation, args))
-    compiled = _COMPILED.get(key)
-    if compiled is None:
-        compiled = _COMPILED[key] = kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
-        return compiled
-    _run_compiled(compiled, kernel, grid, args, constexprs, device)
-    return compiled
+    key = (kernel, torch.cuda.current_device(), num_warps, num_stages, *constexprs.values(),
+           *[arg if type(arg) is int else (arg.dtype, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor)
+             else (type(arg), arg) for arg in args])
+    launcher = _COMPILED.get(key)
+    if launcher is None:
+        if len(_COMPILED) >= MAX_KEPT_LAUNCHERS:  # e.g. a run over many different lengths
+            _COMPILED.clear()
+        compiled = kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
+        constants = tuple(constexprs[name] for name in _parameter_names(kernel)[len(args):])
+        launcher = _COMPILED[key] = _Launcher(compiled, constants)
+        return launcher
+    launcher(grid, args)
+    return launcher
 
 
-def _run_compiled(compiled, kernel, grid, args, constexprs, device=None):
-    """Launch `compiled` (what `_launch` returned for these constants and this specialisation of
-    the arguments) straight through its runner."""
-    if device is None:
-        device = triton.runtime.driver.active.get_current_device()
-    values = (*args, *(constexprs[name] for name in _parameter_names(kernel)[len(args):]))
-    stream = triton.runtime.driver.active.get_current_stream(device)
-    hooks = triton.knobs.runtime
-    compiled.run(*grid, *(1,) * (3 - len(grid)), stream, compiled.function, compiled.packed_metadata,
-                 compiled.launch_metadata(grid, stream, *values), hooks.launch_enter_hook, hooks.launch_exit_hook,
-                 *values)
+class _Launcher:
+    """A compiled kernel launched straight through its runner: the arguments it was compiled for
+    (changed only where Triton does not specialise), then the constants, cached here."""
+
+    __slots__ = ("compiled", "constants")
+
+    def __init__(self, compiled, constants):
+        self.compiled, self.constants = compiled, constants
+
+    def __call__(self, grid, args):
+        compiled = self.compiled
+        driver = triton.runtime.driver.active
+        stream = driver.get_current_stream(driver.get_current_device())
+        hooks = triton.knobs.runtime
+        enter_hook = hooks.launch_enter_hook
+        values = (*args, *self.constants)
+        grid = (*grid, 1, 1)[:3]
+        # Triton's launch metadata is only read by a launch hook (profilers set one).
+        metadata = None if enter_hook is None else compiled.launch_metadata(grid, stream, *values)
+        compiled.run(*grid, stream, compiled.function, compiled.packed_metadata, metadata, enter_hook,
+                     hooks.launch_exit_hook, *values)
 
 
 _COMPILED = {}
-
-
-def _specialisation(arg):
-    """What Triton's compiled kernel assumes about one launch argument."""
-    if isinstance(arg, torch.Tensor):
-        return arg.dtype, arg.data_ptr() % 16 == 0
-    if isinstance(arg, int) and not isinstance(arg, bool):
-        return arg == 1, arg % 16 == 0, -(2**31) <= arg < 2**31, 0 <= arg < 2**32, -(2**63) <= arg < 2**63
-    return arg if arg is None or isinstance(arg, bool) else type(arg)  # floats: only their type
+MAX_KEPT_LAUNCHERS = 4096
 
 
 @functools.cache
@@ -764,7 +774,17 @@ def _dot_mode(dtype):
 
 
 def _pow2(value, floor=16):
-    return max(floor, triton.next_power_of_2(value))
+    return max(floor, _next_pow2(value))
+
+
+def _next_pow2(value):
+    """The smallest power of two >= value (value >= 1); `triton.next_power_of_2` without its
+    constexpr wrapper, which costs more than the arithmetic on every launch."""
+    return 1 << (value - 1).bit_length()
+
+
+def _cdiv(numerator, denominator):
+    return -(-numerator // denominator)
 
 
 # Launch settings per kernel: warps per program, rows per block (block_m, at most 64), key
@@ -835,24 +855,30 @@ class _Window:
     sorted_slots: bool
     scale: float
 
-    def constexprs(self, dtype, d_head, phase):
+    def constexprs(self, dtype, d_head, phase, has_pad, accumulate=False):
+        """The compile-time arguments of the `phase` ("forward" or "backward") kernel; `accumulate`:
+        the backward adds the rounds' gradients up (more than one round)."""
         settings = _launch_settings(phase, dtype)
-        return _window_constexprs(self, _dot_mode(dtype), d_head, settings["block_m"], settings["block_n"])
+        return _window_constexprs(self, _dot_mode(dtype), d_head, settings["block_m"], settings["block_n"], has_pad,
+                                  accumulate if phase == "backward" else None)
 
 
 @functools.cache
-def _window_constexprs(window, dot_mode, d_head, block_m, block_n):
+def _window_constexprs(window, dot_mode, d_head, block_m, block_n, has_pad, accumulate):
     """The kernels' compile-time arguments for `window` (cached: built once per problem kind, not
-    on every launch)."""
+    on every launch); `accumulate` None for the forward kernel, which takes no accumulation flags."""
     block_m, block_n, block_d = _tiles(window.chunk_length, d_head, block_m, block_n)
-    return dict(
+    constexprs = dict(
         CHUNK=window.chunk_length, D=d_head, SCALE=window.scale, KEY_SCALE=1.0 / math.sqrt(d_head),
         NB=window.n_before, NA=window.n_after, CAUSAL=window.causal, CIRCULAR=window.circular,
         BUCKET_WINDOW=window.bucket_window, SELF_MASK=window.self_mask, NORM_KEYS=window.norm_keys,
-        SORTED=window.sorted_slots, DOT_MODE=dot_mode, MASK=MASK_VALUE, SELF_VALUE=SELF_MASK_VALUE,
+        SORTED=window.sorted_slots, HAS_PAD=has_pad, DOT_MODE=dot_mode, MASK=MASK_VALUE, SELF_VALUE=SELF_MASK_VALUE,
         EPS=KEY_NORM_EPS, ONE_BLOCK=window.chunk_length <= block_m and block_n == block_m, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=block_d,
     )
+    if accumulate is not None:
+        constexprs.update(ACCUMULATE=accumulate, PREFETCH_ACC=accumulate and _can_prefetch())
+    return constexprs
 
 
 def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds):
@@ -875,13 +901,12 @@ def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds
         lse = torch.empty(batch, heads, n_rounds, length, dtype=torch.float32, device=query.device)
         out_strides = out.stride()[:4]
         lse_strides = lse.stride()[:3]
-    consts = window.constexprs(query.dtype, d_head, "forward")
-    m_blocks = triton.cdiv(window.chunk_length, consts["BLOCK_M"])
+    consts = window.constexprs(query.dtype, d_head, "forward", pad is not None)
+    m_blocks = _cdiv(window.chunk_length, consts["BLOCK_M"])
     grid = (n_slots // window.chunk_length * m_blocks, batch * heads)
     args = (query, key, value, positions, buckets, pad, out, lse, *query.stride()[:3], *out_strides, *lse_strides,
             heads, length, n_slots)
-    _launch(_window_fwd_kernel, grid, args, dict(HAS_PAD=pad is not None, **consts),
-            _launch_settings("forward", query.dtype)["num_warps"], 1)
+    _launch(_window_fwd_kernel, grid, args, consts, _launch_settings("forward", query.dtype)["num_warps"], 1)
     return out, lse
 
 
@@ -890,7 +915,7 @@ def _combine_rounds(round_out, round_lse):
     out = torch.empty(batch, length, heads, d_head, dtype=round_out.dtype, device=round_out.device).transpose(1, 2)
     lse = torch.empty(batch, heads, length, dtype=torch.float32, device=round_out.device)
     block_l = 32
-    grid = (triton.cdiv(length, block_l), batch * heads)
+    grid = (_cdiv(length, block_l), batch * heads)
     _launch(_combine_rounds_kernel, grid,
             (round_out, round_lse, out, lse, *round_out.stride()[:4], *out.stride()[:3], heads, length, d_head, n_rounds),
             dict(DOT_MODE=_dot_mode(round_out.dtype), BLOCK_L=block_l, BLOCK_D=_pow2(d_head)))
@@ -901,7 +926,7 @@ def _delta(out, grad_out, grad_lse):
     batch, heads, length, d_head = out.shape
     delta = torch.empty(batch, heads, length, dtype=torch.float32, device=out.device)
     block_l = 64
-    grid = (triton.cdiv(length, block_l), batch * heads)
+    grid = (_cdiv(length, block_l), batch * heads)
     if grad_lse is not None:
         grad_lse = grad_lse.float().contiguous()
     _launch(_delta_kernel, grid,
@@ -927,15 +952,13 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     if n_rounds > 1:
         acc_q = torch.empty(batch, heads, length, d_head, dtype=torch.float32, device=query.device)
         acc_v = torch.empty_like(acc_q)
-    consts = window.constexprs(query.dtype, d_head, "backward")
-    m_blocks = triton.cdiv(window.chunk_length, consts["BLOCK_M"])
+    consts = window.constexprs(query.dtype, d_head, "backward", pad is not None, n_rounds > 1)
+    m_blocks = _cdiv(window.chunk_length, consts["BLOCK_M"])
     chunks_per_round = length // window.chunk_length
     grid = (chunks_per_round * m_blocks, batch * heads)
     dk_arg = dk if dk is not None else dq
-    options = dict(HAS_PAD=pad is not None, ACCUMULATE=n_rounds > 1, PREFETCH_ACC=n_rounds > 1 and _can_prefetch(),
-                   **consts)
     num_warps = _launch_settings("backward", query.dtype)["num_warps"]
-    compiled = None
+    launcher = None
     for round_id in range(n_rounds):
         acc_mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
         # Rounds run one after another: a position appears once per round, so within one launch
@@ -943,10 +966,10 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
         args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
                 *query.stride()[:3], *grad_out.stride()[:3], heads, length, n_slots, round_id * chunks_per_round,
                 acc_mode)
-        if compiled is None:
-            compiled = _launch(_window_bwd_kernel, grid, args, options, num_warps, 1)
+        if launcher is None:
+            launcher = _launch(_window_bwd_kernel, grid, args, consts, num_warps, 1)
         else:  # only the unspecialised round index and mode differ from the launch before
-            _run_compiled(compiled, _window_bwd_kernel, grid, args, options)
+            launcher(grid, args)
     return dq, dk, dv
 
 
@@ -960,11 +983,12 @@ def _can_prefetch():
 # ----------------------------------------------------------------------------------------------
 
 
-def _lsh_window(sorted_positions, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode):
+@functools.cache
+def _lsh_window(sorted_slots, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode):
     return _Window(
         chunk_length=chunk_length, n_before=n_chunks_before, n_after=n_chunks_after,
         causal=causal, circular=window_mode == "chunk", bucket_window=window_mode == "bucket_window",
-        self_mask=True, norm_keys=True, sorted_slots=sorted_positions is not None, scale=1.0,
+        self_mask=True, norm_keys=True, sorted_slots=sorted_slots, scale=1.0,
     )
 
 
@@ -990,7 +1014,8 @@ class LSHAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query_key, value, sorted_positions, sorted_buckets, pad, chunk_length, n_chunks_before,
                 n_chunks_after, causal, window_mode):
-        window = _lsh_window(sorted_positions, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode)
+        window = _lsh_window(sorted_positions is not None, chunk_length, n_chunks_before, n_chunks_after, causal,
+                             window_mode)
         out, lse, ctx.n_rounds = _lsh_forward(window, query_key, value, sorted_positions, sorted_buckets, pad)
         ctx.window = window
         ctx.save_for_backward(query_key, value, sorted_positions, sorted_buckets, pad, out, lse)
@@ -1016,7 +1041,8 @@ class PackedLSHAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query_key_value, query_key, value, sorted_positions, sorted_buckets, pad, chunk_length,
                 n_chunks_before, n_chunks_after, causal, window_mode):
-        window = _lsh_window(sorted_positions, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode)
+        window = _lsh_window(sorted_positions is not None, chunk_length, n_chunks_before, n_chunks_after, causal,
+                             window_mode)
         out, lse, ctx.n_rounds = _lsh_forward(window, query_key, value, sorted_positions, sorted_buckets, pad)
         ctx.window = window
         ctx.save_for_backward(query_key_value, query_key, value, sorted_positions, sorted_buckets, pad, out, lse)
@@ -1034,11 +1060,12 @@ class PackedLSHAttentionFunction(torch.autograd.Function):
         return grad, None, None, None, None, None, None, None, None, None, None
 
 
-def _local_window(query, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around):
+@functools.cache
+def _local_window(d_head, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around):
     return _Window(
         chunk_length=chunk_length, n_before=n_chunks_before, n_after=n_chunks_after,
         causal=causal, circular=wrap_around, bucket_window=False, self_mask=False, norm_keys=False,
-        sorted_slots=False, scale=1.0 / math.sqrt(query.shape[-1]),
+        sorted_slots=False, scale=1.0 / math.sqrt(d_head),
     )
 
 
@@ -1047,7 +1074,7 @@ class LocalAttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, query, key, value, pad, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around):
-        window = _local_window(query, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around)
+        window = _local_window(query.shape[-1], chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around)
         out, lse = _window_forward(window, query, key, value, None, None, pad, 1)
         ctx.window = window
         ctx.save_for_backward(query, key, value, pad, out, lse)
@@ -1070,7 +1097,7 @@ class PackedLocalAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, query_key_value, query, key, value, pad, chunk_length, n_chunks_before, n_chunks_after, causal,
                 wrap_around):
-        window = _local_window(query, chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around)
+        window = _local_window(query.shape[-1], chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around)
         out, lse = _window_forward(window, query, key, value, None, None, pad, 1)
         ctx.window = window
         ctx.save_for_backward(query_key_value, query, key, value, pad, out, lse)
@@ -1102,7 +1129,7 @@ def _multiprocessors(device):
 
 
 def _layer_norm_rows_per_program(rows, device):
-    return max(1, min(LAYER_NORM_ROWS_PER_PROGRAM, triton.cdiv(rows, 4 * _multiprocessors(device))))
+    return max(1, min(LAYER_NORM_ROWS_PER_PROGRAM, _cdiv(rows, 4 * _multiprocessors(device))))
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -1130,7 +1157,7 @@ class LayerNormFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         grad_x = torch.empty(batch, length, d_model, dtype=x.dtype, device=x.device)
         rows_per_program = _layer_norm_rows_per_program(rows, x.device)
-        n_programs = triton.cdiv(rows, rows_per_program)
+        n_programs = _cdiv(rows, rows_per_program)
         dw_part = torch.empty(n_programs, d_model, dtype=torch.float32, device=x.device)
         db_part = torch.empty_like(dw_part)
         _launch(_layer_norm_bwd_kernel, (n_programs,),
@@ -1220,7 +1247,7 @@ def _sorts_in_kernel(bucket_ids, n_buckets):
         triton is not None
         and (bucket_ids.is_cuda or _interpreting())
         and length <= SORT_KERNEL_MAX_LENGTH
-        and (n_buckets + 1) * triton.next_power_of_2(length) < 2**31
+        and (n_buckets + 1) * _next_pow2(length) < 2**31
     )
 
 
@@ -1229,7 +1256,7 @@ def _sort_rows(bucket_ids, n_buckets, pad, with_buckets):
     bucket_ids = bucket_ids.contiguous()
     positions = torch.empty(batch, heads, n_hashes * length, dtype=torch.int32, device=bucket_ids.device)
     buckets = torch.empty_like(positions) if with_buckets else None
-    block = triton.next_power_of_2(length)
+    block = _next_pow2(length)
     _launch(_sort_rows_kernel, (batch * heads * n_hashes,),
             (bucket_ids, pad, positions, buckets, heads, n_hashes, length, n_buckets),
             dict(HAS_PAD=pad is not None, WITH_BUCKETS=with_buckets, BLOCK=block, LOG_BLOCK=block.bit_length() - 1),
@@ -1402,12 +1429,17 @@ def hash_vectors(vectors, rotations, num_buckets):
     # 128 positions of d_head 128 per program asked for 256 KB of shared memory on the H100 (it
     # has 227 KB): the tile is capped at 32 KB (8K float32 elements).
     block_l = min(LAUNCH["hash"]["block_l"], (16384 if precision == "bf16x3" else 8192) // _pow2(d_head))
-    grid = (triton.cdiv(length, block_l), batch * heads)
+    grid = (_cdiv(length, block_l), batch * heads)
     _launch(_hash_kernel, grid,
             (vectors, rotations, out, *vectors.stride()[:3], *rotations.stride()[:3], *out.stride()[:3], heads, length,
              n_hashes),
-            dict(D=d_head, HALF0=halves[0], HALF1=halves[1], BLOCK_H0=min(_pow2(halves[0]), 64),
-                 BLOCK_H1=min(_pow2(max(halves[1], 1)), 64), PRECISION=precision, DOT_MODE=_dot_mode(vectors.dtype),
-                 BLOCK_L=block_l, BLOCK_D=_pow2(d_head)),
+            _hash_constexprs(d_head, halves[0], halves[1], precision, _dot_mode(vectors.dtype), block_l),
             LAUNCH["hash"]["num_warps"])
     return out
+
+
+@functools.cache
+def _hash_constexprs(d_head, half0, half1, precision, dot_mode, block_l):
+    return dict(D=d_head, HALF0=half0, HALF1=half1, BLOCK_H0=min(_pow2(half0), 64),
+                BLOCK_H1=min(_pow2(max(half1, 1)), 64), PRECISION=precision, DOT_MODE=dot_mode, BLOCK_L=block_l,
+                BLOCK_D=_pow2(d_head))

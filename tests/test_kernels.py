@@ -341,8 +341,7 @@ names = list(inspect.signature(fn.fn).parameters)
 pointers = dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", POS="*i32", BKT="*i32", PAD="*i8", LSE="*fp32",
                 DELTA="*fp32", DQ="*bf16", DK="*bf16", DV="*bf16", ACC_Q="*fp32", ACC_V="*fp32")
 prefetch = sys.argv[1] == "1"
-consts = {**window.constexprs(torch.bfloat16, 64, "backward"), "HAS_PAD": False, "ACCUMULATE": True,
-          "PREFETCH_ACC": prefetch}
+consts = {**window.constexprs(torch.bfloat16, 64, "backward", has_pad=False, accumulate=True), "PREFETCH_ACC": prefetch}
 signature = {name: "constexpr" if name in consts else pointers.get(name, "i32") for name in names}
 source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in consts.items()})
 compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
