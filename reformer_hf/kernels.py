@@ -358,44 +358,41 @@ def _combine_rounds_kernel(
     tl.store(LSE + (b * H + h) * LENGTH + pos, total_lse, mask=pos_ok)
 
 
-@_jit_helper
-def _query_deltas(OUT, DELTA, DLSE, do, b, h, pos, mask, rows_ok, seq_base, stride_ob, stride_oh, stride_ol, d_offs,
-                  INLINE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr):
-    """delta = rowsum(dout * out) - dlse, the softmax backward's offset, of the query rows `pos`
-    whose output gradients `do` are loaded: computed from their outputs (INLINE_DELTA), or read
-    from DELTA, where the launch of the first round stored it."""
-    if INLINE_DELTA:
-        out = tl.load(_rows(OUT, b, h, pos, stride_ob, stride_oh, stride_ol, d_offs), mask=mask, other=0.0)
-        delta = tl.sum(out.to(tl.float32) * do.to(tl.float32), 1)
-        if HAS_DLSE:
-            delta -= tl.load(DLSE + seq_base + pos, mask=rows_ok, other=0.0)
-    else:
-        delta = tl.load(DELTA + seq_base + pos, mask=rows_ok, other=0.0)
-    return delta
+@_jit
+def _delta_kernel(
+    OUT, DOUT, DLSE, DELTA,
+    stride_ob, stride_oh, stride_ol,
+    stride_gb, stride_gh, stride_gl,
+    H, LENGTH, D,
+    HAS_DLSE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """delta = rowsum(dout * out) - dlse: the softmax backward's per-query offset."""
+    b, h, pos, pos_ok, d_offs, d_ok = _position_block(H, LENGTH, D, BLOCK_L, BLOCK_D)
+    mask = pos_ok[:, None] & d_ok[None, :]
+    out = tl.load(OUT + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + d_offs[None, :], mask=mask, other=0.0)
+    dout = tl.load(DOUT + b * stride_gb + h * stride_gh + pos[:, None] * stride_gl + d_offs[None, :], mask=mask,
+                   other=0.0)
+    delta = tl.sum(out.to(tl.float32) * dout.to(tl.float32), 1)
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + (b * H + h) * LENGTH + pos, mask=pos_ok, other=0.0)
+    tl.store(DELTA + (b * H + h) * LENGTH + pos, delta, mask=pos_ok)
 
 
 @_jit(do_not_specialize=("first_chunk", "acc_mode"))
 def _window_bwd_kernel(
-    Q, K, V, DO, POS, BKT, PAD, LSE, OUT, DLSE, DELTA, DQ, DK, DV, ACC_Q, ACC_V,
+    Q, K, V, DO, POS, BKT, PAD, LSE, DELTA, DQ, DK, DV, ACC_Q, ACC_V,
     stride_b, stride_h, stride_l,
     stride_dob, stride_doh, stride_dol,
-    stride_ob, stride_oh, stride_ol,
     H, LENGTH, N_SLOTS, first_chunk, acc_mode,
     CHUNK: tl.constexpr, D: tl.constexpr, SCALE: tl.constexpr, KEY_SCALE: tl.constexpr,
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
     BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
-    EPS: tl.constexpr, ACCUMULATE: tl.constexpr, PREFETCH_ACC: tl.constexpr, INLINE_DELTA: tl.constexpr,
-    STORE_DELTA: tl.constexpr, HAS_DLSE: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    EPS: tl.constexpr, ACCUMULATE: tl.constexpr, PREFETCH_ACC: tl.constexpr, ONE_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Gradients for one block of rows of one sorted chunk, which are keys of the query chunks
     that see this chunk (dk, dv) and queries of their own window (dq).
-
-    INLINE_DELTA (the first round's launch): every query row's delta is computed from its
-    output and output gradient where it is needed, and with STORE_DELTA (more rounds follow)
-    this block stores its own rows' deltas for the later rounds' launches, which read them;
-    a position lies in exactly one block per round, so every delta is stored once.
 
     P = exp(logit - lse) with the lse of all rounds together, so each round's share of the
     combined output is handled without any per-round output.  Masked logits are constants in
@@ -428,10 +425,7 @@ def _window_bwd_kernel(
                               q_me, NORM_KEYS, True, DOT_MODE, EPS)
     do_me = tl.load(_rows(DO, b, h, my_pos, stride_dob, stride_doh, stride_dol, d_offs), mask=row_mask, other=0.0)
     lse_me = tl.load(LSE + seq_base + my_pos, mask=row_ok, other=0.0)
-    delta_me = _query_deltas(OUT, DELTA, DLSE, do_me, b, h, my_pos, row_mask, row_ok, seq_base, stride_ob, stride_oh,
-                             stride_ol, d_offs, INLINE_DELTA, HAS_DLSE)
-    if STORE_DELTA:
-        tl.store(DELTA + seq_base + my_pos, delta_me, mask=row_ok)
+    delta_me = tl.load(DELTA + seq_base + my_pos, mask=row_ok, other=0.0)
     acc_rows = (b * H + h) * LENGTH * D + my_pos.to(tl.int64) * D
     if PREFETCH_ACC:
         if acc_mode != 1:  # not ACC_FIRST
@@ -462,8 +456,7 @@ def _window_bwd_kernel(
                 do = tl.load(_rows(DO, b, h, q_pos, stride_dob, stride_doh, stride_dol, d_offs), mask=col_mask,
                              other=0.0)
                 lse = tl.load(LSE + seq_base + q_pos, mask=col_ok, other=0.0)
-                delta = _query_deltas(OUT, DELTA, DLSE, do, b, h, q_pos, col_mask, col_ok, seq_base, stride_ob,
-                                      stride_oh, stride_ol, d_offs, INLINE_DELTA, HAS_DLSE)
+                delta = tl.load(DELTA + seq_base + q_pos, mask=col_ok, other=0.0)
 
                 # Transposed problem: rows are this block's keys, columns the queries.
                 logits_t = _dot(k_me, tl.trans(q), DOT_MODE) * SCALE
@@ -862,22 +855,18 @@ class _Window:
     sorted_slots: bool
     scale: float
 
-    def constexprs(self, dtype, d_head, phase, has_pad, accumulate=False, first_round=False, has_dlse=False):
-        """The compile-time arguments of the `phase` ("forward" or "backward") kernel.  Backward
-        only: `accumulate`, the rounds' gradients are added up (more than one round);
-        `first_round`, the launch computes the deltas (and stores them when accumulating);
-        `has_dlse`, an lse gradient enters them."""
+    def constexprs(self, dtype, d_head, phase, has_pad, accumulate=False):
+        """The compile-time arguments of the `phase` ("forward" or "backward") kernel; `accumulate`:
+        the backward adds the rounds' gradients up (more than one round)."""
         settings = _launch_settings(phase, dtype)
-        backward = (accumulate, first_round, first_round and has_dlse) if phase == "backward" else None
         return _window_constexprs(self, _dot_mode(dtype), d_head, settings["block_m"], settings["block_n"], has_pad,
-                                  backward)
+                                  accumulate if phase == "backward" else None)
 
 
 @functools.cache
-def _window_constexprs(window, dot_mode, d_head, block_m, block_n, has_pad, backward):
+def _window_constexprs(window, dot_mode, d_head, block_m, block_n, has_pad, accumulate):
     """The kernels' compile-time arguments for `window` (cached: built once per problem kind, not
-    on every launch); `backward`: the backward kernel's flags (accumulate, first_round,
-    has_dlse), None for the forward kernel."""
+    on every launch); `accumulate` None for the forward kernel, which takes no accumulation flags."""
     block_m, block_n, block_d = _tiles(window.chunk_length, d_head, block_m, block_n)
     constexprs = dict(
         CHUNK=window.chunk_length, D=d_head, SCALE=window.scale, KEY_SCALE=1.0 / math.sqrt(d_head),
@@ -887,10 +876,8 @@ def _window_constexprs(window, dot_mode, d_head, block_m, block_n, has_pad, back
         EPS=KEY_NORM_EPS, ONE_BLOCK=window.chunk_length <= block_m and block_n == block_m, BLOCK_M=block_m,
         BLOCK_N=block_n, BLOCK_D=block_d,
     )
-    if backward is not None:
-        accumulate, first_round, has_dlse = backward
-        constexprs.update(ACCUMULATE=accumulate, PREFETCH_ACC=accumulate and _can_prefetch(), INLINE_DELTA=first_round,
-                          STORE_DELTA=first_round and accumulate, HAS_DLSE=has_dlse)
+    if accumulate is not None:
+        constexprs.update(ACCUMULATE=accumulate, PREFETCH_ACC=accumulate and _can_prefetch())
     return constexprs
 
 
@@ -935,6 +922,19 @@ def _combine_rounds(round_out, round_lse):
     return out, lse
 
 
+def _delta(out, grad_out, grad_lse):
+    batch, heads, length, d_head = out.shape
+    delta = torch.empty(batch, heads, length, dtype=torch.float32, device=out.device)
+    block_l = 64
+    grid = (_cdiv(length, block_l), batch * heads)
+    if grad_lse is not None:
+        grad_lse = grad_lse.float().contiguous()
+    _launch(_delta_kernel, grid,
+            (out, grad_out, grad_lse, delta, *out.stride()[:3], *grad_out.stride()[:3], heads, length, d_head),
+            dict(HAS_DLSE=grad_lse is not None, BLOCK_L=block_l, BLOCK_D=_pow2(d_head)))
+    return delta
+
+
 def _window_backward(window, query, key, value, positions, buckets, pad, out, lse, grad_out, grad_lse, n_rounds,
                      grads=None):
     """dq, dk, dv; with shared QK (window.norm_keys) dk is folded into dq and returned as None.
@@ -944,10 +944,7 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     batch, heads, length, d_head = query.shape
     n_slots = n_rounds * length
     grad_out = _rows_contiguous(grad_out)
-    if grad_lse is not None:
-        grad_lse = grad_lse.float().contiguous()
-    # Stored by the first round's launch for the others: a single round computes it where needed.
-    delta = torch.empty(batch, heads, length, dtype=torch.float32, device=query.device) if n_rounds > 1 else None
+    delta = _delta(out, grad_out, grad_lse)
     if grads is None:
         grads = torch.empty_like(query), None if window.norm_keys else torch.empty_like(key), torch.empty_like(value)
     dq, dk, dv = grads
@@ -955,10 +952,8 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     if n_rounds > 1:
         acc_q = torch.empty(batch, heads, length, d_head, dtype=torch.float32, device=query.device)
         acc_v = torch.empty_like(acc_q)
-    first_consts = window.constexprs(query.dtype, d_head, "backward", pad is not None, n_rounds > 1,
-                                     first_round=True, has_dlse=grad_lse is not None)
-    later_consts = window.constexprs(query.dtype, d_head, "backward", pad is not None, n_rounds > 1)
-    m_blocks = _cdiv(window.chunk_length, first_consts["BLOCK_M"])
+    consts = window.constexprs(query.dtype, d_head, "backward", pad is not None, n_rounds > 1)
+    m_blocks = _cdiv(window.chunk_length, consts["BLOCK_M"])
     chunks_per_round = length // window.chunk_length
     grid = (chunks_per_round * m_blocks, batch * heads)
     dk_arg = dk if dk is not None else dq
@@ -968,13 +963,11 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
         acc_mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
         # Rounds run one after another: a position appears once per round, so within one launch
         # every program owns its rows and the accumulation needs no atomics.
-        args = (query, key, value, grad_out, positions, buckets, pad, lse, out, grad_lse, delta, dq, dk_arg, dv, acc_q,
-                acc_v, *query.stride()[:3], *grad_out.stride()[:3], *out.stride()[:3], heads, length, n_slots,
-                round_id * chunks_per_round, acc_mode)
-        if round_id == 0:
-            _launch(_window_bwd_kernel, grid, args, first_consts, num_warps, 1)
-        elif launcher is None:
-            launcher = _launch(_window_bwd_kernel, grid, args, later_consts, num_warps, 1)
+        args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
+                *query.stride()[:3], *grad_out.stride()[:3], heads, length, n_slots, round_id * chunks_per_round,
+                acc_mode)
+        if launcher is None:
+            launcher = _launch(_window_bwd_kernel, grid, args, consts, num_warps, 1)
         else:  # only the unspecialised round index and mode differ from the launch before
             launcher(grid, args)
     return dq, dk, dv

@@ -339,8 +339,7 @@ window = kernels._Window(chunk_length=64, n_before=1, n_after=0, causal=True, ci
 fn = kernels._window_bwd_kernel
 names = list(inspect.signature(fn.fn).parameters)
 pointers = dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", POS="*i32", BKT="*i32", PAD="*i8", LSE="*fp32",
-                OUT="*bf16", DLSE="*fp32", DELTA="*fp32", DQ="*bf16", DK="*bf16", DV="*bf16", ACC_Q="*fp32",
-                ACC_V="*fp32")
+                DELTA="*fp32", DQ="*bf16", DK="*bf16", DV="*bf16", ACC_Q="*fp32", ACC_V="*fp32")
 prefetch = sys.argv[1] == "1"
 consts = {**window.constexprs(torch.bfloat16, 64, "backward", has_pad=False, accumulate=True), "PREFETCH_ACC": prefetch}
 signature = {name: "constexpr" if name in consts else pointers.get(name, "i32") for name in names}
