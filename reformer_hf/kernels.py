@@ -720,7 +720,8 @@ def _launch(kernel, grid, args, constexprs, num_warps=4, num_stages=3):
     if _interpreting():
         kernel[grid](*args, num_warps=num_warps, num_stages=num_stages, **constexprs)
         return None
-    key = (kernel, torch.cuda.current_device(), num_warps, num_stages, *constexprs.values(),
+    device = torch.cuda.current_device()
+    key = (kernel, device, num_warps, num_stages, *constexprs.values(),
            *[arg if type(arg) is int else (arg.dtype, arg.data_ptr() % 16 == 0) if isinstance(arg, torch.Tensor)
              else (type(arg), arg) for arg in args])
     launcher = _COMPILED.get(key)
@@ -731,7 +732,7 @@ def _launch(kernel, grid, args, constexprs, num_warps=4, num_stages=3):
         constants = tuple(constexprs[name] for name in _parameter_names(kernel)[len(args):])
         launcher = _COMPILED[key] = _Launcher(compiled, constants)
         return launcher
-    launcher(grid, args)
+    launcher(grid, args, device)
     return launcher
 
 
@@ -744,10 +745,11 @@ class _Launcher:
     def __init__(self, compiled, constants):
         self.compiled, self.constants = compiled, constants
 
-    def __call__(self, grid, args):
+    def __call__(self, grid, args, device=None):
+        """Launch on the current stream of `device` (the current CUDA device if None)."""
         compiled = self.compiled
-        driver = triton.runtime.driver.active
-        stream = driver.get_current_stream(driver.get_current_device())
+        device = torch.cuda.current_device() if device is None else device
+        stream = triton.runtime.driver.active.get_current_stream(device)
         hooks = triton.knobs.runtime
         enter_hook = hooks.launch_enter_hook
         values = (*args, *self.constants)
@@ -958,14 +960,14 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     grid = (chunks_per_round * m_blocks, batch * heads)
     dk_arg = dk if dk is not None else dq
     num_warps = _launch_settings("backward", query.dtype)["num_warps"]
+    shared_args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
+                   *query.stride()[:3], *grad_out.stride()[:3], heads, length, n_slots)
     launcher = None
     for round_id in range(n_rounds):
         acc_mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
         # Rounds run one after another: a position appears once per round, so within one launch
         # every program owns its rows and the accumulation needs no atomics.
-        args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
-                *query.stride()[:3], *grad_out.stride()[:3], heads, length, n_slots, round_id * chunks_per_round,
-                acc_mode)
+        args = (*shared_args, round_id * chunks_per_round, acc_mode)
         if launcher is None:
             launcher = _launch(_window_bwd_kernel, grid, args, consts, num_warps, 1)
         else:  # only the unspecialised round index and mode differ from the launch before
