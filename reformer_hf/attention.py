@@ -33,6 +33,14 @@ def upcast(tensor):
     return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
 
 
+def attention_logits(query, keys):
+    """query (..., n, d) x keys (..., m, d) -> float32 logits (..., n, m).  Under autocast the
+    product runs in autocast's dtype like every other product of the model, so its result is
+    brought back to float32 before any mask replaces a logit: MASK_VALUE and SELF_MASK_VALUE lie
+    outside float16's range."""
+    return upcast(torch.matmul(upcast(query), upcast(keys).transpose(-1, -2)))
+
+
 def normalize_keys(query_key):
     """Shared-QK keys: each vector scaled to unit length (root-mean-square norm, then 1/sqrt(d))."""
     d_head = query_key.shape[-1]
@@ -119,7 +127,7 @@ def shared_qk_full_attention(query_key, value, *, causal=False, pad_mask=None, d
     padding.  Returns out (batch, heads, length, d_head) and log-sum-exp (batch, heads, length).
     """
     length = query_key.shape[2]
-    logits = torch.matmul(upcast(query_key), upcast(normalize_keys(query_key)).transpose(-1, -2))
+    logits = attention_logits(query_key, normalize_keys(query_key))
     visible = torch.ones(length, length, dtype=torch.bool, device=query_key.device)
     if causal:
         visible = visible.tril()
@@ -254,7 +262,7 @@ def lsh_attention(
         in_window = (distance <= n_chunks_before * chunk_length) & (distance >= -n_chunks_after * chunk_length)
         visible = visible & in_window & (key_buckets[:, :, :, None, :] == query_buckets[..., None])
 
-    logits = torch.matmul(upcast(query), upcast(keys).transpose(-1, -2))  # (b, h, C, c, W*c)
+    logits = attention_logits(query, keys)  # (b, h, C, c, W*c)
     logits = torch.where(visible, logits, MASK_VALUE)
     is_self = key_positions[:, :, :, None, :] == query_positions[..., None]
     logits = torch.where(is_self & visible, SELF_MASK_VALUE, logits)
@@ -322,7 +330,7 @@ def local_attention(
         key_is_pad = pad_mask[:, key_positions.flatten()].view(batch, 1, n_chunks, 1, -1)
         visible = visible & ~key_is_pad
 
-    logits = torch.matmul(upcast(queries), upcast(keys).transpose(-1, -2)) / math.sqrt(d_head)
+    logits = attention_logits(queries, keys) / math.sqrt(d_head)
     logits = torch.where(visible, logits, MASK_VALUE)
     out, lse = _softmax_attend(logits, values, dropout_p, training)
     return out.reshape(batch, heads, length, d_head), lse.reshape(batch, heads, length)
@@ -350,7 +358,7 @@ def full_attention(query, key, value, *, causal=False, pad_mask=None, dropout_p=
     Returns out (batch, heads, q_length, d_head) and log-sum-exp (batch, heads, q_length).
     """
     q_length, k_length, d_head = query.shape[2], key.shape[2], query.shape[3]
-    logits = torch.matmul(upcast(query), upcast(key).transpose(-1, -2)) / math.sqrt(d_head)
+    logits = attention_logits(query, key) / math.sqrt(d_head)
     visible = torch.ones(q_length, k_length, dtype=torch.bool, device=query.device)
     if causal:
         visible = torch.ones_like(visible).tril(diagonal=k_length - q_length)
@@ -374,8 +382,7 @@ def lsh_decode_step(query_key, value, bucket_keys, bucket_values, bucket_valid, 
     exactly as `lsh_attention` combines them.
     """
     n_hashes = bucket_keys.shape[2]
-    query = upcast(query_key)[:, :, None]  # (b, h, 1, 1, d)
-    logits = torch.matmul(query, upcast(bucket_keys).transpose(-1, -2))  # (b, h, n_hashes, 1, window)
+    logits = attention_logits(query_key[:, :, None], bucket_keys)  # (b, h, n_hashes, 1, window)
     logits = torch.where(bucket_valid[:, :, :, None, :], logits, MASK_VALUE)
     self_logit = logits.new_full((*logits.shape[:-1], 1), SELF_MASK_VALUE)
     logits = torch.cat([logits, self_logit], dim=-1)
