@@ -126,6 +126,23 @@ def test_fp16_model_has_no_nan_from_masks():
     assert logits.dtype == torch.float16 and torch.isfinite(logits).all()
 
 
+@pytest.mark.parametrize("kind", ["lsh", "local", "full"])
+def test_float16_autocast_training_step_is_finite(kind):
+    """Under float16 autocast the attention products run in float16; their logits come back to
+    float32 before masking, since MASK_VALUE and SELF_MASK_VALUE lie outside float16's range (as
+    float16 they were -inf, and a query that sees only itself got NaN)."""
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config(attn_layers=[kind, kind])).train()
+    input_ids = torch.randint(0, 40, (2, 24), generator=torch.Generator().manual_seed(1))
+    attention_mask = torch.ones(2, 24, dtype=torch.long)
+    attention_mask[1, 19:] = 0
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = model(input_ids, attention_mask=attention_mask, labels=input_ids).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def test_reversible_layers_run_autocast_without_its_weight_cache():
     """autocast caches a bfloat16 copy of each weight until its region ends: memory that grows with
     depth.  The reversible layers turn the cache off (forward and rebuild), still under autocast;
