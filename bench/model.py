@@ -243,6 +243,51 @@ def run_layer_norm_check(log, length=2**16):
     print("layer norm check", record, flush=True)
 
 
+def run_fused_stack_check(log, length=2**14, n_layers=4):
+    """The reversible stack with residual sums fused into the layer norms (fused_stack.py) against
+    the half-by-half stack, both under bf16 autocast, and both against the float32 model without
+    autocast: loss and every gradient of one step."""
+    from reformer_hf import reversible
+
+    torch.manual_seed(0)
+    model = our_model(length, n_layers).to(DEVICE).train()
+    input_ids = torch.randint(0, VOCAB, (1, length), generator=torch.Generator().manual_seed(length)).to(DEVICE)
+
+    def gradients(autocast=True):
+        torch.manual_seed(1)  # the layers' seeds (hash rotations) come from the global generator
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=autocast):
+            loss = model(input_ids=input_ids, labels=input_ids).loss
+        loss.backward()
+        return loss.item(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+    fused_loss, fused = gradients()
+    split_halves = reversible.split_halves
+    reversible.split_halves = lambda *args: None  # the half-by-half stack
+    try:
+        plain_loss, half_by_half = gradients()
+        reference_loss, reference = gradients(autocast=False)
+    finally:
+        reversible.split_halves = split_halves
+
+    def error(grads, name):
+        return ((grads[name].double() - reference[name].double()).norm() / reference[name].double().norm()).item()
+
+    errors = {name: (error(fused, name), error(half_by_half, name)) for name in reference}
+    worst = max(errors, key=lambda name: errors[name][0] / (errors[name][1] + 1e-6))
+    record = dict(length=length, n_layers=n_layers, losses=dict(fused=fused_loss, half_by_half=plain_loss,
+                                                                 float32=reference_loss),
+                  n_gradients=len(errors), bit_equal=sum(torch.equal(fused[n], half_by_half[n]) for n in reference),
+                  max_error_fused=max(e[0] for e in errors.values()),
+                  max_error_half_by_half=max(e[1] for e in errors.values()),
+                  worst_ratio_gradient=worst, worst_ratio_errors=errors[worst],
+                  passed=all(e[0] <= 2 * e[1] + 1e-6 for e in errors.values()))
+    log.write(section="fused_stack_check", **record)
+    print("fused stack check", record, flush=True)
+    model = None
+    free_memory()
+
+
 def run_million(log, length, steps=3):
     """A few optimizer steps on one long sequence: it fits and trains; time and peak memory per step."""
     model = our_model(length, 12).to(DEVICE).train()
@@ -347,6 +392,20 @@ def write_report(out_dir, stem="model"):
                  "cast give, up to near ties). Gradients (x, weight, bias): relative error against float64. "
                  "Time: forward + backward.", "",
                  markdown_table(["path", "outputs equal", "gradient errors", "ms"], table), ""]
+    for row in (row for row in rows if row.get("section") == "fused_stack_check"):
+        losses = row["losses"]
+        text += [f"## Residual sums fused into the layer norms vs the half-by-half stack ({length_label(row['length'])} "
+                 f"tokens, {row['n_layers']} layers)", "",
+                 "One step under bf16 autocast with each stack, and one of the float32 model without autocast as the "
+                 "reference. Gradient error: relative (norm) error of each parameter's gradient against the "
+                 "reference. Pass: fused <= 2 x half-by-half + 1e-6 for every gradient.", "",
+                 markdown_table(["losses (fused / half-by-half / float32)", "gradients bit-equal", "largest error fused",
+                                 "largest error half-by-half", "worst ratio (gradient: fused / half-by-half)", "result"],
+                                [[f"{losses['fused']:.6f} / {losses['half_by_half']:.6f} / {losses['float32']:.6f}",
+                                  f"{row['bit_equal']} of {row['n_gradients']}", f"{row['max_error_fused']:.2e}",
+                                  f"{row['max_error_half_by_half']:.2e}",
+                                  f"`{row['worst_ratio_gradient']}`: {row['worst_ratio_errors'][0]:.2e} / "
+                                  f"{row['worst_ratio_errors'][1]:.2e}", "PASS" if row["passed"] else "FAIL"]]), ""]
     million = [row for row in rows if row.get("section") == "million"]
     for row in million:
         speed = (f"; {row['length'] / (sum(row['step_seconds']) / len(row['step_seconds'])):,.0f} tokens/s"
@@ -411,6 +470,7 @@ def main():
         log.write(section="environment", **environment())
         if args.check:
             run_layer_norm_check(log, 2**16 if not args.smoke else 256)
+            run_fused_stack_check(log, 2**14 if not args.smoke else 256)
         if args.sweep:
             run_sweep(log, args.lengths, args.baseline_limit)
         if args.profile:

@@ -673,6 +673,13 @@ def _triton_installed():
     return importlib.util.find_spec("triton") is not None
 
 
+def kernels_module():
+    """kernels.py, imported (with triton) only where a kernel is about to run."""
+    from . import kernels
+
+    return kernels
+
+
 def _runs_kernel(backend, kind, tensors, dropout_p=0.0, training=False):
     """Whether this call goes to the fused Triton kernel: "auto" takes it on CUDA when triton
     imports, "triton" takes it or raises, and attention dropout in training always goes to torch

@@ -651,15 +651,24 @@ def _hash_factor(x, rot_base, stride_rd, d_offs, d_ok, first_column, HALF: tl.co
 
 @_jit
 def _layer_norm_fwd_kernel(
-    X, W, B, Y, MEAN, RSTD, stride_xb, stride_xl, LENGTH, D, eps,
-    DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
+    X, R, S, W, B, Y, MEAN, RSTD, stride_xb, stride_xl, stride_rb, stride_rl, LENGTH, D, eps,
+    RESIDUAL: tl.constexpr, STATS: tl.constexpr, DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One row of x (batch, length, d), any dtype, normalised in float32 and written in Y's dtype;
-    the row's mean and 1/std are kept for the backward pass."""
+    """One row of x (batch, length, d), any dtype, normalised in float32 and written in Y's dtype.
+    RESIDUAL 1 / -1: the row normalised is s = x + r / x - r (r: any dtype, added in float32, as
+    torch promotes it), written to S (x's dtype, rows contiguous) too.  STATS: the row's mean and
+    1/std are kept for the backward pass."""
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
     x = tl.load(X + (row // LENGTH) * stride_xb + (row % LENGTH) * stride_xl + cols, mask=mask, other=0.0)
+    if RESIDUAL != 0:
+        r = tl.load(R + (row // LENGTH) * stride_rb + (row % LENGTH) * stride_rl + cols, mask=mask, other=0.0)
+        if RESIDUAL > 0:
+            x = x + r.to(x.dtype)
+        else:
+            x = x - r.to(x.dtype)
+        tl.store(S + row * D + cols, x, mask=mask)
     x = x.to(tl.float32)
     mean = tl.sum(x, 0) / D
     centered = tl.where(mask, x - mean, 0.0)
@@ -668,16 +677,20 @@ def _layer_norm_fwd_kernel(
     bias = tl.load(B + cols, mask=mask, other=0.0).to(tl.float32)
     y = centered * rstd * weight + bias
     tl.store(Y + row * D + cols, _narrow(y, Y.dtype.element_ty, DOT_MODE), mask=mask)
-    tl.store(MEAN + row, mean)
-    tl.store(RSTD + row, rstd)
+    if STATS:
+        tl.store(MEAN + row, mean)
+        tl.store(RSTD + row, rstd)
 
 
 @_jit
 def _layer_norm_bwd_kernel(
-    X, W, DY, MEAN, RSTD, DX, DW_PART, DB_PART, stride_xb, stride_xl, LENGTH, ROWS, D, ROWS_PER_PROGRAM,
+    X, W, DY, MEAN, RSTD, ACC, DX, DX_LOW, DW_PART, DB_PART, stride_xb, stride_xl, LENGTH, ROWS, D,
+    ROWS_PER_PROGRAM, ACCUMULATE: tl.constexpr, LOW_COPY: tl.constexpr, DOT_MODE: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """dx of ROWS_PER_PROGRAM rows (float32, x's dtype), and this program's share of dw and db."""
+    """dx of ROWS_PER_PROGRAM rows (float32, x's dtype), and this program's share of dw and db.
+    ACCUMULATE: DX = ACC + dx (ACC: x's dtype, rows contiguous).  LOW_COPY: DX is also written
+    in DX_LOW's dtype."""
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
@@ -692,11 +705,39 @@ def _layer_norm_bwd_kernel(
             xhat = tl.where(mask, (x.to(tl.float32) - tl.load(MEAN + row)) * tl.load(RSTD + row), 0.0)
             g = dy * weight
             dx = (g - tl.sum(g, 0) / D - xhat * (tl.sum(g * xhat, 0) / D)) * tl.load(RSTD + row)
+            dx = dx.to(DX.dtype.element_ty)
+            if ACCUMULATE:
+                dx = tl.load(ACC + row * D + cols, mask=mask, other=0.0) + dx
             tl.store(DX + row * D + cols, dx, mask=mask)
+            if LOW_COPY:
+                tl.store(DX_LOW + row * D + cols, _narrow(dx, DX_LOW.dtype.element_ty, DOT_MODE), mask=mask)
             dw += dy * xhat
             db += dy
     tl.store(DW_PART + program * D + cols, dw, mask=mask)
     tl.store(DB_PART + program * D + cols, db, mask=mask)
+
+
+@_jit
+def _relu_bias_grad_kernel(
+    DY, OUT, DX, DB_PART, ROWS, COLS, ROWS_PER_PROGRAM, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):
+    """dx = dy where out > 0, else 0 (ReLU's gradient from its output, as threshold_backward), over
+    ROWS_PER_PROGRAM rows x BLOCK_C columns of (rows, cols) tensors, and this program's float32
+    column sums of dx (its share of the bias gradient)."""
+    cols = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < COLS
+    first = tl.program_id(0).to(tl.int64) * ROWS_PER_PROGRAM
+    column_sums = tl.zeros([BLOCK_C], tl.float32)
+    for start in range(0, ROWS_PER_PROGRAM, BLOCK_R):
+        rows = first + start + tl.arange(0, BLOCK_R)
+        mask = (rows < ROWS)[:, None] & col_ok[None, :]
+        offsets = rows[:, None] * COLS + cols[None, :]
+        dy = tl.load(DY + offsets, mask=mask, other=0.0)
+        out = tl.load(OUT + offsets, mask=mask, other=0.0)
+        dx = tl.where(out <= 0, 0.0, dy.to(tl.float32))  # exact: dy's values or zeros
+        tl.store(DX + offsets, dx.to(DX.dtype.element_ty), mask=mask)
+        column_sums += tl.sum(dx, 0)
+    tl.store(DB_PART + tl.program_id(0) * COLS + cols, column_sums, mask=col_ok)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1134,39 +1175,79 @@ def _layer_norm_rows_per_program(rows, device):
     return max(1, min(LAYER_NORM_ROWS_PER_PROGRAM, _cdiv(rows, 4 * _multiprocessors(device))))
 
 
+def layer_norm_forward(x, weight, bias, eps, out_dtype, residual=None, subtract=False, with_stats=True):
+    """`F.layer_norm(s, (d,), weight, bias, eps).to(out_dtype)` for s = x (batch, length, d), or
+    with `residual`, s = x + residual (x - residual if `subtract`) added in x's dtype, in one pass.
+
+    Returns (s (rows contiguous; x itself without a residual), the normalised s, mean, rstd),
+    the last two float32 (batch * length,) for `layer_norm_backward`, or None unless `with_stats`.
+    No autograd: `LayerNormFunction` and the reversible stack's fused path call it."""
+    batch, length, d_model = x.shape
+    x = _rows_contiguous(x)
+    out = torch.empty(batch, length, d_model, dtype=out_dtype, device=x.device)
+    mean = rstd = summed = None
+    if with_stats:
+        mean = torch.empty(batch * length, dtype=torch.float32, device=x.device)
+        rstd = torch.empty_like(mean)
+    if residual is not None:
+        if residual.shape != x.shape:
+            raise ValueError(f"kernels.layer_norm_forward: residual has shape {tuple(residual.shape)}; expected "
+                             f"x's {tuple(x.shape)}")
+        residual = _rows_contiguous(residual)
+        summed = torch.empty_like(x, memory_format=torch.contiguous_format)
+    _launch(_layer_norm_fwd_kernel, (batch * length,),
+            (x, residual, summed, weight, bias, out, mean, rstd, x.stride(0), x.stride(1),
+             0 if residual is None else residual.stride(0), 0 if residual is None else residual.stride(1),
+             length, d_model, eps),
+            dict(RESIDUAL=0 if residual is None else -1 if subtract else 1, STATS=with_stats,
+                 DOT_MODE=_dot_mode(out_dtype), BLOCK_D=_pow2(d_model)))
+    return (x if residual is None else summed), out, mean, rstd
+
+
+def layer_norm_backward(x, weight, mean, rstd, grad_out, accumulate=None, low_dtype=None):
+    """Gradients of `layer_norm_forward`'s output with respect to x, weight and bias, given the
+    output's gradient `grad_out` (batch, length, d).
+
+    Returns (grad_x, grad_x_low, grad_weight, grad_bias): grad_x in x's dtype, plus `accumulate`
+    (a gradient of x's shape and dtype, e.g. the residual stream's) when given; grad_x_low its copy
+    in `low_dtype`, written by the same pass, or None."""
+    batch, length, d_model = x.shape
+    rows = batch * length
+    grad_out = grad_out.contiguous()
+    grad_x = torch.empty(batch, length, d_model, dtype=x.dtype, device=x.device)
+    grad_x_low = None if low_dtype is None else torch.empty(batch, length, d_model, dtype=low_dtype, device=x.device)
+    if accumulate is not None:
+        if accumulate.shape != x.shape or accumulate.dtype != x.dtype:
+            raise ValueError(f"kernels.layer_norm_backward: accumulate is {accumulate.dtype} {tuple(accumulate.shape)};"
+                             f" expected x's {x.dtype} {tuple(x.shape)}")
+        accumulate = accumulate.contiguous()
+    rows_per_program = _layer_norm_rows_per_program(rows, x.device)
+    n_programs = _cdiv(rows, rows_per_program)
+    dw_part = torch.empty(n_programs, d_model, dtype=torch.float32, device=x.device)
+    db_part = torch.empty_like(dw_part)
+    _launch(_layer_norm_bwd_kernel, (n_programs,),
+            (x, weight, grad_out, mean, rstd, accumulate, grad_x, grad_x_low, dw_part, db_part, x.stride(0),
+             x.stride(1), length, rows, d_model, rows_per_program),
+            dict(ACCUMULATE=accumulate is not None, LOW_COPY=low_dtype is not None,
+                 DOT_MODE=_dot_mode(low_dtype or x.dtype), BLOCK_D=_pow2(d_model)))
+    return grad_x, grad_x_low, dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype)
+
+
 class LayerNormFunction(torch.autograd.Function):
     """Layer norm over the last dimension of x (batch, length, d), computed in float32 and written
     in `out_dtype`; the gradient of x comes back in x's dtype."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, eps, out_dtype):
-        batch, length, d_model = x.shape
-        x = _rows_contiguous(x)
-        out = torch.empty(batch, length, d_model, dtype=out_dtype, device=x.device)
-        mean = torch.empty(batch * length, dtype=torch.float32, device=x.device)
-        rstd = torch.empty_like(mean)
-        _launch(_layer_norm_fwd_kernel, (batch * length,),
-                (x, weight, bias, out, mean, rstd, x.stride(0), x.stride(1), length, d_model, eps),
-                dict(DOT_MODE=_dot_mode(out_dtype), BLOCK_D=_pow2(d_model)))
+        x, out, mean, rstd = layer_norm_forward(x, weight, bias, eps, out_dtype)
         ctx.save_for_backward(x, weight, mean, rstd)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, mean, rstd = ctx.saved_tensors
-        batch, length, d_model = x.shape
-        rows = batch * length
-        grad_out = grad_out.contiguous()
-        grad_x = torch.empty(batch, length, d_model, dtype=x.dtype, device=x.device)
-        rows_per_program = _layer_norm_rows_per_program(rows, x.device)
-        n_programs = _cdiv(rows, rows_per_program)
-        dw_part = torch.empty(n_programs, d_model, dtype=torch.float32, device=x.device)
-        db_part = torch.empty_like(dw_part)
-        _launch(_layer_norm_bwd_kernel, (n_programs,),
-                (x, weight, grad_out, mean, rstd, grad_x, dw_part, db_part, x.stride(0), x.stride(1), length, rows,
-                 d_model, rows_per_program), dict(BLOCK_D=_pow2(d_model)))
-        grad_weight = dw_part.sum(0).to(weight.dtype)
-        return grad_x, grad_weight, db_part.sum(0).to(weight.dtype), None, None
+        grad_x, _, grad_weight, grad_bias = layer_norm_backward(x, weight, mean, rstd, grad_out)
+        return grad_x, grad_weight, grad_bias, None, None
 
 
 def layer_norm(x, weight, bias, eps, out_dtype):
@@ -1179,6 +1260,30 @@ def layer_norm(x, weight, bias, eps, out_dtype):
         raise ValueError(f"kernels.layer_norm: weight and bias must both have shape ({x.shape[-1]},)")
     _require_kernels("layer_norm", x, max_width=LAYER_NORM_MAX_WIDTH, width_name="d")
     return LayerNormFunction.apply(x, weight, bias, eps, out_dtype)
+
+
+RELU_GRAD_ROWS_PER_PROGRAM = 512
+RELU_GRAD_BLOCK = {"block_r": 32, "block_c": 256}
+
+
+def relu_bias_grad(grad_out, out):
+    """(threshold_backward(grad_out, out, 0), its sum over rows) for a ReLU's output `out` and its
+    gradient, both (rows, cols): the masked gradient and the bias gradient in one pass over them
+    instead of two.  The sum is taken in float32 and returned in out's dtype, as torch's is."""
+    if grad_out.shape != out.shape or grad_out.dim() != 2:
+        raise ValueError(f"kernels.relu_bias_grad: grad_out {tuple(grad_out.shape)} and out {tuple(out.shape)} must "
+                         "be one (rows, cols) shape")
+    _require_kernels("relu_bias_grad", out, max_width=2**31)
+    grad_out, out = grad_out.contiguous(), out.contiguous()
+    rows, cols = out.shape
+    rows_per_program = min(RELU_GRAD_ROWS_PER_PROGRAM, _pow2(rows, RELU_GRAD_BLOCK["block_r"]))
+    n_row_programs = _cdiv(rows, rows_per_program)
+    grad = torch.empty_like(out)
+    bias_part = torch.empty(n_row_programs, cols, dtype=torch.float32, device=out.device)
+    _launch(_relu_bias_grad_kernel, (n_row_programs, _cdiv(cols, RELU_GRAD_BLOCK["block_c"])),
+            (grad_out, out, grad, bias_part, rows, cols, rows_per_program),
+            dict(BLOCK_R=RELU_GRAD_BLOCK["block_r"], BLOCK_C=RELU_GRAD_BLOCK["block_c"]))
+    return grad, bias_part.sum(0).to(out.dtype)
 
 
 def _rows_contiguous(tensor):

@@ -12,7 +12,7 @@ it is `nn.LayerNorm`.
 import torch
 from torch import nn
 
-from .attention import _triton_installed
+from .attention import _triton_installed, kernels_module
 
 # batch x length from which the kernel runs.  On one H100 (bench/results/model_h100.md, 12 layers,
 # d_model 1024) it took a training step at 64K tokens from 245 to 211 ms (1M: 4.54 -> 3.78 s); at
@@ -27,27 +27,23 @@ class ReformerLayerNorm(nn.LayerNorm):
         self.backend = backend
 
     def forward(self, hidden):
-        if self._fuses(hidden):  # which checks what `kernels.layer_norm` would check again
-            return _kernels().LayerNormFunction.apply(hidden, self.weight, self.bias, self.eps,
-                                                      torch.get_autocast_dtype("cuda"))
+        if self.runs_kernel(hidden):
+            return kernels_module().LayerNormFunction.apply(hidden, self.weight, self.bias, self.eps,
+                                                      torch.get_autocast_dtype(hidden.device.type))
         return super().forward(hidden)
 
-    def _fuses(self, hidden):
+    def runs_kernel(self, hidden):
+        """Whether `hidden` is normalised by the kernel (into autocast's dtype) rather than by
+        nn.LayerNorm.  The kernel runs on CUDA, or on the CPU under Triton's interpreter (tests)."""
+        device_type = hidden.device.type
         return (
             self.backend != "torch"
-            and hidden.is_cuda
             and hidden.dim() == 3
             and hidden.shape[0] * hidden.shape[1] >= FUSED_FROM_ROWS
             and hidden.dtype == torch.float32
-            and torch.is_autocast_enabled("cuda")
-            and torch.get_autocast_dtype("cuda") in (torch.bfloat16, torch.float16)
+            and torch.is_autocast_enabled(device_type)
+            and torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16)
             and _triton_installed()
-            and hidden.shape[-1] <= _kernels().LAYER_NORM_MAX_WIDTH
+            and hidden.shape[-1] <= kernels_module().LAYER_NORM_MAX_WIDTH
+            and (hidden.is_cuda or kernels_module()._interpreting())
         )
-
-
-def _kernels():
-    """kernels.py, imported (with triton) only once a fused call is possible."""
-    from . import kernels
-
-    return kernels

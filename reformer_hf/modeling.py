@@ -32,8 +32,18 @@ class AttentionBlock(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def forward(self, hidden, pad_mask=None, layer_cache=None):
-        attended = self.self_attention(self.layer_norm(hidden), pad_mask, layer_cache=layer_cache)
-        return self.dropout(self.output(attended))
+        return self.body(self.layer_norm(hidden), pad_mask, layer_cache)
+
+    def body(self, normed, pad_mask=None, layer_cache=None):
+        """The block after its layer norm, on the normalised hidden states."""
+        return self.dropout(self.output(self.self_attention(normed, pad_mask, layer_cache=layer_cache)))
+
+    def fused_body(self, hidden, pad_mask):
+        """normed -> the block's output on `hidden` once normalised, for a stack that runs the
+        layer norm kernel itself (see fused_stack.py); None where that kernel does not run."""
+        if not self.layer_norm.runs_kernel(hidden):
+            return None
+        return lambda normed: self.body(normed, pad_mask)
 
     def decode_step(self, hidden, layer_cache, is_pad):
         """One new position (batch, 1, hidden_size) attending through its generation cache."""
@@ -52,6 +62,7 @@ class FeedForwardBlock(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.chunk_size = config.chunk_size_feed_forward
+        self.backend = config.attn_backend
         self.layer_norm = ReformerLayerNorm(config.hidden_size, eps=config.layer_norm_eps, backend=config.attn_backend)
         self.dense_in = nn.Linear(config.hidden_size, config.feed_forward_size)
         self.activation = ACT2FN[config.hidden_act]
@@ -60,17 +71,30 @@ class FeedForwardBlock(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def transform(self, hidden):
-        normed = self.layer_norm(hidden)
+        return self.body(self.layer_norm(hidden))
+
+    def body(self, normed):
+        """The block after its layer norm, on normalised positions."""
         if self.fused_relu:
-            hidden = self.dropout(linear_relu(normed, self.dense_in))
+            hidden = self.dropout(linear_relu(normed, self.dense_in, self.backend))
         else:
             hidden = self.activation(self.dropout(self.dense_in(normed)))
         return self.dropout(self.dense_out(hidden))
 
     def forward(self, hidden):
-        if not self.chunk_size or hidden.shape[1] <= self.chunk_size:
+        if not self._chunks(hidden):
             return self.transform(hidden)
         return torch.cat([self.transform(part) for part in hidden.split(self.chunk_size, dim=1)], dim=1)
+
+    def fused_body(self, hidden, pad_mask):
+        """normed -> the block's output, as AttentionBlock.fused_body; None also where the block
+        runs in chunks (whose point is not to hold a normalised copy of every position)."""
+        if self._chunks(hidden) or not self.layer_norm.runs_kernel(hidden):
+            return None
+        return self.body
+
+    def _chunks(self, hidden):
+        return bool(self.chunk_size) and hidden.shape[1] > self.chunk_size
 
 
 def padding_multiple(config):

@@ -8,32 +8,19 @@ autocast state of the forward pass.  The layers run with autocast's weight cache
 low-precision copy of every layer's weights would live until the autocast region ends, memory
 that grows with depth, while a reversible layer uses each cast once per pass anyway.
 
+Where every block normalises with the layer norm kernel, the stack runs half by half with each
+residual sum fused into the layer norm that reads it (fused_stack.py); the results are the same.
+
 A stack may also read a `context` that is not one of the streams, e.g. the encoder output that
 a decoder's cross attention attends to: every layer's attention half receives it (and its
 `context_mask`), and the backward pass sums its gradient over the layers.
 """
 
-import contextlib
-
 import torch
 from torch import nn
 
-
-@contextlib.contextmanager
-def seeded(seed, device):
-    """Run a block with the global generators of the CPU and `device` set from `seed`, then restore them."""
-    cuda_devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices, device_type="cuda"):
-        torch.random.default_generator.manual_seed(seed)
-        if cuda_devices:
-            with torch.cuda.device(device):
-                torch.cuda.manual_seed(seed)
-        yield
-
-
-def draw_seeds(n_layers):
-    """Two seeds per layer (attention, feed-forward), drawn from the global generator."""
-    return torch.randint(0, 2**62, (n_layers, 2)).tolist()
+from .fused_stack import FusedNormStackFunction, split_halves
+from .replay import autocast_state, draw_seeds, seeded, uncached_autocast
 
 
 class ReversibleLayer(nn.Module):
@@ -107,8 +94,8 @@ class _ReversibleStackFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x1, x2, layers, seeds, pad_mask, hidden_states_sink, layer_caches, context, context_mask, *params):
         ctx.layers, ctx.seeds, ctx.params = layers, seeds, params
-        ctx.autocast = _autocast_state(x1.device.type)
-        with torch.no_grad(), _uncached_autocast(ctx.autocast):
+        ctx.autocast = autocast_state(x1.device.type)
+        with torch.no_grad(), uncached_autocast(ctx.autocast):
             for layer, layer_seeds, layer_cache in zip(layers, seeds, layer_caches):
                 x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
                 if hidden_states_sink is not None:
@@ -123,7 +110,7 @@ class _ReversibleStackFunction(torch.autograd.Function):
             # One leaf shared by every layer, so that the layers' gradients add up under one key.
             context = context.detach().requires_grad_(ctx.needs_input_grad[_CONTEXT_INPUT])
         grads = {}
-        with _uncached_autocast(ctx.autocast):
+        with uncached_autocast(ctx.autocast):
             for layer, layer_seeds in zip(reversed(ctx.layers), reversed(ctx.seeds)):
                 y1, y2, grad_y1, grad_y2, layer_grads = layer.backward_pass(
                     y1, y2, grad_y1, grad_y2, layer_seeds, pad_mask, context, context_mask
@@ -137,15 +124,6 @@ class _ReversibleStackFunction(torch.autograd.Function):
 
 # Position of `context` among the Function's inputs (x1, x2, layers, seeds, pad_mask, sink, caches, context, ...).
 _CONTEXT_INPUT = 7
-
-
-def _autocast_state(device_type):
-    return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_enabled(device_type)
-
-
-def _uncached_autocast(state):
-    device_type, dtype, enabled = state
-    return torch.autocast(device_type, dtype=dtype, enabled=enabled, cache_enabled=False)
 
 
 class ReformerStack(nn.Module):
@@ -173,8 +151,12 @@ class ReformerStack(nn.Module):
         # A generation cache keeps keys and values that later steps differentiate through; the
         # reversible function keeps no graph, so a pass that fills a cache under grad runs plainly.
         fills_cache = any(layer_cache is not None for layer_cache in layer_caches)
-        if self.reversible and torch.is_grad_enabled() and not fills_cache:
-            params = [p for p in self.layers.parameters() if p.requires_grad]
+        reversible = self.reversible and torch.is_grad_enabled() and not fills_cache
+        halves = split_halves(self.layers, seeds, hidden, pad_mask) if reversible and context is None else None
+        params = [p for p in self.layers.parameters() if p.requires_grad] if reversible else None
+        if halves is not None:
+            x1, x2 = FusedNormStackFunction.apply(x1, x2, halves, all_hidden, *params)
+        elif reversible:
             x1, x2 = _ReversibleStackFunction.apply(
                 x1, x2, list(self.layers), seeds, pad_mask, all_hidden, layer_caches, context, context_mask, *params
             )

@@ -71,5 +71,50 @@ def test_reformer_layer_norm_keeps_nn_layer_norm_parameters_and_results_off_cuda
     assert sorted(module.state_dict()) == ["bias", "weight"]
     hidden = torch.randn(2, 5, config.hidden_size)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not module._fuses(hidden)  # CPU autocast: nn.LayerNorm's own path
+        assert not module.runs_kernel(hidden)  # CPU autocast: nn.LayerNorm's own path
         torch.testing.assert_close(module(hidden), plain(hidden), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("subtract", [False, True])
+def test_layer_norm_forward_with_residual_writes_the_sum_and_its_norm(subtract):
+    generator = torch.Generator().manual_seed(3)
+    stream = torch.randn(2, 12, 48, generator=generator).to(DEVICE)
+    residual = torch.randn(2, 12, 48, generator=generator).to(DEVICE).to(torch.bfloat16)
+    weight = (1 + 0.1 * torch.randn(48, generator=generator)).to(DEVICE)
+    bias = (0.1 * torch.randn(48, generator=generator)).to(DEVICE)
+
+    summed, normed, mean, rstd = kernels.layer_norm_forward(stream, weight, bias, 1e-12, torch.bfloat16, residual,
+                                                            subtract=subtract)
+    expected_sum = stream - residual if subtract else stream + residual  # torch promotes bf16 to float32
+    assert summed.dtype == torch.float32 and torch.equal(summed, expected_sum)
+    torch.testing.assert_close(normed, reference(expected_sum, weight, bias, 1e-12).float().to(torch.bfloat16),
+                               rtol=torch.finfo(torch.bfloat16).eps, atol=1e-6)
+    torch.testing.assert_close(mean, expected_sum.mean(-1).flatten(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(rstd, expected_sum.var(-1, unbiased=False).add(1e-12).rsqrt().flatten(), rtol=1e-5,
+                               atol=0)
+    with pytest.raises(ValueError, match=r"residual has shape \(2, 11, 48\)"):
+        kernels.layer_norm_forward(stream, weight, bias, 1e-12, torch.bfloat16, residual[:, 1:])
+
+
+def test_layer_norm_backward_adds_the_stream_gradient_and_writes_its_low_copy():
+    generator = torch.Generator().manual_seed(4)
+    stream = torch.randn(2, 12, 48, generator=generator).to(DEVICE)
+    weight = (1 + 0.1 * torch.randn(48, generator=generator)).to(DEVICE)
+    bias = (0.1 * torch.randn(48, generator=generator)).to(DEVICE)
+    grad_normed = torch.randn(2, 12, 48, generator=generator).to(DEVICE).to(torch.bfloat16)
+    stream_grad = torch.randn(2, 12, 48, generator=generator).to(DEVICE)
+
+    _, _, mean, rstd = kernels.layer_norm_forward(stream, weight, bias, 1e-12, torch.bfloat16)
+    grad_x, grad_x_low, grad_weight, grad_bias = kernels.layer_norm_backward(
+        stream, weight, mean, rstd, grad_normed, accumulate=stream_grad, low_dtype=torch.bfloat16)
+
+    leaves = [t.double().requires_grad_(True) for t in (stream, weight, bias)]
+    expected = torch.autograd.grad(reference(*leaves, 1e-12), leaves, grad_normed.double())
+    torch.testing.assert_close(grad_x.double(), stream_grad.double() + expected[0], rtol=1e-5, atol=1e-5)
+    assert grad_x_low.dtype == torch.bfloat16 and torch.equal(grad_x_low, grad_x.to(torch.bfloat16))
+    torch.testing.assert_close(grad_weight.double(), expected[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad_bias.double(), expected[2], rtol=1e-5, atol=1e-5)
+    alone = kernels.layer_norm_backward(stream, weight, mean, rstd, grad_normed)
+    assert alone[1] is None and torch.equal(alone[0] + stream_grad, grad_x)
+    with pytest.raises(ValueError, match="accumulate is torch.bfloat16"):
+        kernels.layer_norm_backward(stream, weight, mean, rstd, grad_normed, accumulate=stream_grad.bfloat16())

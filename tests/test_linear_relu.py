@@ -1,5 +1,6 @@
 """linear_relu against nn.Linear + dropout + ReLU computed by plain autograd."""
 
+import pytest
 import torch
 from torch import nn
 
@@ -60,3 +61,39 @@ def test_feed_forward_block_with_relu_equals_the_unfused_composition():
     hidden = torch.randn(2, 7, block.dense_in.in_features, dtype=torch.float64)
     expected = block.dense_out(torch.relu(block.dense_in(block.layer_norm(hidden))))
     torch.testing.assert_close(block(hidden), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_kernel_backward_equals_threshold_backward_and_sum(monkeypatch):
+    """Where the blocks' kernels run, the masked gradient and the bias gradient come from one
+    kernel (`kernels.relu_bias_grad`); here under Triton's interpreter, with the length floor
+    lowered to these sizes."""
+    pytest.importorskip("triton", reason="the kernel needs triton")
+    from reformer_hf import kernels, layer_norm
+
+    monkeypatch.setattr(layer_norm, "FUSED_FROM_ROWS", 1)
+    monkeypatch.setattr(kernels, "RELU_GRAD_ROWS_PER_PROGRAM", 64)  # several row programs at 150 rows
+    torch.manual_seed(0)
+    linear = nn.Linear(24, 300)  # three column blocks, the last one partial
+    hidden = torch.randn(3, 50, 24)
+    grad_out = torch.randn(3, 50, 300).to(torch.bfloat16)
+    results = []
+    for backend in ("torch", "auto"):
+        x = hidden.clone().requires_grad_(True)
+        linear.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = linear_relu(x, linear, backend)
+        out.backward(grad_out)
+        results.append([out, x.grad, linear.weight.grad, linear.bias.grad])
+    (plain_out, *plain_grads), (out, *grads) = results
+    assert torch.equal(out, plain_out) and (out == 0).any() and (out > 0).any()
+    torch.testing.assert_close(grads[0], plain_grads[0], rtol=0, atol=0)  # same masked gradient, same products
+    torch.testing.assert_close(grads[1], plain_grads[1], rtol=0, atol=0)
+    # The bias gradient: float32 column sums in another order, rounded to bf16 either way.
+    torch.testing.assert_close(grads[2], plain_grads[2], rtol=2**-7, atol=1e-6)
+
+    masked, bias_grad = kernels.relu_bias_grad(grad_out.reshape(150, 300), out.reshape(150, 300))
+    expected = torch.ops.aten.threshold_backward(grad_out, out, 0).reshape(150, 300)
+    assert torch.equal(masked, expected)
+    torch.testing.assert_close(bias_grad.float(), expected.double().sum(0).float(), rtol=2**-7, atol=1e-6)
+    with pytest.raises(ValueError, match=r"grad_out \(150, 299\) and out \(150, 300\)"):
+        kernels.relu_bias_grad(grad_out.reshape(150, 300)[:, 1:], out.reshape(150, 300))

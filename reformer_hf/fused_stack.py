@@ -1,0 +1,117 @@
+"""The reversible stack with each residual sum fused into the layer norm that reads it.
+
+Every half of a layer is "layer norm, then a body" (attention: projections, attention, output
+projection; feed-forward: the two products), so the stack is a chain of halves over two float32
+streams, s[k+1] = s[k-1] + body_k(norm_k(s[k])) with s[-1] = s[0] = the stack's input.  Run
+half by half, each sum is written by one pass and read again by the next half's layer norm;
+here one pass (`kernels.layer_norm_forward` with a residual) writes the sum and its normalised
+copy: forward, s[k+1] and norm_{k+1}(s[k+1]); backward, the rebuilt s[k-1] = s[k+1] - body_k(...)
+and norm_{k-1}(s[k-1]).  In the backward pass each layer norm's gradient is added to the stream
+gradient it joins, and the sum's copy in autocast's dtype, the output gradient that the next
+body takes, is written by the same pass (`kernels.layer_norm_backward`).  The sums and the
+normalised values are those of the half-by-half stack (the same float32 additions and kernel),
+and so are the gradients up to rounding: compiled for the GPU, the layer norm gradient's last
+product and the stream gradient's addition become one fused multiply-add, rounded once instead
+of twice.  Under Triton's interpreter the two stacks agree bit for bit (tests/test_fused_stack.py);
+`bench/model.py --check` compares both against the float32 model at full size.
+
+`split_halves` says where this runs: where every block normalises with the layer norm kernel
+(`ReformerLayerNorm.runs_kernel`) and offers its body (`fused_body`), and nothing but the two
+streams passes between layers (no cross-attention context).
+"""
+
+import torch
+
+from .attention import kernels_module
+from .replay import autocast_state, seeded, uncached_autocast
+
+
+class Half:
+    """One half of a reversible layer: its layer norm, its body (normed -> update, a closure
+    over anything else it reads, e.g. the padding mask), its seed and the body's parameters."""
+
+    __slots__ = ("norm", "body", "seed", "body_params")
+
+    def __init__(self, block, body, seed):
+        self.norm, self.body, self.seed = block.layer_norm, body, seed
+        norm_params = {id(block.layer_norm.weight), id(block.layer_norm.bias)}
+        self.body_params = [p for p in block.parameters() if p.requires_grad and id(p) not in norm_params]
+
+
+def split_halves(layers, seeds, hidden, pad_mask):
+    """[Half, ...] in the order they run (each layer's attention, then its feed-forward), or None
+    where a block does not split into the layer norm kernel and a body on `hidden`."""
+    halves = []
+    for layer, layer_seeds in zip(layers, seeds):
+        for block, seed in zip((layer.attention, layer.feed_forward), layer_seeds):
+            fused_body = getattr(block, "fused_body", None)
+            body = fused_body(hidden, pad_mask) if fused_body is not None else None
+            if body is None:
+                return None
+            halves.append(Half(block, body, seed))
+    return halves
+
+
+def _normalise(norm, stream, low_dtype, update=None, subtract=False, with_stats=False):
+    """(stream +- update, or stream itself; its normalised copy; mean; rstd) in one pass."""
+    return kernels_module().layer_norm_forward(stream, norm.weight, norm.bias, norm.eps, low_dtype, residual=update,
+                                      subtract=subtract, with_stats=with_stats)
+
+
+class FusedNormStackFunction(torch.autograd.Function):
+    """x1, x2 (batch, length, d) float32 through `halves` -> the last layer's (y1, y2); keeps
+    only those for the backward pass, like the half-by-half reversible stack."""
+
+    @staticmethod
+    def forward(ctx, x1, x2, halves, hidden_states_sink, *params):
+        ctx.halves, ctx.params = halves, params
+        ctx.autocast = autocast_state(x1.device.type)
+        low_dtype = ctx.autocast[1]
+        with torch.no_grad(), uncached_autocast(ctx.autocast):
+            before, current = x1, x2  # s[k-1], s[k]
+            normed = _normalise(halves[0].norm, current, low_dtype)[1]
+            for index, half in enumerate(halves):
+                with seeded(half.seed, current.device):
+                    update = half.body(normed)
+                if index + 1 < len(halves):
+                    summed, normed, _, _ = _normalise(halves[index + 1].norm, before, low_dtype, update)
+                else:
+                    summed = before + update
+                before, current = current, summed
+                if hidden_states_sink is not None and index % 2 == 1:
+                    hidden_states_sink.append(torch.cat([before, current], dim=-1))
+        ctx.save_for_backward(before, current)
+        return before, current
+
+    @staticmethod
+    def backward(ctx, grad_y1, grad_y2):
+        halves = ctx.halves
+        y1, y2 = ctx.saved_tensors
+        low_dtype = ctx.autocast[1]  # not read here: autocast's state is the forward thread's
+        # Before each half k: `inner` = s[k] with the gradient of every later use but this half's
+        # (`grad_inner`), `outer` = s[k+1] with its whole gradient, also in autocast's dtype.
+        inner, grad_inner = y1, grad_y1
+        outer, grad_outer, grad_outer_low = y2, grad_y2, grad_y2.to(low_dtype)
+        _, normed, mean, rstd = _normalise(halves[-1].norm, inner, low_dtype, with_stats=True)
+        grads = {}
+        with uncached_autocast(ctx.autocast):
+            for index in range(len(halves) - 1, -1, -1):
+                half = halves[index]
+                with torch.enable_grad():
+                    normed = normed.detach().requires_grad_(True)
+                    with seeded(half.seed, inner.device):
+                        update = half.body(normed)
+                    body_grads = torch.autograd.grad(update, [normed, *half.body_params], grad_outer_low,
+                                                     allow_unused=True)
+                grads.update(zip(half.body_params, body_grads[1:]))
+                grad_inner, grad_inner_low, grad_weight, grad_bias = kernels_module().layer_norm_backward(
+                    inner, half.norm.weight, mean, rstd, body_grads[0], accumulate=grad_inner,
+                    low_dtype=low_dtype if index > 0 else None)
+                grads[half.norm.weight], grads[half.norm.bias] = grad_weight, grad_bias
+                if index > 0:  # rebuild s[k-1], normalised for the half before
+                    rebuilt, normed, mean, rstd = _normalise(halves[index - 1].norm, outer, low_dtype, update.detach(),
+                                                             subtract=True, with_stats=True)
+                    inner, grad_inner, outer, grad_outer, grad_outer_low = (
+                        rebuilt, grad_outer, inner, grad_inner, grad_inner_low)
+        # inner = x2 with its whole gradient now; x1 = s[-1] only feeds s[1] = x1 + body_0(...).
+        return (grad_outer, grad_inner, None, None, *(grads.get(p) for p in ctx.params))

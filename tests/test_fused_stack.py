@@ -1,0 +1,127 @@
+"""The reversible stack with residual sums fused into the layer norms (fused_stack.py) against the
+half-by-half reversible stack and against plain autograd.
+
+The fused stack runs where the blocks' layer norm kernel runs: CUDA autocast at full size, and
+here the CPU under Triton's interpreter with autocast, with the kernel's length floor
+(`layer_norm.FUSED_FROM_ROWS`) lowered to the tiny model's.  The interpreter rounds every product
+and sum on its own, so the two stacks agree bit for bit here; on the GPU a fused multiply-add
+makes them differ by rounding (`bench/model.py --check` compares both against float32 there).
+"""
+
+import copy
+
+import pytest
+import torch
+
+from reformer_hf import ReformerForCausalLM, fused_stack, layer_norm, reversible
+from tiny_models import tiny_config
+
+pytest.importorskip("triton", reason="the fused layer norm needs triton")
+
+from reformer_hf import kernels  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+LAYERS = ["local", "lsh", "local", "lsh"]
+
+
+@pytest.fixture
+def kernel_norms(monkeypatch):
+    monkeypatch.setattr(layer_norm, "FUSED_FROM_ROWS", 1)
+
+
+def run(model, input_ids, attention_mask, seed, dtype=torch.bfloat16):
+    """Loss, every gradient (parameters and the embeddings) and the hidden states of one step."""
+    model.train()
+    embeds = model.reformer.embeddings.word_embeddings(input_ids).detach().requires_grad_(True)
+    torch.manual_seed(seed)  # the per-layer seeds (dropout, rotations) come from the global generator
+    with torch.autocast(DEVICE, dtype=dtype):
+        output = model(inputs_embeds=embeds, attention_mask=attention_mask, labels=input_ids,
+                       output_hidden_states=True)
+    model.zero_grad()
+    output.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    grads["inputs_embeds"] = embeds.grad.clone()
+    return output.loss.detach(), grads, [h.detach() for h in output.hidden_states]
+
+
+def paired(**overrides):
+    torch.manual_seed(0)
+    config = tiny_config(attn_layers=LAYERS, hidden_dropout_prob=0.1, lsh_attention_probs_dropout=0.1,
+                         local_attention_probs_dropout=0.1, hash_seed=None, **overrides)
+    model = ReformerForCausalLM(config).to(DEVICE)
+    with torch.no_grad():  # layer norms away from their identity start, so their gradients matter
+        for module in model.modules():
+            if isinstance(module, layer_norm.ReformerLayerNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+    return model, copy.deepcopy(model)
+
+
+def inputs():
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, 40, (2, 24), generator=generator).to(DEVICE)
+    attention_mask = torch.ones(2, 24, dtype=torch.long, device=DEVICE)
+    attention_mask[1, 19:] = 0
+    return input_ids, attention_mask
+
+
+def count_fused_sums(monkeypatch):
+    calls = []
+    original = kernels.layer_norm_forward
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("residual") is not None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(kernels, "layer_norm_forward", counting)
+    return calls
+
+
+# float16 too: the backward pass runs on autograd's thread, where autocast's dtype is the
+# device's default (CUDA: float16, CPU: bfloat16), so the fused stack must keep the forward's.
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_fused_stack_equals_the_half_by_half_stack_bit_for_bit(kernel_norms, monkeypatch, dtype):
+    fused, half_by_half = paired()
+    input_ids, attention_mask = inputs()
+    calls = count_fused_sums(monkeypatch)
+    loss, grads, hidden = run(fused, input_ids, attention_mask, seed=5, dtype=dtype)
+    # 4 layers = 8 halves: 7 sums fused forward, 7 rebuilt sums backward, one plain norm each way.
+    assert calls.count(True) == 14 and calls.count(False) == 2
+
+    monkeypatch.setattr(reversible, "split_halves", lambda *args: None)
+    calls.clear()
+    expected_loss, expected_grads, expected_hidden = run(half_by_half, input_ids, attention_mask, seed=5, dtype=dtype)
+    assert not any(calls)  # the blocks' own layer norm kernel, no fused sums
+    assert torch.equal(loss, expected_loss)
+    assert grads.keys() == expected_grads.keys()
+    for name in expected_grads:
+        assert torch.equal(grads[name], expected_grads[name]), name
+    assert len(hidden) == len(expected_hidden) == len(LAYERS) + 1
+    for state, expected_state in zip(hidden, expected_hidden):
+        assert torch.equal(state, expected_state)
+
+
+def test_fused_stack_gradients_match_plain_autograd(kernel_norms):
+    fused, plain = paired()
+    plain.config.reversible = False
+    plain.reformer.encoder.reversible = False
+    input_ids, attention_mask = inputs()
+    loss, grads, _ = run(fused, input_ids, attention_mask, seed=5)
+    expected_loss, expected_grads, _ = run(plain, input_ids, attention_mask, seed=5)
+    torch.testing.assert_close(loss, expected_loss, rtol=0, atol=1e-6)
+    for name in expected_grads:
+        # The rebuilt streams differ from the forward ones by float32 rounding ((x + f) - f), which
+        # may move a bf16 operand by one unit (measured here: at most 1.4e-7 of a gradient's size).
+        scale = expected_grads[name].abs().max().item()
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=0, atol=1e-4 * scale, msg=name)
+
+
+def test_split_halves_declines_what_it_cannot_fuse(kernel_norms):
+    model = ReformerForCausalLM(tiny_config(attn_layers=LAYERS, chunk_size_feed_forward=8)).to(DEVICE)
+    layers = model.reformer.encoder.layers
+    seeds = [[1, 2]] * len(layers)
+    hidden = torch.randn(1, 24, 16, device=DEVICE)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        assert fused_stack.split_halves(layers, seeds, hidden, None) is None  # chunked feed-forward
+        assert len(fused_stack.split_halves(layers, seeds, hidden[:, :8], None)) == 8
+    assert fused_stack.split_halves(layers, seeds, hidden[:, :8], None) is None  # no autocast: nn.LayerNorm
