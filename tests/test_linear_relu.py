@@ -65,22 +65,23 @@ def test_feed_forward_block_with_relu_equals_the_unfused_composition():
 
 def test_kernel_backward_equals_threshold_backward_and_sum(monkeypatch):
     """Where the blocks' kernels run, the masked gradient and the bias gradient come from one
-    kernel (`kernels.relu_bias_grad`); here under Triton's interpreter, with the length floor
-    lowered to these sizes."""
+    kernel (`kernels.relu_bias_grad`); on a machine without a GPU under Triton's interpreter,
+    with the length floor lowered to these sizes."""
     pytest.importorskip("triton", reason="the kernel needs triton")
     from reformer_hf import kernels, layer_norm
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     monkeypatch.setattr(layer_norm, "FUSED_FROM_ROWS", 1)
     monkeypatch.setattr(kernels, "RELU_GRAD_ROWS_PER_PROGRAM", 64)  # several row programs at 150 rows
     torch.manual_seed(0)
-    linear = nn.Linear(24, 300)  # three column blocks, the last one partial
-    hidden = torch.randn(3, 50, 24)
-    grad_out = torch.randn(3, 50, 300).to(torch.bfloat16)
+    linear = nn.Linear(24, 300).to(device)  # three column blocks, the last one partial
+    hidden = torch.randn(3, 50, 24, device=device)
+    grad_out = torch.randn(3, 50, 300, device=device).to(torch.bfloat16)
     results = []
     for backend in ("torch", "auto"):
         x = hidden.clone().requires_grad_(True)
         linear.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device, dtype=torch.bfloat16):
             out = linear_relu(x, linear, backend)
         out.backward(grad_out)
         results.append([out, x.grad, linear.weight.grad, linear.bias.grad])
