@@ -55,7 +55,7 @@ def split_halves(layers, seeds, hidden, pad_mask):
 def _normalise(norm, stream, low_dtype, update=None, subtract=False, with_stats=False):
     """(stream +- update, or stream itself; its normalised copy; mean; rstd) in one pass."""
     return kernels_module().layer_norm_forward(stream, norm.weight, norm.bias, norm.eps, low_dtype, residual=update,
-                                      subtract=subtract, with_stats=with_stats)
+                                               subtract=subtract, with_stats=with_stats)
 
 
 class FusedNormStackFunction(torch.autograd.Function):

@@ -1182,6 +1182,10 @@ def layer_norm_forward(x, weight, bias, eps, out_dtype, residual=None, subtract=
     Returns (s (rows contiguous; x itself without a residual), the normalised s, mean, rstd),
     the last two float32 (batch * length,) for `layer_norm_backward`, or None unless `with_stats`.
     No autograd: `LayerNormFunction` and the reversible stack's fused path call it."""
+    if x.dim() != 3:
+        raise ValueError(f"kernels.layer_norm: x has shape {tuple(x.shape)}; expected (batch, length, d)")
+    if tuple(weight.shape) != (x.shape[-1],) or bias is None or tuple(bias.shape) != (x.shape[-1],):
+        raise ValueError(f"kernels.layer_norm: weight and bias must both have shape ({x.shape[-1]},)")
     batch, length, d_model = x.shape
     x = _rows_contiguous(x)
     out = torch.empty(batch, length, d_model, dtype=out_dtype, device=x.device)
@@ -1211,6 +1215,9 @@ def layer_norm_backward(x, weight, mean, rstd, grad_out, accumulate=None, low_dt
     Returns (grad_x, grad_x_low, grad_weight, grad_bias): grad_x in x's dtype, plus `accumulate`
     (a gradient of x's shape and dtype, e.g. the residual stream's) when given; grad_x_low its copy
     in `low_dtype`, written by the same pass, or None."""
+    if grad_out.shape != x.shape:
+        raise ValueError(f"kernels.layer_norm_backward: grad_out has shape {tuple(grad_out.shape)}; expected x's "
+                         f"{tuple(x.shape)}")
     batch, length, d_model = x.shape
     rows = batch * length
     grad_out = grad_out.contiguous()
@@ -1254,10 +1261,6 @@ def layer_norm(x, weight, bias, eps, out_dtype):
     """`F.layer_norm(x, (d,), weight, bias, eps).to(out_dtype)` for x (batch, length, d) in one
     kernel per pass: under autocast the float32 residual streams are normalised straight into the
     bf16 / fp16 operand of the next projection, and the backward takes that dtype's gradient."""
-    if x.dim() != 3:
-        raise ValueError(f"kernels.layer_norm: x has shape {tuple(x.shape)}; expected (batch, length, d)")
-    if tuple(weight.shape) != (x.shape[-1],) or bias is None or tuple(bias.shape) != (x.shape[-1],):
-        raise ValueError(f"kernels.layer_norm: weight and bias must both have shape ({x.shape[-1]},)")
     _require_kernels("layer_norm", x, max_width=LAYER_NORM_MAX_WIDTH, width_name="d")
     return LayerNormFunction.apply(x, weight, bias, eps, out_dtype)
 

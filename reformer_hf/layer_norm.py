@@ -29,7 +29,7 @@ class ReformerLayerNorm(nn.LayerNorm):
     def forward(self, hidden):
         if self.runs_kernel(hidden):
             return kernels_module().LayerNormFunction.apply(hidden, self.weight, self.bias, self.eps,
-                                                      torch.get_autocast_dtype(hidden.device.type))
+                                                            torch.get_autocast_dtype(hidden.device.type))
         return super().forward(hidden)
 
     def runs_kernel(self, hidden):

@@ -9,7 +9,8 @@ low-precision copy of every layer's weights would live until the autocast region
 that grows with depth, while a reversible layer uses each cast once per pass anyway.
 
 Where every block normalises with the layer norm kernel, the stack runs half by half with each
-residual sum fused into the layer norm that reads it (fused_stack.py); the results are the same.
+residual sum fused into the layer norm that reads it (fused_stack.py), with the same results
+up to rounding.
 
 A stack may also read a `context` that is not one of the streams, e.g. the encoder output that
 a decoder's cross attention attends to: every layer's attention half receives it (and its
