@@ -695,9 +695,7 @@ def _runs_kernel(backend, kind, tensors, dropout_p=0.0, training=False):
     if not _triton_installed():
         reason = "triton is not installed"
     else:
-        from .kernels import triton_unusable_reason
-
-        reason = triton_unusable_reason(*tensors)
+        reason = kernels_module().triton_unusable_reason(*tensors)
     if reason is None:
         _announce(f"{kind}: fused Triton kernel (attn_backend={backend!r})")
         return True
@@ -741,9 +739,7 @@ def _dispatch(backend, kind, reference, kernel_name, n_tensors=None, n_parts=Non
         else:
             operands = (_head_rows(arguments[0], n_parts, options["n_heads"]),)
         if _runs_kernel(backend, kind, operands, options.get("dropout_p", 0.0), options.get("training", False)):
-            from . import kernels
-
-            return getattr(kernels, kernel_name)(*arguments, **options)
+            return getattr(kernels_module(), kernel_name)(*arguments, **options)
         return reference(*arguments, **options)
 
     return dispatched
@@ -758,9 +754,7 @@ def hash_vectors_dispatch(backend):
         if backend != "torch" and len(bucket_factors(num_buckets)) <= 2 and _runs_kernel(
             backend, "LSH hashing", (vectors,)
         ):
-            from .kernels import hash_vectors as fused_hash_vectors
-
-            return fused_hash_vectors(vectors, rotations, num_buckets)
+            return kernels_module().hash_vectors(vectors, rotations, num_buckets)
         return hash_vectors(vectors.float(), rotations, num_buckets)
 
     return dispatched

@@ -1183,9 +1183,9 @@ def layer_norm_forward(x, weight, bias, eps, out_dtype, residual=None, subtract=
     the last two float32 (batch * length,) for `layer_norm_backward`, or None unless `with_stats`.
     No autograd: `LayerNormFunction` and the reversible stack's fused path call it."""
     if x.dim() != 3:
-        raise ValueError(f"kernels.layer_norm: x has shape {tuple(x.shape)}; expected (batch, length, d)")
+        raise ValueError(f"kernels.layer_norm_forward: x has shape {tuple(x.shape)}; expected (batch, length, d)")
     if tuple(weight.shape) != (x.shape[-1],) or bias is None or tuple(bias.shape) != (x.shape[-1],):
-        raise ValueError(f"kernels.layer_norm: weight and bias must both have shape ({x.shape[-1]},)")
+        raise ValueError(f"kernels.layer_norm_forward: weight and bias must both have shape ({x.shape[-1]},)")
     batch, length, d_model = x.shape
     x = _rows_contiguous(x)
     out = torch.empty(batch, length, d_model, dtype=out_dtype, device=x.device)
