@@ -184,7 +184,7 @@ def run_depth(log, length):
 
 KERNEL_KINDS = [  # (kind, substrings of kernel names), first match wins
     ("matrix products", ("gemm", "xmma", "cutlass", "nvjet", "cublas")),
-    ("LSH / local attention kernels", ("_window_fwd", "_window_bwd", "_combine_rounds", "_delta_kernel")),
+    ("LSH / local attention kernels", ("_window_fwd", "_window_bwd", "_delta_kernel")),
     ("hashing", ("_hash_kernel",)),
     ("sorting", ("sort", "radix")),
     ("layer norm", ("layer_norm", "LayerNorm")),

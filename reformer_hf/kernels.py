@@ -247,28 +247,38 @@ def _key_block(
     return k_slot, k_pos, k_bkt, k_pad, col_ok, k, v
 
 
-@_jit
+@_jit(do_not_specialize=("first_chunk",))
 def _window_fwd_kernel(
-    Q, K, V, POS, BKT, PAD, OUT, LSE,
+    Q, K, V, POS, BKT, PAD, OUT, LSE, ROUND_OUT, ROUND_LSE,
     stride_b, stride_h, stride_l,
     stride_ob, stride_oh, stride_or, stride_ol,
     stride_lb, stride_lh, stride_lr,
-    H, LENGTH, N_SLOTS,
+    stride_rob, stride_roh, stride_ror, stride_rol,
+    stride_rlb, stride_rlh, stride_rlr,
+    H, LENGTH, N_SLOTS, first_chunk,
     CHUNK: tl.constexpr, D: tl.constexpr, SCALE: tl.constexpr, KEY_SCALE: tl.constexpr,
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
     BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
-    EPS: tl.constexpr, ONE_BLOCK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    EPS: tl.constexpr, ONE_BLOCK: tl.constexpr, COMBINE: tl.constexpr, PREFETCH_ROUNDS: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """One block of query rows of one sorted chunk against its window of chunks.  ONE_BLOCK: the
-    chunk fits one block, so its own keys are the program's rows and are not read again."""
+    """One block of query rows of one sorted chunk (from `first_chunk` on) against its window of
+    chunks.  ONE_BLOCK: the chunk fits one block, so its own keys are the program's rows and are
+    not read again.
+
+    Without COMBINE the block's output and log-sum-exp go to its round's place in OUT and LSE.
+    With COMBINE (the last round, launched after the others) the earlier rounds' outputs and
+    log-sum-exps at the block's positions are read from ROUND_OUT and ROUND_LSE and combined with
+    this round's, still in float32, into the final OUT and LSE (no round dimension):
+    out = sum_r exp(lse_r - logsumexp_r lse_r) * out_r.  PREFETCH_ROUNDS asks for those rows at
+    the start, so that they are in L2 by the end."""
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = (pid_bh % H).to(tl.int64)
     m_blocks = tl.cdiv(CHUNK, BLOCK_M)
-    chunk = pid_m // m_blocks
+    chunk = first_chunk + pid_m // m_blocks
     n_chunks = N_SLOTS // CHUNK
     rows = (pid_m % m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
     d_offs = tl.arange(0, BLOCK_D)
@@ -278,6 +288,12 @@ def _window_fwd_kernel(
     row_ok, q_slot, q_pos, q_bkt = _slots(POS, BKT, slot_base, chunk, rows, CHUNK, SORTED, BUCKET_WINDOW, -1)
     q = tl.load(_rows(Q, b, h, q_pos, stride_b, stride_h, stride_l, d_offs), mask=row_ok[:, None] & d_ok[None, :],
                 other=0.0)
+    round_id = (chunk // (LENGTH // CHUNK)).to(tl.int64)
+    if COMBINE and PREFETCH_ROUNDS:
+        lines = ROUND_OUT + b * stride_rob + h * stride_roh + tl.where(row_ok, q_pos, 0).to(tl.int64) * stride_rol
+        for prior in range(round_id):
+            for column in tl.static_range(0, D, 1024 // ROUND_OUT.dtype.element_ty.primitive_bitwidth):  # 128 bytes
+                _prefetch_l2(lines + prior * stride_ror + column)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -309,8 +325,23 @@ def _window_fwd_kernel(
     # rounded in float32, which matters where lse is huge (-1e5 when a query sees only itself,
     # -1e9 when it sees nothing at all and the window's values are summed).
     lse = m_i + tl.log(tl.where(row_ok, l_i, 1.0))
-    out = acc * tl.exp(m_i - lse)[:, None]
-    round_id = (chunk // (LENGTH // CHUNK)).to(tl.int64)
+    if COMBINE:
+        prior_lse = ROUND_LSE + b * stride_rlb + h * stride_rlh + q_pos
+        top = lse
+        for prior in range(round_id):
+            top = tl.maximum(top, tl.load(prior_lse + prior * stride_rlr, mask=row_ok, other=0.0))
+        total = tl.exp(lse - top)
+        for prior in range(round_id):
+            total += tl.exp(tl.load(prior_lse + prior * stride_rlr, mask=row_ok, other=0.0) - top)
+        lse = top + tl.log(total)
+        out = acc * tl.exp(m_i - lse)[:, None]
+        for prior in range(round_id):
+            weight = tl.exp(tl.load(prior_lse + prior * stride_rlr, mask=row_ok, other=0.0) - lse)
+            part_rows = _rows(ROUND_OUT + prior * stride_ror, b, h, q_pos, stride_rob, stride_roh, stride_rol, d_offs)
+            part = tl.load(part_rows, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            out += part.to(tl.float32) * weight[:, None]
+    else:
+        out = acc * tl.exp(m_i - lse)[:, None]
     out_ptrs = (OUT + b * stride_ob + h * stride_oh + round_id * stride_or + q_pos.to(tl.int64)[:, None] * stride_ol
                 + d_offs[None, :])
     tl.store(out_ptrs, _narrow(out, OUT.dtype.element_ty, DOT_MODE), mask=row_ok[:, None] & d_ok[None, :])
@@ -326,36 +357,6 @@ def _position_block(H, LENGTH, D, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
     pos = (tl.program_id(0) * BLOCK_L + tl.arange(0, BLOCK_L)).to(tl.int64)
     d_offs = tl.arange(0, BLOCK_D)
     return (pid_bh // H).to(tl.int64), (pid_bh % H).to(tl.int64), pos, pos < LENGTH, d_offs, d_offs < D
-
-
-@_jit
-def _combine_rounds_kernel(
-    ROUND_OUT, ROUND_LSE, OUT, LSE,
-    stride_rob, stride_roh, stride_ror, stride_rol,
-    stride_ob, stride_oh, stride_ol,
-    H, LENGTH, D, N_ROUNDS,
-    DOT_MODE: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """out = sum_r exp(lse_r - logsumexp_r lse_r) * out_r, in float32, per position."""
-    b, h, pos, pos_ok, d_offs, d_ok = _position_block(H, LENGTH, D, BLOCK_L, BLOCK_D)
-    mask = pos_ok[:, None] & d_ok[None, :]
-    lse_base = ROUND_LSE + (b * H + h) * N_ROUNDS * LENGTH + pos
-    top = tl.full([BLOCK_L], float("-inf"), tl.float32)
-    for r in range(N_ROUNDS):
-        top = tl.maximum(top, tl.load(lse_base + r * LENGTH, mask=pos_ok, other=0.0))
-    total = tl.zeros([BLOCK_L], tl.float32)
-    for r in range(N_ROUNDS):
-        total += tl.exp(tl.load(lse_base + r * LENGTH, mask=pos_ok, other=0.0) - top)
-    total_lse = top + tl.log(total)
-    acc = tl.zeros([BLOCK_L, BLOCK_D], tl.float32)
-    for r in range(N_ROUNDS):
-        weight = tl.exp(tl.load(lse_base + r * LENGTH, mask=pos_ok, other=0.0) - total_lse)
-        part = tl.load(ROUND_OUT + b * stride_rob + h * stride_roh + r * stride_ror + pos[:, None] * stride_rol
-                       + d_offs[None, :], mask=mask, other=0.0)
-        acc += part.to(tl.float32) * weight[:, None]
-    tl.store(OUT + b * stride_ob + h * stride_oh + pos[:, None] * stride_ol + d_offs[None, :],
-             _narrow(acc, OUT.dtype.element_ty, DOT_MODE), mask=mask)
-    tl.store(LSE + (b * H + h) * LENGTH + pos, total_lse, mask=pos_ok)
 
 
 @_jit
@@ -921,47 +922,45 @@ def _window_constexprs(window, dot_mode, d_head, block_m, block_n, has_pad, accu
     )
     if accumulate is not None:
         constexprs.update(ACCUMULATE=accumulate, PREFETCH_ACC=accumulate and _can_prefetch())
+    else:
+        constexprs.update(PREFETCH_ROUNDS=_can_prefetch())
     return constexprs
 
 
 def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds):
-    """Per-round (or, with one round, final) outputs and log-sum-exps.
+    """out (batch, heads, length, d_head), a view of (batch, length, heads, d_head) storage so that
+    merging heads afterwards is free, and lse (batch, heads, length), the rounds combined.
 
-    Returns out viewed as (batch, heads, length, d_head) and lse (batch, heads, length) when
-    n_rounds == 1; otherwise round_out (batch, heads, n_rounds, length, d_head) and
-    round_lse (batch, heads, n_rounds, length).
-    """
+    Every round but the last runs in one launch that writes per-round outputs (round_out
+    (batch, heads, n_rounds - 1, length, d_head), round_lse (batch, heads, n_rounds - 1, length));
+    the last round's launch combines them with its own (COMBINE).  A window may reach across
+    rounds (the "chunk" mode's ring over all sorted slots), so both launches see all
+    n_rounds * length slots."""
     batch, heads, length, d_head = query.shape
     n_slots = n_rounds * length
-    if n_rounds == 1:
-        # (batch, length, heads, d_head) storage: merging heads afterwards is a free view.
-        out = torch.empty(batch, length, heads, d_head, dtype=value.dtype, device=query.device).transpose(1, 2)
-        lse = torch.empty(batch, heads, length, dtype=torch.float32, device=query.device)
-        out_strides = (out.stride(0), out.stride(1), 0, out.stride(2))
-        lse_strides = (lse.stride(0), lse.stride(1), 0)
-    else:
-        out = torch.empty(batch, heads, n_rounds, length, d_head, dtype=value.dtype, device=query.device)
-        lse = torch.empty(batch, heads, n_rounds, length, dtype=torch.float32, device=query.device)
-        out_strides = out.stride()[:4]
-        lse_strides = lse.stride()[:3]
+    out = torch.empty(batch, length, heads, d_head, dtype=value.dtype, device=query.device).transpose(1, 2)
+    lse = torch.empty(batch, heads, length, dtype=torch.float32, device=query.device)
+    final = (out, lse, out.stride(0), out.stride(1), 0, out.stride(2), lse.stride(0), lse.stride(1), 0)
     consts = window.constexprs(query.dtype, d_head, "forward", pad is not None)
     m_blocks = _cdiv(window.chunk_length, consts["BLOCK_M"])
-    grid = (n_slots // window.chunk_length * m_blocks, batch * heads)
-    args = (query, key, value, positions, buckets, pad, out, lse, *query.stride()[:3], *out_strides, *lse_strides,
-            heads, length, n_slots)
-    _launch(_window_fwd_kernel, grid, args, consts, _launch_settings("forward", query.dtype)["num_warps"], 1)
-    return out, lse
+    chunks_per_round = length // window.chunk_length
+    num_warps = _launch_settings("forward", query.dtype)["num_warps"]
 
+    def launch(destination, earlier, n_launch_rounds, first_round):
+        """Rounds first_round.. of the slots into `destination`, combining `earlier` if it is not None."""
+        grid = (n_launch_rounds * chunks_per_round * m_blocks, batch * heads)
+        read = earlier if earlier is not None else destination  # a placeholder where nothing is combined
+        args = (query, key, value, positions, buckets, pad, *destination[:2], *read[:2], *query.stride()[:3],
+                *destination[2:], *read[2:], heads, length, n_slots, first_round * chunks_per_round)
+        _launch(_window_fwd_kernel, grid, args, {**consts, "COMBINE": earlier is not None}, num_warps, 1)
 
-def _combine_rounds(round_out, round_lse):
-    batch, heads, n_rounds, length, d_head = round_out.shape
-    out = torch.empty(batch, length, heads, d_head, dtype=round_out.dtype, device=round_out.device).transpose(1, 2)
-    lse = torch.empty(batch, heads, length, dtype=torch.float32, device=round_out.device)
-    block_l = 32
-    grid = (_cdiv(length, block_l), batch * heads)
-    _launch(_combine_rounds_kernel, grid,
-            (round_out, round_lse, out, lse, *round_out.stride()[:4], *out.stride()[:3], heads, length, d_head, n_rounds),
-            dict(DOT_MODE=_dot_mode(round_out.dtype), BLOCK_L=block_l, BLOCK_D=_pow2(d_head)))
+    earlier = None
+    if n_rounds > 1:
+        round_out = torch.empty(batch, heads, n_rounds - 1, length, d_head, dtype=value.dtype, device=query.device)
+        round_lse = torch.empty(batch, heads, n_rounds - 1, length, dtype=torch.float32, device=query.device)
+        earlier = (round_out, round_lse, *round_out.stride()[:4], *round_lse.stride()[:3])
+        launch(earlier, None, n_rounds - 1, 0)
+    launch(final, earlier, 1, n_rounds - 1)
     return out, lse
 
 
@@ -1039,8 +1038,6 @@ def _lsh_forward(window, query_key, value, sorted_positions, sorted_buckets, pad
     """(out, lse, n_rounds) of shared-QK LSH attention, the rounds combined."""
     n_rounds = sorted_positions.shape[-1] // query_key.shape[2] if window.sorted_slots else 1
     out, lse = _window_forward(window, query_key, query_key, value, sorted_positions, sorted_buckets, pad, n_rounds)
-    if n_rounds > 1:
-        out, lse = _combine_rounds(out, lse)
     return out, lse, n_rounds
 
 
@@ -1230,14 +1227,15 @@ def layer_norm_backward(x, weight, mean, rstd, grad_out, accumulate=None, low_dt
         accumulate = accumulate.contiguous()
     rows_per_program = _layer_norm_rows_per_program(rows, x.device)
     n_programs = _cdiv(rows, rows_per_program)
-    dw_part = torch.empty(n_programs, d_model, dtype=torch.float32, device=x.device)
-    db_part = torch.empty_like(dw_part)
+    parts = torch.empty(2, n_programs, d_model, dtype=torch.float32, device=x.device)  # dw's, db's: one sum
+    dw_part, db_part = parts
     _launch(_layer_norm_bwd_kernel, (n_programs,),
             (x, weight, grad_out, mean, rstd, accumulate, grad_x, grad_x_low, dw_part, db_part, x.stride(0),
              x.stride(1), length, rows, d_model, rows_per_program),
             dict(ACCUMULATE=accumulate is not None, LOW_COPY=low_dtype is not None,
                  DOT_MODE=_dot_mode(low_dtype or x.dtype), BLOCK_D=_pow2(d_model)))
-    return grad_x, grad_x_low, dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype)
+    grad_weight, grad_bias = parts.sum(1).to(weight.dtype)
+    return grad_x, grad_x_low, grad_weight, grad_bias
 
 
 class LayerNormFunction(torch.autograd.Function):

@@ -178,7 +178,8 @@ class ReformerModel(ReformerPreTrainedModel):
         self.embeddings = ReformerEmbeddings(config)
         layers = [ReversibleLayer(AttentionBlock(config, kind), FeedForwardBlock(config)) for kind in config.attn_layers]
         self.encoder = ReformerStack(layers, config.reversible)
-        self.layer_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
+        self.layer_norm = ReformerLayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps,
+                                            backend=config.attn_backend)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.post_init()
 
@@ -321,7 +322,14 @@ class ReformerModel(ReformerPreTrainedModel):
         return ReformerModelOutput(last_hidden_state=sequence_output, past_key_values=cache, hidden_states=all_hidden)
 
     def final_output(self, y1, y2):
-        """The two residual streams (batch, n, hidden) each -> normalised (batch, n, 2 * hidden)."""
+        """The two residual streams (batch, n, hidden) each -> normalised (batch, n, 2 * hidden),
+        in the dtype `nn.LayerNorm` gives (float32 under autocast)."""
+        return self.dropout(nn.LayerNorm.forward(self.layer_norm, torch.cat([y1, y2], dim=-1)))
+
+    def head_input(self, y1, y2):
+        """`final_output` as the linear layer of a head reads it: where the layer norm kernel runs
+        (`ReformerLayerNorm`: CUDA autocast, long inputs) it is written in autocast's dtype, which
+        that layer would cast it to, in one pass."""
         return self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1)))
 
 
@@ -493,20 +501,21 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
             output_attentions=output_attentions,
             return_dict=True,
             cache_position=kwargs.get("cache_position"),
-            return_residual_streams=chunked_loss,
+            return_residual_streams=True,
         )
-        hidden = outputs.last_hidden_state if not chunked_loss else outputs.residual_streams[0]
-        if labels is not None and tuple(labels.shape) != tuple(hidden.shape[:2]):
-            raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {tuple(hidden.shape[:2])}.")
+        y1, y2 = outputs.residual_streams
+        if labels is not None and tuple(labels.shape) != tuple(y1.shape[:2]):
+            raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {tuple(y1.shape[:2])}.")
+
+        def head(y1, y2):
+            return self.lm_head(self.reformer.head_input(y1, y2))
 
         loss, logits = None, None
         if chunked_loss:
-            def head(y1, y2):
-                return self.lm_head(self.reformer.final_output(y1, y2))
-
             loss_sum, count = chunked_lm_loss(head, outputs.residual_streams, labels, chunk)
         else:
-            logits = self.lm_head(hidden if not logits_to_keep else hidden[:, -logits_to_keep:])
+            # Positions are normalised one by one, so only those kept are.
+            logits = head(y1, y2) if not logits_to_keep else head(y1[:, -logits_to_keep:], y2[:, -logits_to_keep:])
             if labels is not None:
                 loss_sum, count = shifted_token_losses(logits, labels)
         if labels is not None:

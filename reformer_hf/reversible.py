@@ -20,7 +20,7 @@ a decoder's cross attention attends to: every layer's attention half receives it
 import torch
 from torch import nn
 
-from .fused_stack import FusedNormStackFunction, split_halves
+from .fused_stack import FusedNormStackFunction, split_halves, trainable_parameters
 from .replay import autocast_state, draw_seeds, seeded, uncached_autocast
 
 
@@ -154,7 +154,7 @@ class ReformerStack(nn.Module):
         fills_cache = any(layer_cache is not None for layer_cache in layer_caches)
         reversible = self.reversible and torch.is_grad_enabled() and not fills_cache
         halves = split_halves(self.layers, seeds, hidden, pad_mask) if reversible and context is None else None
-        params = [p for p in self.layers.parameters() if p.requires_grad] if reversible else None
+        params = trainable_parameters(self.layers) if reversible else None
         if halves is not None:
             x1, x2 = FusedNormStackFunction.apply(x1, x2, halves, all_hidden, *params)
         elif reversible:

@@ -328,7 +328,7 @@ def test_kernels_module_imports_without_triton(monkeypatch):
                              n_buckets=2, chunk_length=8)
 
 
-SM90_BACKWARD_PTX = """
+SM90_PTX_PREFETCHES = """
 import inspect, sys, torch, triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -336,12 +336,18 @@ from reformer_hf import kernels
 
 window = kernels._Window(chunk_length=64, n_before=1, n_after=0, causal=True, circular=True, bucket_window=False,
                          self_mask=True, norm_keys=True, sorted_slots=True, scale=1.0)
-fn = kernels._window_bwd_kernel
-names = list(inspect.signature(fn.fn).parameters)
+phase, prefetch = sys.argv[1], sys.argv[2] == "1"
 pointers = dict(Q="*bf16", K="*bf16", V="*bf16", DO="*bf16", POS="*i32", BKT="*i32", PAD="*i8", LSE="*fp32",
-                DELTA="*fp32", DQ="*bf16", DK="*bf16", DV="*bf16", ACC_Q="*fp32", ACC_V="*fp32")
-prefetch = sys.argv[1] == "1"
-consts = {**window.constexprs(torch.bfloat16, 64, "backward", has_pad=False, accumulate=True), "PREFETCH_ACC": prefetch}
+                DELTA="*fp32", DQ="*bf16", DK="*bf16", DV="*bf16", ACC_Q="*fp32", ACC_V="*fp32", OUT="*bf16",
+                ROUND_OUT="*bf16", ROUND_LSE="*fp32")
+if phase == "backward":
+    fn = kernels._window_bwd_kernel
+    consts = {**window.constexprs(torch.bfloat16, 64, phase, has_pad=False, accumulate=True), "PREFETCH_ACC": prefetch}
+else:
+    fn = kernels._window_fwd_kernel
+    consts = {**window.constexprs(torch.bfloat16, 64, phase, has_pad=False), "COMBINE": True,
+              "PREFETCH_ROUNDS": prefetch}
+names = list(inspect.signature(fn.fn).parameters)
 signature = {name: "constexpr" if name in consts else pointers.get(name, "i32") for name in names}
 source = ASTSource(fn=fn, signature=signature, constexprs={(names.index(k),): v for k, v in consts.items()})
 compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 1})
@@ -349,14 +355,17 @@ print(compiled.asm["ptx"].count("prefetch.global.L2"))
 """
 
 
-@pytest.mark.parametrize("prefetch, expected", [(False, 0), (True, 4)])
-def test_backward_kernel_compiles_for_sm90_with_and_without_the_accumulator_prefetch(tmp_path, prefetch, expected):
-    """The prefetch is inline PTX, which the interpreter never runs: the backward kernel is
-    compiled for an H100 (sm_90, Triton's bundled ptxas; no GPU needed), and with PREFETCH_ACC its
-    PTX asks for each row's two 128-byte lines of both float32 accumulators (d_head 64)."""
+@pytest.mark.parametrize("phase, prefetch, expected", [("backward", False, 0), ("backward", True, 4),
+                                                       ("forward", False, 0), ("forward", True, 1)])
+def test_kernels_compile_for_sm90_with_and_without_their_prefetches(tmp_path, phase, prefetch, expected):
+    """The prefetches are inline PTX, which the interpreter never runs: the kernels are compiled
+    for an H100 (sm_90, Triton's bundled ptxas; no GPU needed).  With PREFETCH_ACC the backward's
+    PTX asks for each row's two 128-byte lines of both float32 accumulators (d_head 64); with
+    PREFETCH_ROUNDS the combining forward asks for each earlier round's output row, one line, in
+    its loop over those rounds."""
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    result = subprocess.run([sys.executable, "-c", SM90_BACKWARD_PTX, "1" if prefetch else "0"], env=env,
+    result = subprocess.run([sys.executable, "-c", SM90_PTX_PREFETCHES, phase, "1" if prefetch else "0"], env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert int(result.stdout.split()[-1]) == expected

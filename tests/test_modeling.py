@@ -180,6 +180,51 @@ def test_inputs_embeds_equal_input_ids_path():
     torch.testing.assert_close(by_embeds, by_ids, atol=0, rtol=0)
 
 
+def test_logits_to_keep_are_the_last_positions_of_all_logits():
+    model = eval_model()
+    input_ids = torch.randint(0, 40, (2, 11))
+    with torch.no_grad():
+        every = model(input_ids).logits
+        last = model(input_ids, logits_to_keep=3).logits
+    assert last.shape == (2, 3, 40)
+    torch.testing.assert_close(last, every[:, -3:])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="compares the kernel under Triton's interpreter")
+def test_lm_head_input_is_the_final_norm_in_autocast_dtype_through_the_kernel(monkeypatch):
+    """Where the layer norm kernel runs, the head reads the final norm written in autocast's dtype
+    in one pass: the float32 norm `final_output` gives, rounded once, and the same gradients."""
+    pytest.importorskip("triton")
+    from reformer_hf import kernels, layer_norm
+
+    monkeypatch.setattr(layer_norm, "FUSED_FROM_ROWS", 1)
+    model = eval_model()
+    with torch.no_grad():  # a norm away from its identity start
+        model.reformer.layer_norm.weight.uniform_(0.5, 1.5)
+        model.reformer.layer_norm.bias.uniform_(-0.2, 0.2)
+    generator = torch.Generator().manual_seed(4)
+    y1, y2 = (torch.randn(2, 24, 16, generator=generator).requires_grad_(True) for _ in range(2))
+    grad = torch.randn(2, 24, 32, generator=generator)
+    calls, original = [], kernels.layer_norm_forward
+
+    def counting(x, *args, **kwargs):
+        calls.append(tuple(x.shape))
+        return original(x, *args, **kwargs)
+
+    monkeypatch.setattr(kernels, "layer_norm_forward", counting)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fused = model.reformer.head_input(y1, y2)
+        reference = model.reformer.final_output(y1, y2)
+    assert fused.dtype == torch.bfloat16 and reference.dtype == torch.float32
+    assert calls == [(2, 24, 32)]
+    torch.testing.assert_close(fused, reference.to(torch.bfloat16), rtol=0, atol=0)
+    fused_grads = torch.autograd.grad(fused, (y1, y2, model.reformer.layer_norm.weight), grad.to(torch.bfloat16))
+    reference_grads = torch.autograd.grad(reference, (y1, y2, model.reformer.layer_norm.weight),
+                                          grad.to(torch.bfloat16).float())
+    for actual, expected in zip(fused_grads, reference_grads):
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_hidden_states_and_tuple_outputs():
     model = eval_model()
     input_ids = torch.randint(0, 40, (2, 11))
