@@ -53,11 +53,13 @@ def test_fused_layer_norm_equals_torch_forward_and_backward(out_dtype, width):
 
 
 def test_fused_layer_norm_refuses_other_shapes():
-    weight, bias = torch.ones(8), torch.zeros(8)
+    # On the kernels' device: on a GPU machine CPU tensors are refused first, for their device.
+    weight, bias = torch.ones(8, device=DEVICE), torch.zeros(8, device=DEVICE)
     with pytest.raises(ValueError, match=r"x has shape \(4, 8\)"):
-        kernels.layer_norm(torch.randn(4, 8), weight, bias, 1e-12, torch.bfloat16)
+        kernels.layer_norm(torch.randn(4, 8, device=DEVICE), weight, bias, 1e-12, torch.bfloat16)
     with pytest.raises(ValueError, match="weight and bias must both have shape"):
-        kernels.layer_norm(torch.randn(1, 4, 8), torch.ones(6), bias, 1e-12, torch.bfloat16)
+        kernels.layer_norm(torch.randn(1, 4, 8, device=DEVICE), torch.ones(6, device=DEVICE), bias, 1e-12,
+                           torch.bfloat16)
 
 
 def test_reformer_layer_norm_keeps_nn_layer_norm_parameters_and_results_off_cuda():
