@@ -949,7 +949,8 @@ def _window_forward(window, query, key, value, positions, buckets, pad, n_rounds
     def launch(destination, earlier, n_launch_rounds, first_round):
         """Rounds first_round.. of the slots into `destination`, combining `earlier` if it is not None."""
         grid = (n_launch_rounds * chunks_per_round * m_blocks, batch * heads)
-        read = earlier if earlier is not None else destination  # a placeholder where nothing is combined
+        # Without COMBINE the kernel never reads ROUND_OUT / ROUND_LSE; the destination fills those slots.
+        read = earlier if earlier is not None else destination
         args = (query, key, value, positions, buckets, pad, *destination[:2], *read[:2], *query.stride()[:3],
                 *destination[2:], *read[2:], heads, length, n_slots, first_round * chunks_per_round)
         _launch(_window_fwd_kernel, grid, args, {**consts, "COMBINE": earlier is not None}, num_warps, 1)

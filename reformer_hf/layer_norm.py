@@ -21,6 +21,14 @@ from .attention import _triton_installed, kernels_module
 FUSED_FROM_ROWS = 2**14
 
 
+def kernels_run(backend, rows, device):
+    """Whether the blocks' fused passes (this layer norm, the ReLU gradient of linear_relu.py) run
+    for `rows` positions on `device`: not the "torch" backend, at least FUSED_FROM_ROWS positions,
+    triton installed, and CUDA or Triton's interpreter (tests)."""
+    return (backend != "torch" and rows >= FUSED_FROM_ROWS and _triton_installed()
+            and (device.type == "cuda" or kernels_module()._interpreting()))
+
+
 class ReformerLayerNorm(nn.LayerNorm):
     def __init__(self, hidden_size, eps, backend="auto"):
         super().__init__(hidden_size, eps=eps)
@@ -37,13 +45,10 @@ class ReformerLayerNorm(nn.LayerNorm):
         nn.LayerNorm.  The kernel runs on CUDA, or on the CPU under Triton's interpreter (tests)."""
         device_type = hidden.device.type
         return (
-            self.backend != "torch"
-            and hidden.dim() == 3
-            and hidden.shape[0] * hidden.shape[1] >= FUSED_FROM_ROWS
+            hidden.dim() == 3
             and hidden.dtype == torch.float32
             and torch.is_autocast_enabled(device_type)
             and torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16)
-            and _triton_installed()
+            and kernels_run(self.backend, hidden.shape[0] * hidden.shape[1], hidden.device)
             and hidden.shape[-1] <= kernels_module().LAYER_NORM_MAX_WIDTH
-            and (hidden.is_cuda or kernels_module()._interpreting())
         )

@@ -17,7 +17,7 @@ value.
 import torch
 
 from . import layer_norm
-from .attention import _triton_installed, kernels_module
+from .attention import kernels_module
 
 
 class LinearReLUFunction(torch.autograd.Function):
@@ -57,7 +57,6 @@ def linear_relu(hidden, linear, backend="auto"):
     dtype = hidden.dtype
     if torch.is_autocast_enabled(device_type) and dtype != torch.float64:  # autocast leaves float64 alone
         dtype = torch.get_autocast_dtype(device_type)
-    rows = hidden.numel() // hidden.shape[-1]
-    fused_bias_grad = (backend != "torch" and rows >= layer_norm.FUSED_FROM_ROWS and dtype != torch.float64
-                       and _triton_installed() and (hidden.is_cuda or kernels_module()._interpreting()))
+    fused_bias_grad = dtype != torch.float64 and layer_norm.kernels_run(backend, hidden.numel() // hidden.shape[-1],
+                                                                        hidden.device)
     return LinearReLUFunction.apply(hidden.to(dtype), linear.weight.to(dtype), linear.bias.to(dtype), fused_bias_grad)
