@@ -43,10 +43,6 @@ MAX_D_HEAD = 256
 # The layer norm kernel holds a whole row in registers.
 LAYER_NORM_MAX_WIDTH = 8192
 
-# acc_mode of the backward kernel: how this round's gradient meets the other rounds' (with one
-# round it is written out directly).
-ACC_FIRST, ACC_MIDDLE, ACC_LAST = 1, 2, 3
-
 
 def _jit(fn=None, *, do_not_specialize=()):
     if fn is None:
@@ -379,17 +375,17 @@ def _delta_kernel(
     tl.store(DELTA + (b * H + h) * LENGTH + pos, delta, mask=pos_ok)
 
 
-@_jit(do_not_specialize=("first_chunk", "acc_mode"))
+@_jit(do_not_specialize=("first_chunk", "add_to_grad"))
 def _window_bwd_kernel(
-    Q, K, V, DO, POS, BKT, PAD, LSE, DELTA, DQ, DK, DV, ACC_Q, ACC_V,
+    Q, K, V, DO, POS, BKT, PAD, LSE, DELTA, DQ, DK, DV,
     stride_b, stride_h, stride_l,
     stride_dob, stride_doh, stride_dol,
-    H, LENGTH, N_SLOTS, first_chunk, acc_mode,
+    H, LENGTH, N_SLOTS, first_chunk, add_to_grad,
     CHUNK: tl.constexpr, D: tl.constexpr, SCALE: tl.constexpr, KEY_SCALE: tl.constexpr,
     NB: tl.constexpr, NA: tl.constexpr, CAUSAL: tl.constexpr, CIRCULAR: tl.constexpr,
     BUCKET_WINDOW: tl.constexpr, SELF_MASK: tl.constexpr, NORM_KEYS: tl.constexpr, SORTED: tl.constexpr,
     HAS_PAD: tl.constexpr, DOT_MODE: tl.constexpr, MASK: tl.constexpr, SELF_VALUE: tl.constexpr,
-    EPS: tl.constexpr, ACCUMULATE: tl.constexpr, PREFETCH_ACC: tl.constexpr, ONE_BLOCK: tl.constexpr,
+    EPS: tl.constexpr, ACCUMULATE: tl.constexpr, PREFETCH_GRAD: tl.constexpr, ONE_BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """Gradients for one block of rows of one sorted chunk, which are keys of the query chunks
@@ -427,15 +423,14 @@ def _window_bwd_kernel(
     do_me = tl.load(_rows(DO, b, h, my_pos, stride_dob, stride_doh, stride_dol, d_offs), mask=row_mask, other=0.0)
     lse_me = tl.load(LSE + seq_base + my_pos, mask=row_ok, other=0.0)
     delta_me = tl.load(DELTA + seq_base + my_pos, mask=row_ok, other=0.0)
-    acc_rows = (b * H + h) * LENGTH * D + my_pos.to(tl.int64) * D
-    if PREFETCH_ACC:
-        if acc_mode != 1:  # not ACC_FIRST
-            # The float32 sums of the rounds before are read-modify-written at the very end:
-            # asked for now, they are in L2 by then instead of a DRAM round trip away.
-            lines = tl.where(row_ok, acc_rows, 0)
-            for column in tl.static_range(0, D, 32):  # 32 float32 = one 128-byte line per request
-                _prefetch_l2(ACC_V + lines + column)
-                _prefetch_l2(ACC_Q + lines + column)
+    if PREFETCH_GRAD and ACCUMULATE:
+        if add_to_grad:
+            # The rounds before wrote this block's rows of dq and dv, which it read-modify-writes
+            # at the very end: asked for now, they are in L2 by then instead of a DRAM round trip away.
+            lines = tl.where(row_ok, b * stride_b + h * stride_h + my_pos.to(tl.int64) * stride_l, 0)
+            for column in tl.static_range(0, D, 1024 // DQ.dtype.element_ty.primitive_bitwidth):  # 128-byte lines
+                _prefetch_l2(DV + lines + column)
+                _prefetch_l2(DQ + lines + column)
 
     # Keys: every query chunk whose window holds this chunk.
     dk = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -514,9 +509,8 @@ def _window_bwd_kernel(
 
     # dv and dk are final here; store dv and fold dk into dq now, so that the query loop below
     # runs with one accumulator live instead of three.
-    acc_offs = acc_rows[:, None] + d_offs[None, :]
-    dv_ptrs = _rows(DV, b, h, my_pos, stride_b, stride_h, stride_l, d_offs)
-    _accumulate(ACC_V, acc_offs, dv_ptrs, dv, row_mask, acc_mode, ACCUMULATE, DOT_MODE)
+    _add_round(_rows(DV, b, h, my_pos, stride_b, stride_h, stride_l, d_offs), dv, row_mask, add_to_grad, ACCUMULATE,
+               DOT_MODE)
     dk = dk * SCALE
     if NORM_KEYS:
         # Through k = q * r / sqrt(d), r = rsqrt(mean(q^2) + eps):
@@ -550,8 +544,8 @@ def _window_bwd_kernel(
                 ds = tl.where(grad_flows, p * (dp - delta_me[:, None]), 0.0) * SCALE
                 dq += _dot(_narrow(ds, k.dtype, DOT_MODE), k, DOT_MODE)
 
-    dq_ptrs = _rows(DQ, b, h, my_pos, stride_b, stride_h, stride_l, d_offs)
-    _accumulate(ACC_Q, acc_offs, dq_ptrs, dq, row_mask, acc_mode, ACCUMULATE, DOT_MODE)
+    _add_round(_rows(DQ, b, h, my_pos, stride_b, stride_h, stride_l, d_offs), dq, row_mask, add_to_grad, ACCUMULATE,
+               DOT_MODE)
 
 
 @_jit_helper
@@ -563,20 +557,16 @@ def _prefetch_l2(pointers):
 
 
 @_jit_helper
-def _accumulate(ACC, acc_offs, out_ptrs, grad, mask, acc_mode, ACCUMULATE: tl.constexpr, DOT_MODE: tl.constexpr):
-    """Add one round's gradient to the others'.  Without ACCUMULATE (one round) it is written out;
-    otherwise acc_mode (a run-time value, so that every round runs the same compiled kernel) is
-    ACC_FIRST (1): start the float32 accumulator, ACC_MIDDLE (2): add to it, or ACC_LAST (3): add
-    the accumulator and write the sum out."""
+def _add_round(grad_ptrs, grad, mask, add_to_grad, ACCUMULATE: tl.constexpr, DOT_MODE: tl.constexpr):
+    """Write one round's gradient rows, or with ACCUMULATE and add_to_grad (a run-time value, so
+    that every round runs the same compiled kernel) add them to what the rounds before wrote
+    there.  The running sum is kept in the gradient's own dtype, as autograd sums the torch path's
+    rounds: in bfloat16 no accumulators are read and written, and the full-size checks keep the
+    kernel's error below the torch path's (bench/attention.py --check)."""
     if ACCUMULATE:
-        if acc_mode != 1:
-            grad += tl.load(ACC + acc_offs, mask=mask, other=0.0)
-        if acc_mode == 3:
-            tl.store(out_ptrs, _narrow(grad, out_ptrs.dtype.element_ty, DOT_MODE), mask=mask)
-        else:
-            tl.store(ACC + acc_offs, grad, mask=mask)
-    else:
-        tl.store(out_ptrs, _narrow(grad, out_ptrs.dtype.element_ty, DOT_MODE), mask=mask)
+        if add_to_grad:
+            grad += tl.load(grad_ptrs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(grad_ptrs, _narrow(grad, grad_ptrs.dtype.element_ty, DOT_MODE), mask=mask)
 
 
 @_jit
@@ -921,7 +911,7 @@ def _window_constexprs(window, dot_mode, d_head, block_m, block_n, has_pad, accu
         BLOCK_N=block_n, BLOCK_D=block_d,
     )
     if accumulate is not None:
-        constexprs.update(ACCUMULATE=accumulate, PREFETCH_ACC=accumulate and _can_prefetch())
+        constexprs.update(ACCUMULATE=accumulate, PREFETCH_GRAD=_can_prefetch())
     else:
         constexprs.update(PREFETCH_ROUNDS=_can_prefetch())
     return constexprs
@@ -991,27 +981,22 @@ def _window_backward(window, query, key, value, positions, buckets, pad, out, ls
     if grads is None:
         grads = torch.empty_like(query), None if window.norm_keys else torch.empty_like(key), torch.empty_like(value)
     dq, dk, dv = grads
-    acc_q = acc_v = None
-    if n_rounds > 1:
-        acc_q = torch.empty(batch, heads, length, d_head, dtype=torch.float32, device=query.device)
-        acc_v = torch.empty_like(acc_q)
     consts = window.constexprs(query.dtype, d_head, "backward", pad is not None, n_rounds > 1)
     m_blocks = _cdiv(window.chunk_length, consts["BLOCK_M"])
     chunks_per_round = length // window.chunk_length
     grid = (chunks_per_round * m_blocks, batch * heads)
     dk_arg = dk if dk is not None else dq
     num_warps = _launch_settings("backward", query.dtype)["num_warps"]
-    shared_args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv, acc_q, acc_v,
+    shared_args = (query, key, value, grad_out, positions, buckets, pad, lse, delta, dq, dk_arg, dv,
                    *query.stride()[:3], *grad_out.stride()[:3], heads, length, n_slots)
     launcher = None
     for round_id in range(n_rounds):
-        acc_mode = ACC_FIRST if round_id == 0 else ACC_LAST if round_id == n_rounds - 1 else ACC_MIDDLE
         # Rounds run one after another: a position appears once per round, so within one launch
-        # every program owns its rows and the accumulation needs no atomics.
-        args = (*shared_args, round_id * chunks_per_round, acc_mode)
+        # every program owns its rows and the rounds' sum needs no atomics.
+        args = (*shared_args, round_id * chunks_per_round, int(round_id > 0))
         if launcher is None:
             launcher = _launch(_window_bwd_kernel, grid, args, consts, num_warps, 1)
-        else:  # only the unspecialised round index and mode differ from the launch before
+        else:  # only the unspecialised round index and add_to_grad differ from the launch before
             launcher(grid, args)
     return dq, dk, dv
 
