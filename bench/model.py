@@ -1,6 +1,6 @@
 """Whole-model training step on the GPU: our Reformer against a dense Llama and transformers' Reformer.
 
-    PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --million --report
+    PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --stored --million --report
 
 One step = forward + backward of the language-model loss on one sequence of random bytes
 (optimizer excluded), bf16 autocast over float32 weights, dropout off in every model.
@@ -10,6 +10,8 @@ Shared shape: byte vocabulary (256), d_model 1024, d_ff 4096, 16 heads of 64.
            and without gradient checkpointing and transformers' ReformerModelWithLMHead where
            their step fits the time budget.
 --depth    ours at 64K tokens with 2 / 6 / 12 / 24 layers (memory flat in depth).
+--stored   ours at 64K tokens with the top 1 / 2 / 3 of 12 layers stored instead of rebuilt
+           (`reversible_stored_layers`), and 2 of 24 (memory for speed; the other sections store none).
 --profile  device time of one step of ours at 64K tokens and 12 layers by kind of kernel
            (torch.profiler): matrix products, attention kernels, sorting, normalisation, the rest.
 --check    the blocks' fused layer norm (kernels.layer_norm) against torch's at 64K x 1024: outputs
@@ -72,7 +74,7 @@ def axial_shape(length):
 CHUNKED_FROM = 2**19
 
 
-def our_model(length, n_layers, n_hashes=N_HASHES):
+def our_model(length, n_layers, n_hashes=N_HASHES, stored_layers=0):
     chunk = 2**14 if length >= CHUNKED_FROM else 0
     config = ReformerConfig(
         vocab_size=VOCAB, hidden_size=D_MODEL, num_attention_heads=HEADS, attention_head_size=D_HEAD,
@@ -81,7 +83,7 @@ def our_model(length, n_layers, n_hashes=N_HASHES):
         is_decoder=True, axial_pos_shape=axial_shape(length), axial_pos_embds_dim=[D_MODEL // 2, D_MODEL // 2],
         max_position_embeddings=length, hidden_dropout_prob=0.0, lsh_attention_probs_dropout=0.0,
         local_attention_probs_dropout=0.0, attn_backend="auto", chunk_size_feed_forward=chunk,
-        chunk_size_lm_head=chunk,
+        chunk_size_lm_head=chunk, reversible_stored_layers=stored_layers,
     )
     return ReformerForCausalLM(config)
 
@@ -143,10 +145,10 @@ def training_step(model, length, checkpointing=False):
     return step
 
 
-def run_case(log, kind, length, n_layers, checkpointing=False, budget_s=20.0):
+def run_case(log, kind, length, n_layers, checkpointing=False, budget_s=20.0, stored_layers=0):
     build = {"ours": our_model, "llama": llama_model, "transformers_reformer": transformers_reformer}[kind]
     try:
-        model = build(length, n_layers)
+        model = build(length, n_layers, stored_layers=stored_layers) if stored_layers else build(length, n_layers)
         flops = useful_flops(kind, model, length, n_layers)
         result = measure(training_step(model, length, checkpointing), budget_s=budget_s)
     except torch.cuda.OutOfMemoryError:
@@ -155,14 +157,14 @@ def run_case(log, kind, length, n_layers, checkpointing=False, budget_s=20.0):
         result, flops = {"status": f"error: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}, None
     model = None
     free_memory()
-    record = dict(kind=kind, length=length, n_layers=n_layers, checkpointing=checkpointing, useful_flops=flops,
-                  **result)
+    record = dict(kind=kind, length=length, n_layers=n_layers, checkpointing=checkpointing, stored_layers=stored_layers,
+                  useful_flops=flops, **result)
     if result["status"] == "ok":
         record["tokens_per_s"] = length / (result["median_ms"] / 1000)
         record["mfu"] = {name: flops / (result["median_ms"] / 1000) / (peak * 1e12) for name, peak in PEAK_TFLOPS.items()}
     log.write(section="model", **record)
     mfu = record.get("mfu", {}).get("H100 SXM datasheet", float("nan"))
-    print(f"{kind:22s} ckpt={checkpointing!s:5s} L={length_label(length):>5} layers={n_layers:2d} "
+    print(f"{kind:22s} ckpt={checkpointing!s:5s} L={length_label(length):>5} layers={n_layers:2d} stored={stored_layers} "
           f"{record.get('median_ms', float('nan')):10.1f} ms {record.get('peak_gib', float('nan')):7.2f} GiB "
           f"MFU {mfu:6.1%} {'' if result['status'] == 'ok' else result['status']}", flush=True)
     return record
@@ -180,6 +182,14 @@ def run_sweep(log, lengths, baseline_limit):
 def run_depth(log, length):
     for n_layers in (2, 6, 24):
         run_case(log, "ours", length, n_layers)
+
+
+STORED_CASES = ((12, 1), (12, 2), (12, 3), (24, 2))  # (layers, stored top layers)
+
+
+def run_stored(log, length):
+    for n_layers, stored_layers in STORED_CASES:
+        run_case(log, "ours", length, n_layers, stored_layers=stored_layers)
 
 
 KERNEL_KINDS = [  # (kind, substrings of kernel names), first match wins
@@ -320,7 +330,8 @@ def run_million(log, length, steps=3):
 def write_report(out_dir, stem="model"):
     rows = read_json_lines(os.path.join(out_dir, stem + ".jsonl"))
     env = next((row for row in rows if row.get("section") == "environment"), {})
-    model_rows = [row for row in rows if row.get("section") == "model"]
+    all_model_rows = [row for row in rows if row.get("section") == "model"]
+    model_rows = [row for row in all_model_rows if not row.get("stored_layers")]  # runs before --stored lack the key
 
     def pick(**match):
         for row in model_rows:
@@ -329,7 +340,7 @@ def write_report(out_dir, stem="model"):
         return None
 
     text = ["# Whole-model training step", "", environment_markdown(env), "",
-            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --million --report`. "
+            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --stored --million --report`. "
             "Plot: the .png of this file's name (tokens/s and memory against length). Raw numbers: the .jsonl of this file's name.", "",
             f"Byte vocabulary, d_model {D_MODEL}, d_ff {D_FF}, {HEADS} heads of {D_HEAD}, bf16 autocast over float32 "
             f"weights, dropout off, one sequence, forward + backward (optimizer excluded). Ours: local/LSH alternating, "
@@ -372,6 +383,26 @@ def write_report(out_dir, stem="model"):
                  "from the model); growth beyond the latter would be activations.", "",
                  markdown_table(["layers", "ms", "peak GiB", "params + grads GiB", "peak growth GiB",
                                  "params + grads growth GiB"], table), ""]
+    stored_rows = [row for row in all_model_rows if row.get("stored_layers") and row.get("status") == "ok"]
+    if stored_rows:
+        length = stored_rows[0]["length"]
+        ckpt = pick(kind="llama", length=length, n_layers=12, checkpointing=True)
+        table = []
+        for row in sorted([*(pick(kind="ours", length=length, n_layers=n) for n in (12, 24)), *stored_rows],
+                          key=lambda row: (row["n_layers"], row.get("stored_layers", 0)) if row else (0, 0)):
+            if row is None:
+                continue
+            mfu = f"{row['mfu']['H100 SXM datasheet']:.1%} / {row['mfu']['measured bf16 matmul ceiling']:.1%}"
+            table.append([row["n_layers"], row.get("stored_layers", 0), fmt_ms(row["median_ms"]),
+                          f"{row['tokens_per_s']:,.0f}", f"{row['peak_gib']:.3f}", mfu,
+                          fmt_ratio(ckpt and ckpt["median_ms"], row["median_ms"]),
+                          f"{ckpt['peak_gib']:.2f}" if ckpt else "–"])
+        text += [f"## Stored top layers at {length_label(length)} tokens (ours, `reversible_stored_layers`)", "",
+                 "The top layers keep their activations for the backward pass instead of being rebuilt: a forward "
+                 "pass less per stored layer, for that layer's activations (freed as the backward pass reaches it). "
+                 "Every other section of this report stores none.", "",
+                 markdown_table(["layers", "stored", "ms", "tokens/s", "peak GiB", "MFU (989 / 790)",
+                                 "vs Llama+ckpt", "Llama+ckpt GiB"], table), ""]
     for row in (row for row in rows if row.get("section") == "profile"):
         total = sum(row["kinds_ms"].values())
         table = [[kind, f"{ms:.1f}", f"{ms / total:.0%}"] for kind, ms in sorted(row["kinds_ms"].items(),
@@ -449,6 +480,7 @@ def main():
     parser.add_argument("--out", required=True)
     parser.add_argument("--sweep", action="store_true")
     parser.add_argument("--depth", action="store_true")
+    parser.add_argument("--stored", action="store_true")
     parser.add_argument("--million", action="store_true")
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--check", action="store_true")
@@ -465,7 +497,7 @@ def main():
     if args.smoke:
         DEVICE, D_MODEL, D_FF, HEADS = "cpu", 64, 128, 2
         args.lengths, args.baseline_limit, million, depth_length = [256], 256, 512, 256
-    if args.sweep or args.depth or args.million or args.profile or args.check:
+    if args.sweep or args.depth or args.stored or args.million or args.profile or args.check:
         log = JsonLines(os.path.join(args.out, args.stem + ".jsonl"))
         log.write(section="environment", **environment())
         if args.check:
@@ -477,6 +509,8 @@ def main():
             run_profile(log, depth_length)
         if args.depth:
             run_depth(log, depth_length)
+        if args.stored:
+            run_stored(log, depth_length)
         if args.million:
             run_million(log, million)
     if args.report:

@@ -15,6 +15,10 @@ product and the stream gradient's addition become one fused multiply-add, rounde
 of twice.  Under Triton's interpreter the two stacks agree bit for bit (tests/test_fused_stack.py);
 `bench/model.py --check` compares both against the float32 model at full size.
 
+The top `n_stored` halves (`ReformerConfig.reversible_stored_layers`, two per layer) keep their
+bodies' autograd graphs from the forward pass, so the backward pass takes their gradients without
+running them again; it still rebuilds the streams below them.
+
 `split_halves` says where this runs: where every block normalises with the layer norm kernel
 (`ReformerLayerNorm.runs_kernel`) and offers its body (`fused_body`), and nothing but the two
 streams passes between layers (no cross-attention context).
@@ -79,23 +83,30 @@ def _normalise(norm, stream, low_dtype, update=None, subtract=False, with_stats=
 
 class FusedNormStackFunction(torch.autograd.Function):
     """x1, x2 (batch, length, d) float32 through `halves` -> the last layer's (y1, y2); keeps
-    only those for the backward pass, like the half-by-half reversible stack."""
+    only those for the backward pass, like the half-by-half reversible stack, and the graphs of
+    the top `n_stored` halves' bodies."""
 
     @staticmethod
-    def forward(ctx, x1, x2, halves, hidden_states_sink, *params):
+    def forward(ctx, x1, x2, halves, hidden_states_sink, n_stored, *params):
         ctx.halves, ctx.params = halves, params
         ctx.autocast = autocast_state(x1.device.type)
         low_dtype = ctx.autocast[1]
+        first_stored = len(halves) - n_stored
+        ctx.stored = {}  # half index -> (its body's input leaf, its update with the body's graph)
         with torch.no_grad(), uncached_autocast(ctx.autocast):
             before, current = x1, x2  # s[k-1], s[k]
             normed = _normalise(halves[0].norm, current, low_dtype)[1]
             for index, half in enumerate(halves):
-                with seeded(half.seed, current.device):
+                with seeded(half.seed, current.device), torch.set_grad_enabled(index >= first_stored):
+                    if index >= first_stored:
+                        normed = normed.requires_grad_(True)
                     update = half.body(normed)
+                if index >= first_stored:
+                    ctx.stored[index] = (normed, update)
                 if index + 1 < len(halves):
-                    summed, normed, _, _ = _normalise(halves[index + 1].norm, before, low_dtype, update)
+                    summed, normed, _, _ = _normalise(halves[index + 1].norm, before, low_dtype, update.detach())
                 else:
-                    summed = before + update
+                    summed = before + update.detach()
                 before, current = current, summed
                 if hidden_states_sink is not None and index % 2 == 1:
                     hidden_states_sink.append(torch.cat([before, current], dim=-1))
@@ -117,9 +128,12 @@ class FusedNormStackFunction(torch.autograd.Function):
             for index in range(len(halves) - 1, -1, -1):
                 half = halves[index]
                 with torch.enable_grad():
-                    normed = normed.detach().requires_grad_(True)
-                    with seeded(half.seed, inner.device):
-                        update = half.body(normed)
+                    if index in ctx.stored:
+                        normed, update = ctx.stored.pop(index)
+                    else:
+                        normed = normed.detach().requires_grad_(True)
+                        with seeded(half.seed, inner.device):
+                            update = half.body(normed)
                     body_grads = torch.autograd.grad(update, [normed, *half.body_params], grad_outer_low,
                                                      allow_unused=True)
                 grads.update(zip(half.body_params, body_grads[1:]))
@@ -133,4 +147,4 @@ class FusedNormStackFunction(torch.autograd.Function):
                     inner, grad_inner, outer, grad_outer, grad_outer_low = (
                         rebuilt, grad_outer, inner, grad_inner, grad_inner_low)
         # inner = x2 with its whole gradient now; x1 = s[-1] only feeds s[1] = x1 + body_0(...).
-        return (grad_outer, grad_inner, None, None, *(grads.get(p) for p in ctx.params))
+        return (grad_outer, grad_inner, None, None, None, *(grads.get(p) for p in ctx.params))

@@ -177,7 +177,7 @@ class ReformerModel(ReformerPreTrainedModel):
         super().__init__(config)
         self.embeddings = ReformerEmbeddings(config)
         layers = [ReversibleLayer(AttentionBlock(config, kind), FeedForwardBlock(config)) for kind in config.attn_layers]
-        self.encoder = ReformerStack(layers, config.reversible)
+        self.encoder = ReformerStack(layers, config.reversible, config.reversible_stored_layers)
         self.layer_norm = ReformerLayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps,
                                             backend=config.attn_backend)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)

@@ -128,12 +128,14 @@ _CONTEXT_INPUT = 7
 
 
 class ReformerStack(nn.Module):
-    """The layers over two residual streams; reversible or plain per `config.reversible`."""
+    """The layers over two residual streams; reversible or plain per `config.reversible`, with the
+    top `stored_layers` (`config.reversible_stored_layers`) keeping their activations."""
 
-    def __init__(self, layers, reversible):
+    def __init__(self, layers, reversible, stored_layers=0):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.reversible = reversible
+        self.stored_layers = min(stored_layers, len(self.layers))
 
     def forward(self, hidden, pad_mask=None, output_hidden_states=False, layer_caches=None, context=None,
                 context_mask=None):
@@ -154,18 +156,22 @@ class ReformerStack(nn.Module):
         fills_cache = any(layer_cache is not None for layer_cache in layer_caches)
         reversible = self.reversible and torch.is_grad_enabled() and not fills_cache
         halves = split_halves(self.layers, seeds, hidden, pad_mask) if reversible and context is None else None
-        params = trainable_parameters(self.layers) if reversible else None
         if halves is not None:
-            x1, x2 = FusedNormStackFunction.apply(x1, x2, halves, all_hidden, *params)
-        elif reversible:
+            x1, x2 = FusedNormStackFunction.apply(x1, x2, halves, all_hidden, 2 * self.stored_layers,
+                                                  *trainable_parameters(self.layers))
+            return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)
+        # Below `plain`, layers are rebuilt in the backward pass; from it on, autograd stores them.
+        plain = len(self.layers) - self.stored_layers if reversible else 0
+        if plain:
+            rebuilt = self.layers[:plain] if plain < len(self.layers) else self.layers
             x1, x2 = _ReversibleStackFunction.apply(
-                x1, x2, list(self.layers), seeds, pad_mask, all_hidden, layer_caches, context, context_mask, *params
+                x1, x2, list(rebuilt), seeds[:plain], pad_mask, all_hidden, layer_caches[:plain], context,
+                context_mask, *trainable_parameters(rebuilt)
             )
-        else:
-            for layer, layer_seeds, layer_cache in zip(self.layers, seeds, layer_caches):
-                x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
-                if all_hidden is not None:
-                    all_hidden.append(torch.cat([x1, x2], dim=-1))
+        for layer, layer_seeds, layer_cache in zip(self.layers[plain:], seeds[plain:], layer_caches[plain:]):
+            x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
+            if all_hidden is not None:
+                all_hidden.append(torch.cat([x1, x2], dim=-1))
         return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)
 
     def decode_step(self, hidden, layer_caches, is_pad, output_hidden_states=False):

@@ -272,7 +272,7 @@ class ReformerDecoder(nn.Module):
         self.embedding_dropout = nn.Dropout(config.hidden_dropout_prob)
         layers = [ReversibleLayer(DecoderAttentionBlock(config, kind), FeedForwardBlock(config))
                   for kind in config.attn_layers]
-        self.layers = ReformerStack(layers, config.reversible)
+        self.layers = ReformerStack(layers, config.reversible, config.reversible_stored_layers)
         self.layer_norm = nn.LayerNorm(2 * config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 

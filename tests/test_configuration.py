@@ -118,3 +118,12 @@ def test_unknown_activation():
     with pytest.raises(ValueError) as excinfo:
         ReformerConfig(**small(hidden_act="mish"))
     assert_names(excinfo, "hidden_act", "'mish'")
+
+
+@pytest.mark.parametrize("value, allowed", [(-1, ">= 0"), (True, ">= 0"), (1.5, ">= 0"), (5, "at most the number of "
+                                                                                           "layers (4)")])
+def test_reversible_stored_layers_between_zero_and_the_depth(value, allowed):
+    with pytest.raises(ValueError) as excinfo:
+        ReformerConfig(**small(attn_layers=["local", "lsh"] * 2, reversible_stored_layers=value))
+    assert_names(excinfo, "reversible_stored_layers", repr(value), allowed)
+    assert ReformerConfig(**small(attn_layers=["local", "lsh"] * 2, reversible_stored_layers=4)).reversible_stored_layers == 4

@@ -125,6 +125,34 @@ def test_fused_stack_gradients_match_plain_autograd(kernel_norms):
         torch.testing.assert_close(grads[name], expected_grads[name], rtol=0, atol=1e-4 * scale, msg=name)
 
 
+@interpreter_only
+def test_stored_halves_run_their_bodies_once_and_match_plain_autograd(kernel_norms, monkeypatch):
+    """With the top layer stored (reversible_stored_layers=1) its two halves keep their graphs:
+    their bodies run in the forward pass only, the six below run again in the backward pass."""
+    stored, plain = paired(reversible_stored_layers=1)
+    plain.config.reversible = False
+    plain.reformer.encoder.reversible = False
+    calls = []
+    split = fused_stack.split_halves
+
+    def counting_split(*args):
+        halves = split(*args)
+        for index, half in enumerate(halves):
+            half.body = lambda normed, body=half.body, index=index: calls.append(index) or body(normed)
+        return halves
+
+    monkeypatch.setattr(reversible, "split_halves", counting_split)
+    input_ids, attention_mask = inputs()
+    loss, grads, _ = run(stored, input_ids, attention_mask, seed=5)
+    assert sorted(calls) == sorted(list(range(8)) + list(range(6)))
+    expected_loss, expected_grads, _ = run(plain, input_ids, attention_mask, seed=5)
+    torch.testing.assert_close(loss, expected_loss, rtol=0, atol=1e-6)
+    assert grads.keys() == expected_grads.keys()
+    for name in expected_grads:  # the tolerance of the test above
+        scale = expected_grads[name].abs().max().item()
+        torch.testing.assert_close(grads[name], expected_grads[name], rtol=0, atol=1e-4 * scale, msg=name)
+
+
 def test_split_halves_declines_what_it_cannot_fuse(kernel_norms):
     model = ReformerForCausalLM(tiny_config(attn_layers=LAYERS, chunk_size_feed_forward=8)).to(DEVICE)
     layers = model.reformer.encoder.layers

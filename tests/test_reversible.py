@@ -48,10 +48,29 @@ def test_reversible_gradients_equal_plain_autograd(kind, dtype, atol):
     assert any(g.abs().sum() > 0 for g in grads_rev.values())
 
 
-def saved_activation_bytes(n_layers, reversible):
+@pytest.mark.parametrize("stored", [1, 2])
+def test_stored_top_layers_give_the_gradients_of_plain_autograd(stored):
+    """The top `stored` layers keep their graphs (the rest are rebuilt): float64 gradients equal
+    plain autograd's, dropout and fresh hash rotations included."""
+    overrides = dict(attn_layers=["lsh", "local"], hidden_dropout_prob=0.1, lsh_attention_probs_dropout=0.1,
+                     local_attention_probs_dropout=0.1, num_hashes=2, hash_seed=None,
+                     reversible_stored_layers=stored)
+    stored_model, plain = paired_models(torch.float64, **overrides)
+    assert stored_model.reformer.encoder.stored_layers == stored
+    input_ids = torch.randint(0, 40, (2, 21), generator=torch.Generator().manual_seed(1))
+    loss, grads = gradients(stored_model, input_ids, torch.float64, seed=5)
+    expected_loss, expected_grads = gradients(plain, input_ids, torch.float64, seed=5)
+    torch.testing.assert_close(loss, expected_loss, atol=1e-10, rtol=0)
+    assert grads.keys() == expected_grads.keys()
+    for name in expected_grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-10, rtol=0, msg=name)
+
+
+def saved_activation_bytes(n_layers, reversible, stored=0):
     """Bytes of every tensor autograd keeps for backward, parameters (and views of them) aside."""
     torch.manual_seed(0)
-    model = ReformerForCausalLM(tiny_config(attn_layers=["local", "lsh"] * (n_layers // 2), reversible=reversible))
+    model = ReformerForCausalLM(tiny_config(attn_layers=["local", "lsh"] * (n_layers // 2), reversible=reversible,
+                                            reversible_stored_layers=stored))
     parameter_storages = {p.untyped_storage().data_ptr() for p in model.parameters()}
     input_ids = torch.randint(0, 40, (2, 48), generator=torch.Generator().manual_seed(1))
     total = 0
@@ -76,6 +95,15 @@ def test_activation_memory_is_flat_in_depth():
     assert per_two_layers > 0
     assert plain[2] - plain[1] == 2 * per_two_layers  # linear in depth
     assert plain[0] > reversible[0]
+
+
+def test_stored_top_layers_keep_their_activations_whatever_the_depth():
+    """Two stored layers keep what two plain layers keep, on top of the reversible stack's streams."""
+    stored = [saved_activation_bytes(n, reversible=True, stored=2) for n in (2, 4, 8)]
+    reversible = saved_activation_bytes(4, reversible=True)
+    two_plain_layers = saved_activation_bytes(4, reversible=False) - saved_activation_bytes(2, reversible=False)
+    assert stored[1] == stored[2]  # flat in depth
+    assert stored[1] - reversible == two_plain_layers
 
 
 def test_bf16_reconstruction_and_gradients_stay_close():
