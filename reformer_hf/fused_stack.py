@@ -8,12 +8,16 @@ here one pass (`kernels.layer_norm_forward` with a residual) writes the sum and 
 copy: forward, s[k+1] and norm_{k+1}(s[k+1]); backward, the rebuilt s[k-1] = s[k+1] - body_k(...)
 and norm_{k-1}(s[k-1]).  In the backward pass each layer norm's gradient is added to the stream
 gradient it joins, and the sum's copy in autocast's dtype, the output gradient that the next
-body takes, is written by the same pass (`kernels.layer_norm_backward`).  The sums and the
-normalised values are those of the half-by-half stack (the same float32 additions and kernel),
-and so are the gradients up to rounding: compiled for the GPU, the layer norm gradient's last
-product and the stream gradient's addition become one fused multiply-add, rounded once instead
-of twice.  Under Triton's interpreter the two stacks agree bit for bit (tests/test_fused_stack.py);
-`bench/model.py --check` compares both against the float32 model at full size.
+body takes, is written by the same pass (`kernels.layer_norm_backward`); where the body below
+ends by adding a bias (the feed-forward's, without dropout after it) that pass also sums the new
+stream gradient over the positions, which is that bias's gradient, instead of a reduction over
+the body's output gradient in autocast's dtype.  The sums and the normalised values are those of
+the half-by-half stack (the same float32 additions and kernel), and so are the gradients up to
+rounding: compiled for the GPU, the layer norm gradient's last product and the stream gradient's
+addition become one fused multiply-add, rounded once instead of twice, and the output biases'
+gradients are float32 sums of the float32 gradient.  Under Triton's interpreter the two stacks
+agree bit for bit but for those biases (tests/test_fused_stack.py); `bench/model.py --check`
+compares both against the float32 model at full size.
 
 The top `n_stored` halves (`ReformerConfig.reversible_stored_layers`, two per layer) keep their
 bodies' autograd graphs from the forward pass, so the backward pass takes their gradients without
@@ -52,13 +56,18 @@ def trainable_parameters(module, skip=None):
 
 class Half:
     """One half of a reversible layer: its layer norm, its body (normed -> update, a closure
-    over anything else it reads, e.g. the padding mask), its seed and the body's parameters."""
+    over anything else it reads, e.g. the padding mask), its seed and the body's parameters.
+    out_bias: a bias the body adds to its output last (`block.fused_output_bias()`), whose
+    gradient is the column sums of the output gradient, or None."""
 
-    __slots__ = ("norm", "body", "seed", "body_params")
+    __slots__ = ("norm", "body", "seed", "body_params", "out_bias", "params_but_out_bias")
 
     def __init__(self, block, body, seed):
         self.norm, self.body, self.seed = block.layer_norm, body, seed
         self.body_params = trainable_parameters(block, skip=block.layer_norm)
+        output_bias = getattr(block, "fused_output_bias", None)
+        self.out_bias = output_bias() if output_bias is not None else None
+        self.params_but_out_bias = [param for param in self.body_params if param is not self.out_bias]
 
 
 def split_halves(layers, seeds, hidden, pad_mask):
@@ -93,6 +102,7 @@ class FusedNormStackFunction(torch.autograd.Function):
         low_dtype = ctx.autocast[1]
         first_stored = len(halves) - n_stored
         ctx.stored = {}  # half index -> (its body's input leaf, its update with the body's graph)
+        ctx.top_stats = None  # the top half's layer norm statistics, kept when that half is stored
         with torch.no_grad(), uncached_autocast(ctx.autocast):
             before, current = x1, x2  # s[k-1], s[k]
             normed = _normalise(halves[0].norm, current, low_dtype)[1]
@@ -104,7 +114,11 @@ class FusedNormStackFunction(torch.autograd.Function):
                 if index >= first_stored:
                     ctx.stored[index] = (normed, update)
                 if index + 1 < len(halves):
-                    summed, normed, _, _ = _normalise(halves[index + 1].norm, before, low_dtype, update.detach())
+                    top_stored = index + 2 == len(halves) and n_stored > 0
+                    summed, normed, mean, rstd = _normalise(halves[index + 1].norm, before, low_dtype, update.detach(),
+                                                            with_stats=top_stored)
+                    if top_stored:
+                        ctx.top_stats = (mean, rstd)
                 else:
                     summed = before + update.detach()
                 before, current = current, summed
@@ -122,11 +136,17 @@ class FusedNormStackFunction(torch.autograd.Function):
         # (`grad_inner`), `outer` = s[k+1] with its whole gradient, also in autocast's dtype.
         inner, grad_inner = y1, grad_y1
         outer, grad_outer, grad_outer_low = y2, grad_y2, grad_y2.to(low_dtype)
-        _, normed, mean, rstd = _normalise(halves[-1].norm, inner, low_dtype, with_stats=True)
+        if len(halves) - 1 in ctx.stored:  # not after a first backward pass that used it up
+            normed, (mean, rstd) = None, ctx.top_stats
+        else:
+            _, normed, mean, rstd = _normalise(halves[-1].norm, inner, low_dtype, with_stats=True)
         grads = {}
         with uncached_autocast(ctx.autocast):
             for index in range(len(halves) - 1, -1, -1):
                 half = halves[index]
+                # Below the top, the layer norm backward of the half above summed this body's output
+                # gradient over the positions: its output bias's gradient is in `grads` already.
+                params = half.params_but_out_bias if index + 1 < len(halves) else half.body_params
                 with torch.enable_grad():
                     if index in ctx.stored:
                         normed, update = ctx.stored.pop(index)
@@ -134,13 +154,16 @@ class FusedNormStackFunction(torch.autograd.Function):
                         normed = normed.detach().requires_grad_(True)
                         with seeded(half.seed, inner.device):
                             update = half.body(normed)
-                    body_grads = torch.autograd.grad(update, [normed, *half.body_params], grad_outer_low,
-                                                     allow_unused=True)
-                grads.update(zip(half.body_params, body_grads[1:]))
-                grad_inner, grad_inner_low, grad_weight, grad_bias = kernels_module().layer_norm_backward(
+                    body_grads = torch.autograd.grad(update, [normed, *params], grad_outer_low, allow_unused=True)
+                grads.update(zip(params, body_grads[1:]))
+                below = halves[index - 1] if index > 0 else None
+                grad_inner, grad_inner_low, grad_weight, grad_bias, grad_sums = kernels_module().layer_norm_backward(
                     inner, half.norm.weight, mean, rstd, body_grads[0], accumulate=grad_inner,
-                    low_dtype=low_dtype if index > 0 else None)
+                    low_dtype=low_dtype if below is not None else None,
+                    column_sums=below is not None and below.out_bias is not None)
                 grads[half.norm.weight], grads[half.norm.bias] = grad_weight, grad_bias
+                if grad_sums is not None:
+                    grads[below.out_bias] = grad_sums.to(below.out_bias.dtype)
                 if index > 0:  # rebuild s[k-1], normalised for the half before
                     rebuilt, normed, mean, rstd = _normalise(halves[index - 1].norm, outer, low_dtype, update.detach(),
                                                              subtract=True, with_stats=True)

@@ -675,19 +675,20 @@ def _layer_norm_fwd_kernel(
 
 @_jit
 def _layer_norm_bwd_kernel(
-    X, W, DY, MEAN, RSTD, ACC, DX, DX_LOW, DW_PART, DB_PART, stride_xb, stride_xl, LENGTH, ROWS, D,
-    ROWS_PER_PROGRAM, ACCUMULATE: tl.constexpr, LOW_COPY: tl.constexpr, DOT_MODE: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    X, W, DY, MEAN, RSTD, ACC, DX, DX_LOW, DW_PART, DB_PART, DS_PART, stride_xb, stride_xl, LENGTH, ROWS, D,
+    ROWS_PER_PROGRAM, ACCUMULATE: tl.constexpr, LOW_COPY: tl.constexpr, COLUMN_SUMS: tl.constexpr,
+    DOT_MODE: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dx of ROWS_PER_PROGRAM rows (float32, x's dtype), and this program's share of dw and db.
     ACCUMULATE: DX = ACC + dx (ACC: x's dtype, rows contiguous).  LOW_COPY: DX is also written
-    in DX_LOW's dtype."""
+    in DX_LOW's dtype.  COLUMN_SUMS: this program's share of DX's column sums too."""
     program = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     mask = cols < D
     weight = tl.load(W + cols, mask=mask, other=0.0).to(tl.float32)
     dw = tl.zeros([BLOCK_D], tl.float32)
     db = tl.zeros([BLOCK_D], tl.float32)
+    ds = tl.zeros([BLOCK_D], tl.float32)
     for offset in range(0, ROWS_PER_PROGRAM):
         row = (program * ROWS_PER_PROGRAM + offset).to(tl.int64)
         if row < ROWS:
@@ -704,8 +705,12 @@ def _layer_norm_bwd_kernel(
                 tl.store(DX_LOW + row * D + cols, _narrow(dx, DX_LOW.dtype.element_ty, DOT_MODE), mask=mask)
             dw += dy * xhat
             db += dy
+            if COLUMN_SUMS:
+                ds += dx.to(tl.float32)
     tl.store(DW_PART + program * D + cols, dw, mask=mask)
     tl.store(DB_PART + program * D + cols, db, mask=mask)
+    if COLUMN_SUMS:
+        tl.store(DS_PART + program * D + cols, ds, mask=mask)
 
 
 @_jit
@@ -1196,13 +1201,15 @@ def layer_norm_forward(x, weight, bias, eps, out_dtype, residual=None, subtract=
     return (x if residual is None else summed), out, mean, rstd
 
 
-def layer_norm_backward(x, weight, mean, rstd, grad_out, accumulate=None, low_dtype=None):
+def layer_norm_backward(x, weight, mean, rstd, grad_out, accumulate=None, low_dtype=None, column_sums=False):
     """Gradients of `layer_norm_forward`'s output with respect to x, weight and bias, given the
     output's gradient `grad_out` (batch, length, d).
 
-    Returns (grad_x, grad_x_low, grad_weight, grad_bias): grad_x in x's dtype, plus `accumulate`
-    (a gradient of x's shape and dtype, e.g. the residual stream's) when given; grad_x_low its copy
-    in `low_dtype`, written by the same pass, or None."""
+    Returns (grad_x, grad_x_low, grad_weight, grad_bias, grad_x_sums): grad_x in x's dtype, plus
+    `accumulate` (a gradient of x's shape and dtype, e.g. the residual stream's) when given;
+    grad_x_low its copy in `low_dtype`, written by the same pass, or None; with `column_sums`,
+    grad_x summed over positions (d,) in float32 (the bias gradient of whatever x's gradient is
+    the output gradient of), else None."""
     if grad_out.shape != x.shape:
         raise ValueError(f"kernels.layer_norm_backward: grad_out has shape {tuple(grad_out.shape)}; expected x's "
                          f"{tuple(x.shape)}")
@@ -1218,15 +1225,16 @@ def layer_norm_backward(x, weight, mean, rstd, grad_out, accumulate=None, low_dt
         accumulate = accumulate.contiguous()
     rows_per_program = _layer_norm_rows_per_program(rows, x.device)
     n_programs = _cdiv(rows, rows_per_program)
-    parts = torch.empty(2, n_programs, d_model, dtype=torch.float32, device=x.device)  # dw's, db's: one sum
-    dw_part, db_part = parts
+    # dw's, db's (and grad_x's column sums) of every program: one reduction
+    parts = torch.empty(3 if column_sums else 2, n_programs, d_model, dtype=torch.float32, device=x.device)
     _launch(_layer_norm_bwd_kernel, (n_programs,),
-            (x, weight, grad_out, mean, rstd, accumulate, grad_x, grad_x_low, dw_part, db_part, x.stride(0),
-             x.stride(1), length, rows, d_model, rows_per_program),
-            dict(ACCUMULATE=accumulate is not None, LOW_COPY=low_dtype is not None,
+            (x, weight, grad_out, mean, rstd, accumulate, grad_x, grad_x_low, parts[0], parts[1], parts[-1],
+             x.stride(0), x.stride(1), length, rows, d_model, rows_per_program),
+            dict(ACCUMULATE=accumulate is not None, LOW_COPY=low_dtype is not None, COLUMN_SUMS=column_sums,
                  DOT_MODE=_dot_mode(low_dtype or x.dtype), BLOCK_D=_pow2(d_model)))
-    grad_weight, grad_bias = parts.sum(1).to(weight.dtype)
-    return grad_x, grad_x_low, grad_weight, grad_bias
+    sums = parts.sum(1)
+    grad_weight, grad_bias = sums[:2].to(weight.dtype)
+    return grad_x, grad_x_low, grad_weight, grad_bias, sums[2] if column_sums else None
 
 
 class LayerNormFunction(torch.autograd.Function):
@@ -1242,7 +1250,7 @@ class LayerNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, weight, mean, rstd = ctx.saved_tensors
-        grad_x, _, grad_weight, grad_bias = layer_norm_backward(x, weight, mean, rstd, grad_out)
+        grad_x, _, grad_weight, grad_bias, _ = layer_norm_backward(x, weight, mean, rstd, grad_out)
         return grad_x, grad_weight, grad_bias, None, None
 
 

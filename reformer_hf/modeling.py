@@ -93,6 +93,15 @@ class FeedForwardBlock(nn.Module):
             return None
         return self.body
 
+    def fused_output_bias(self):
+        """dense_out's bias, which the body adds to its output last, for a stack that takes its
+        gradient as the output gradient's column sums (fused_stack.py); None while dropout scales
+        the output after it."""
+        bias = self.dense_out.bias
+        if bias is None or not bias.requires_grad or (self.training and self.dropout.p > 0):
+            return None
+        return bias
+
     def _chunks(self, hidden):
         return bool(self.chunk_size) and hidden.shape[1] > self.chunk_size
 

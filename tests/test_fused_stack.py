@@ -52,8 +52,9 @@ def run(model, input_ids, attention_mask, seed, dtype=torch.bfloat16):
 
 def paired(**overrides):
     torch.manual_seed(0)
-    config = tiny_config(attn_layers=LAYERS, hidden_dropout_prob=0.1, lsh_attention_probs_dropout=0.1,
-                         local_attention_probs_dropout=0.1, hash_seed=None, **overrides)
+    fields = dict(attn_layers=LAYERS, hidden_dropout_prob=0.1, lsh_attention_probs_dropout=0.1,
+                  local_attention_probs_dropout=0.1, hash_seed=None)
+    config = tiny_config(**{**fields, **overrides})
     model = ReformerForCausalLM(config).to(DEVICE)
     with torch.no_grad():  # layer norms away from their identity start, so their gradients matter
         for module in model.modules():
@@ -107,6 +108,45 @@ def test_fused_stack_equals_the_half_by_half_stack_bit_for_bit(kernel_norms, mon
     assert len(hidden) == len(expected_hidden) == len(LAYERS) + 1
     for state, expected_state in zip(hidden, expected_hidden):
         assert torch.equal(state, expected_state)
+
+
+@interpreter_only
+def test_output_bias_gradients_are_the_layer_norm_backward_column_sums(kernel_norms, monkeypatch):
+    """Without dropout after it, a feed-forward's output bias gradient is the column sums of its
+    output gradient, which the layer norm backward of the half above takes (float32 sums of the
+    float32 stream gradient); every other gradient stays bit-equal to the half-by-half stack's."""
+    fused, half_by_half = paired(hidden_dropout_prob=0.0)
+    input_ids, attention_mask = inputs()
+    sums = []
+    original = kernels.layer_norm_backward
+    monkeypatch.setattr(kernels, "layer_norm_backward", lambda *args, **kwargs: sums.append(
+        kwargs.get("column_sums")) or original(*args, **kwargs))
+    loss, grads, _ = run(fused, input_ids, attention_mask, seed=5)
+    assert sums.count(True) == len(LAYERS) - 1  # every feed-forward half but the top one
+
+    monkeypatch.setattr(reversible, "split_halves", lambda *args: None)
+    output_grads = {}  # each feed-forward output's gradient, as the half-by-half stack's backward sees it
+
+    def capture(name):
+        def hook(module, args, output):
+            if output.requires_grad:
+                output.register_hook(lambda grad: output_grads.__setitem__(name, grad.double()))
+        return hook
+
+    for index, layer in enumerate(half_by_half.reformer.encoder.layers):
+        layer.feed_forward.dense_out.register_forward_hook(capture(f"reformer.encoder.layers.{index}.feed_forward"))
+    expected_loss, expected_grads, _ = run(half_by_half, input_ids, attention_mask, seed=5)
+    assert torch.equal(loss, expected_loss)
+    folded = {f"reformer.encoder.layers.{index}.feed_forward.dense_out.bias" for index in range(len(LAYERS) - 1)}
+    for name in expected_grads:
+        if name not in folded:
+            assert torch.equal(grads[name], expected_grads[name]), name
+    for name in folded:
+        output_grad = output_grads[name.removesuffix(".dense_out.bias")]
+        # the reference's gradient is the float32 one rounded to bf16: half a bf16 unit per position
+        bound = 2**-9 * output_grad.abs().sum((0, 1)) + 1e-6
+        assert ((grads[name].double() - output_grad.sum((0, 1))).abs() <= bound).all(), name
+        assert not torch.equal(grads[name], expected_grads[name]), name  # the fold did run
 
 
 @interpreter_only

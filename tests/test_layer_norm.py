@@ -107,8 +107,8 @@ def test_layer_norm_backward_adds_the_stream_gradient_and_writes_its_low_copy():
     stream_grad = torch.randn(2, 12, 48, generator=generator).to(DEVICE)
 
     _, _, mean, rstd = kernels.layer_norm_forward(stream, weight, bias, 1e-12, torch.bfloat16)
-    grad_x, grad_x_low, grad_weight, grad_bias = kernels.layer_norm_backward(
-        stream, weight, mean, rstd, grad_normed, accumulate=stream_grad, low_dtype=torch.bfloat16)
+    grad_x, grad_x_low, grad_weight, grad_bias, grad_x_sums = kernels.layer_norm_backward(
+        stream, weight, mean, rstd, grad_normed, accumulate=stream_grad, low_dtype=torch.bfloat16, column_sums=True)
 
     leaves = [t.double().requires_grad_(True) for t in (stream, weight, bias)]
     expected = torch.autograd.grad(reference(*leaves, 1e-12), leaves, grad_normed.double())
@@ -116,8 +116,11 @@ def test_layer_norm_backward_adds_the_stream_gradient_and_writes_its_low_copy():
     assert grad_x_low.dtype == torch.bfloat16 and torch.equal(grad_x_low, grad_x.to(torch.bfloat16))
     torch.testing.assert_close(grad_weight.double(), expected[1], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(grad_bias.double(), expected[2], rtol=1e-5, atol=1e-5)
+    # the summed gradient's column sums: the bias gradient of the body whose output it is
+    assert grad_x_sums.dtype == torch.float32 and grad_x_sums.shape == (48,)
+    torch.testing.assert_close(grad_x_sums.double(), grad_x.double().sum((0, 1)), rtol=1e-5, atol=1e-5)
     alone = kernels.layer_norm_backward(stream, weight, mean, rstd, grad_normed)
-    assert alone[1] is None
+    assert alone[1] is None and alone[4] is None
     # The same sum, up to the GPU contracting the last product and the addition into one FMA.
     torch.testing.assert_close(alone[0] + stream_grad, grad_x, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="accumulate is torch.bfloat16"):
