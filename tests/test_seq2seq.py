@@ -69,12 +69,16 @@ def gradients(model, source, labels, seed):
     return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
-def test_reversible_encoder_decoder_gradients_equal_plain_autograd(dtype, atol):
+@pytest.mark.parametrize("dtype,atol,stored", [(torch.float64, 1e-10, 0), (torch.float32, 1e-5, 0),
+                                                (torch.float64, 1e-10, 1)])
+def test_reversible_encoder_decoder_gradients_equal_plain_autograd(dtype, atol, stored):
+    """stored: the top layers of both stacks that keep their activations (reversible_stored_layers)."""
     dropout = dict(hidden_dropout_prob=0.1, local_attention_probs_dropout=0.1, lsh_attention_probs_dropout=0.1,
                    full_attention_probs_dropout=0.1, hash_seed=None)
     torch.manual_seed(0)
-    reversible = ReformerForConditionalGeneration(tiny_seq2seq_config(**dropout)).to(dtype)
+    reversible = ReformerForConditionalGeneration(tiny_seq2seq_config(**dropout, reversible_stored_layers=stored))
+    reversible = reversible.to(dtype)
+    assert reversible.decoder.layers.stored_layers == stored
     plain = plain_copy(reversible)
     source = token_ids((2, 13), seed=1)
     source[1, 10:] = 0  # source padding, masked in both the encoder and the cross attention
