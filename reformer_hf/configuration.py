@@ -59,7 +59,7 @@ class ReformerConfig(PreTrainedConfig):
     - `reversible_stored_layers` (default 0): with `reversible`, the top this-many layers of a
       stack keep their activations for the backward pass instead of rebuilding them from their
       outputs: a forward pass less per layer, for one layer's activations each (at 64K tokens,
-      d_model 1024, d_ff 4096, about 1.3 GiB per layer).  They are freed as the backward pass
+      d_model 1024, d_ff 4096, 0.6-1.4 GiB per layer).  They are freed as the backward pass
       reaches them, and the memory does not grow with depth.  A stack shallower than the value
       stores all its layers (an encoder-decoder's two stacks may differ in depth).
     - `attn_backend`: `"auto"` (fused Triton kernel on CUDA when installed, else torch),
