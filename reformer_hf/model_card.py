@@ -395,7 +395,9 @@ def _architecture_rows(get, num_parameters):
             local_window += "; chunks wrap around as a ring"
         rows.append(("Local attention chunk length", local_window))
     if get("reversible") is not None:
-        rows.append(("Reversible residual layers", "yes" if get("reversible") else "no"))
+        stored = get("reversible_stored_layers")
+        reversible = "yes" if not stored else f"yes, but the top {stored} (reversible_stored_layers={stored})"
+        rows.append(("Reversible residual layers", reversible if get("reversible") else "no"))
     if get("axial_pos_embds"):
         shape, dims = get("axial_pos_shape"), get("axial_pos_embds_dim")
         shape_text = " x ".join(map(str, shape)) if isinstance(shape, (list, tuple)) else shape

@@ -135,6 +135,9 @@ def test_reformer_config_reports_window_modes_and_reversibility():
     assert "chunks wrap around as a ring |" in text
     assert "This model uses `chunk` mode and it is causal." in text
     assert "| Model type | reformer_hf |" in text
+    stored = ReformerConfig(attn_layers=["local", "lsh"], reversible_stored_layers=1)
+    assert ("| Reversible residual layers | yes, but the top 1 (reversible_stored_layers=1) |"
+            in make_model_card(stored, model_name="tiny").text)
 
 
 def test_transformers_reformer_config_is_described_as_chunk_mode():
