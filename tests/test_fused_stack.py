@@ -193,6 +193,25 @@ def test_stored_halves_run_their_bodies_once_and_match_plain_autograd(kernel_nor
         torch.testing.assert_close(grads[name], expected_grads[name], rtol=0, atol=1e-4 * scale, msg=name)
 
 
+@interpreter_only
+def test_a_second_backward_pass_rebuilds_the_stored_halves(kernel_norms):
+    """retain_graph: the first backward pass uses the stored graphs up; a second one rebuilds those
+    halves like the others and gives the same gradients."""
+    model, _ = paired(reversible_stored_layers=1)
+    input_ids, attention_mask = inputs()
+    model.train()
+    torch.manual_seed(5)
+    with torch.autocast(DEVICE, dtype=torch.bfloat16):
+        loss = model(input_ids=input_ids, attention_mask=attention_mask, labels=input_ids).loss
+    names, params = zip(*[(name, p) for name, p in model.named_parameters() if p.requires_grad])
+    first = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    second = torch.autograd.grad(loss, params, allow_unused=True)
+    for name, a, b in zip(names, first, second):
+        assert (a is None) == (b is None), name
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * a.abs().max().item(), msg=name)
+
+
 def test_split_halves_declines_what_it_cannot_fuse(kernel_norms):
     model = ReformerForCausalLM(tiny_config(attn_layers=LAYERS, chunk_size_feed_forward=8)).to(DEVICE)
     layers = model.reformer.encoder.layers
