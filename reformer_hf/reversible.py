@@ -161,14 +161,15 @@ class ReformerStack(nn.Module):
                                                   *trainable_parameters(self.layers))
             return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)
         # Below `plain`, layers are rebuilt in the backward pass; from it on, autograd stores them.
-        plain = len(self.layers) - self.stored_layers if reversible else 0
+        layers = list(self.layers)  # a ModuleList slice builds a new ModuleList on every call
+        plain = len(layers) - self.stored_layers if reversible else 0
         if plain:
-            rebuilt = self.layers[:plain] if plain < len(self.layers) else self.layers
+            rebuilt = self.layers if plain == len(layers) else nn.ModuleList(layers[:plain])
             x1, x2 = _ReversibleStackFunction.apply(
-                x1, x2, list(rebuilt), seeds[:plain], pad_mask, all_hidden, layer_caches[:plain], context,
+                x1, x2, layers[:plain], seeds[:plain], pad_mask, all_hidden, layer_caches[:plain], context,
                 context_mask, *trainable_parameters(rebuilt)
             )
-        for layer, layer_seeds, layer_cache in zip(self.layers[plain:], seeds[plain:], layer_caches[plain:]):
+        for layer, layer_seeds, layer_cache in zip(layers[plain:], seeds[plain:], layer_caches[plain:]):
             x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
             if all_hidden is not None:
                 all_hidden.append(torch.cat([x1, x2], dim=-1))
