@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from . import compat
 from .configuration import HIDDEN_ACTIVATIONS, ReformerConfig
 from .modeling import ReformerForCausalLM, ReformerForSequenceClassification, ReformerModel
 
@@ -68,11 +69,11 @@ STACK_RENAMES = (
 )
 HEAD_RENAMES = (
     (r"lm_head\.decoder\.weight", r"lm_head.weight"),
-    (r"lm_head\.bias", r"lm_head.bias"),
+    (r"lm_head\.(decoder\.)?bias", r"lm_head.bias"),
     (r"classifier\.(dense|out_proj)\.(weight|bias)", r"classifier.\1.\2"),
 )
-# Older transformers versions also saved the LM head's bias under this name, tied to lm_head.bias.
-TIED_ALIASES = {"lm_head.decoder.bias": "lm_head.bias"}
+# The LM head's bias is saved under one or two names depending on the transformers version (compat.py).
+HEAD_BIAS_NAMES = (compat.APPLIED_HEAD_BIAS, compat.LEGACY_HEAD_BIAS)
 # Copied along so that AutoTokenizer loads from the converted folder as it did from the source.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "spiece.model",
                    "added_tokens.json", "vocab.json", "merges.txt")
@@ -173,14 +174,12 @@ def state_dict_from_transformers(source_state_dict, architecture, config):
     Raises ValueError naming any weight it does not know.
     """
     converted = {}
+    head_bias = compat.source_lm_head_bias(source_state_dict)
+    if head_bias is not None:
+        converted["lm_head.bias"] = head_bias
     for name, tensor in source_state_dict.items():
-        if name in TIED_ALIASES:
-            twin = source_state_dict.get(TIED_ALIASES[name])
-            if twin is not None and not torch.equal(twin, tensor):
-                raise ValueError(f"weight {name!r} differs from {TIED_ALIASES[name]!r}, which it should be tied to.")
-            if twin is not None:
-                continue
-            name = TIED_ALIASES[name]
+        if name in HEAD_BIAS_NAMES:
+            continue
         target = target_weight_name(name, architecture)
         axial = re.fullmatch(r".*position_embeddings\.weight_(\d+)", target)
         if axial and config.axial_pos_embds:
@@ -264,8 +263,21 @@ def load_transformers_checkpoint(source_dir, architecture=None):
     architecture = source_architecture(source_config, architecture)
     source_class = getattr(transformers, architecture)
     source_model, loading_info = source_class.from_pretrained(source_dir, output_loading_info=True)
+    _adopt_legacy_head_bias(source_model, loading_info)
     _refuse_incomplete(loading_info, architecture, source_dir)
     return source_model
+
+
+def _adopt_legacy_head_bias(source_model, loading_info):
+    """A checkpoint of transformers 5.0-5.24 (only `lm_head.bias`) read by a version whose head applies
+    `lm_head.decoder.bias`: that bias is not missing but saved under the older name, which transformers
+    4 tied to it; the loaded model applies it as transformers 4 and the trax original did."""
+    missing = loading_info.get("missing_keys") or ()
+    if compat.APPLIED_HEAD_BIAS not in missing or compat.LEGACY_HEAD_BIAS in missing:
+        return
+    with torch.no_grad():
+        source_model.lm_head.decoder.bias.copy_(source_model.lm_head.bias)
+    loading_info["missing_keys"] = type(missing)(name for name in missing if name != compat.APPLIED_HEAD_BIAS)
 
 
 def save_converted(model, source_dir, output_dir):
@@ -300,7 +312,7 @@ def convert_transformers_checkpoint(source_dir, output_dir, architecture=None, n
 def _refuse_incomplete(loading_info, architecture, source_dir):
     """A checkpoint that misses weights would convert random initial values: refuse it."""
     problems = {kind: sorted(loading_info.get(kind) or ()) for kind in ("missing_keys", "mismatched_keys", "error_msgs")}
-    unexpected = sorted(set(loading_info.get("unexpected_keys") or ()) - set(TIED_ALIASES))
+    unexpected = sorted(set(loading_info.get("unexpected_keys") or ()) - set(HEAD_BIAS_NAMES))
     if architecture == "ReformerModel":
         # Reading a task model's folder as the bare model leaves its head out, as asked.
         unexpected = [name for name in unexpected if not name.startswith(("lm_head.", "classifier.", "qa_outputs."))]
@@ -424,11 +436,12 @@ def convert_to_transformers_model(model):
                          f"{left_out} have no place there, {not_ours} are missing here.")
     state_dict = {name: ours[source].reshape(shapes[name]) for name, source in names.items()}
     head = getattr(target, "lm_head", None)
-    if head is not None and head.decoder.bias is None and ours["lm_head.bias"].any():
+    bias_names, bias_applied = compat.lm_head_bias_names(shapes)
+    if bias_names and not bias_applied and ours["lm_head.bias"].any():
         raise ValueError(
             "lm_head.bias is non-zero, and the installed transformers leaves its Reformer's lm_head.bias out of "
-            "the logits (transformers 5; transformers 4 applied it): the exported model would not compute "
-            "the same logits."
+            "the logits (transformers 5.0-5.24; transformers 4 and 5.25 apply it): the exported model would "
+            "not compute the same logits."
         )
     target.load_state_dict(state_dict, strict=True)
     if head is not None:

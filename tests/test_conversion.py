@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import reformer_hf
-from reformer_hf import conversion
+from reformer_hf import compat, conversion
 
 TOLERANCE = 1e-4
 VOCAB_SIZE = 37
@@ -167,17 +167,45 @@ def test_training_loss_and_gradients_match_transformers(case):
 
 
 def test_lm_head_bias_is_applied():
-    """transformers 4 tied lm_head.decoder.bias to lm_head.bias; transformers 5.23 drops the bias
-    from its logits.  The converted model adds it, as the checkpoint's trax original does."""
+    """The LM-head bias, saved as lm_head.bias (every version) and, where the installed transformers
+    has it, lm_head.decoder.bias (tied in transformers 4, the applied one from 5.25): set alike under
+    every name, as transformers 4 tied them, the converted model adds it to its logits."""
     source = build_source("lsh_causal_1_round").eval()
+    bias = torch.randn(VOCAB_SIZE, generator=torch.Generator().manual_seed(2))
+    names, _ = compat.lm_head_bias_names(source.state_dict())
     with torch.no_grad():
-        source.lm_head.bias.normal_()
+        for name in names:
+            source.get_parameter(name).copy_(bias)
     model = conversion.convert_transformers_model(source)
     input_ids = torch.randint(1, VOCAB_SIZE, (2, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         hidden = source.reformer(input_ids).last_hidden_state
-        expected = torch.nn.functional.linear(hidden, source.lm_head.decoder.weight, source.lm_head.bias)
+        expected = torch.nn.functional.linear(hidden, source.lm_head.decoder.weight, bias)
     torch.testing.assert_close(first_output(model, input_ids), expected, atol=TOLERANCE, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "saved, expected",
+    [
+        ({"lm_head.bias": [1.0, 2.0]}, [1.0, 2.0]),  # transformers 5.0-5.24
+        ({"lm_head.bias": [1.0, 2.0], "lm_head.decoder.bias": [1.0, 2.0]}, [1.0, 2.0]),  # transformers 4 (tied)
+        ({"lm_head.bias": [0.0, 0.0], "lm_head.decoder.bias": [3.0, 4.0]}, [3.0, 4.0]),  # 5.25, trained
+        ({"lm_head.decoder.bias": [3.0, 4.0]}, [3.0, 4.0]),
+        ({}, None),  # no LM head
+    ],
+)
+def test_source_lm_head_bias_reads_the_bias_its_transformers_version_applied(saved, expected):
+    state_dict = {name: torch.tensor(values) for name, values in saved.items()}
+    bias = compat.source_lm_head_bias(state_dict)
+    assert (bias is None) == (expected is None)
+    if expected is not None:
+        assert bias.tolist() == expected
+
+
+def test_two_different_non_zero_lm_head_biases_are_refused():
+    state_dict = {"lm_head.bias": torch.tensor([1.0, 2.0]), "lm_head.decoder.bias": torch.tensor([3.0, 4.0])}
+    with pytest.raises(ValueError, match="two different LM-head biases"):
+        compat.source_lm_head_bias(state_dict)
 
 
 def test_bidirectional_local_attention_needs_the_ring():
@@ -297,8 +325,14 @@ def test_exported_native_model_computes_the_same_logits():
     torch.testing.assert_close(first_output(exported, input_ids), first_output(model, input_ids), atol=TOLERANCE, rtol=0)
     with torch.no_grad():
         model.lm_head.bias.fill_(0.5)
-    with pytest.raises(ValueError, match="lm_head.bias is non-zero"):
-        conversion.convert_to_transformers_model(model)
+    _, bias_applied = compat.lm_head_bias_names(exported.state_dict())
+    if not bias_applied:  # transformers 5.0-5.24: its logits would lack the bias
+        with pytest.raises(ValueError, match="lm_head.bias is non-zero"):
+            conversion.convert_to_transformers_model(model)
+    else:
+        exported = conversion.convert_to_transformers_model(model)
+        torch.testing.assert_close(first_output(exported, input_ids), first_output(model, input_ids),
+                                   atol=TOLERANCE, rtol=0)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,73 @@
+"""Every place the package relies on transformers' internals, for the versions pyproject.toml allows.
+
+Tested on transformers 5.17 (the oldest supported, the GPU machine's) and 5.25 (the newest when
+written).  What moved between them:
+
+- The generation cache.  Up to at least 5.17 `generate()` hands the cache to the model as
+  `past_key_values=` and reads it back from the output field of that name; by 5.25 both are named
+  `cache` (the old name is still accepted as a deprecated alias on the way in, and output classes
+  keep a `past_key_values` property).  `CACHE_FIELD` is the installed version's name; the models
+  take both names as arguments and fill the installed version's field.
+- transformers' own Reformer LM head.  5.0-5.24 save `lm_head.bias` and apply no bias; 5.25 adds a
+  bias to `lm_head.decoder` (saved as `lm_head.decoder.bias`, applied) and keeps the unused
+  `lm_head.bias`; transformers 4 tied the two.  `source_lm_head_bias` and `lm_head_bias_names`
+  read and write whichever the checkpoint or the installed version has.
+"""
+
+import torch
+from transformers.generation import utils as generation_utils
+
+# The cache's argument and output field name in the installed transformers: "cache" or "past_key_values".
+CACHE_FIELD = "cache" if "cache" in generation_utils.ALL_CACHE_NAMES else "past_key_values"
+CACHE_ARGUMENTS = ("past_key_values", "cache")
+
+# Keyword arguments that transformers' generate() (5.17-5.25) and Trainer pass to a model's forward
+# besides its named parameters; a head accepts these and refuses any other unknown keyword.
+GENERATION_ONLY_ARGUMENTS = frozenset({"cache_position", "is_first_iteration", "next_sequence_length"})
+
+APPLIED_HEAD_BIAS = "lm_head.decoder.bias"  # transformers 4 (tied to lm_head.bias) and 5.25+
+LEGACY_HEAD_BIAS = "lm_head.bias"  # every version saves it; only transformers 4 applied it
+
+
+def merge_cache_arguments(owner, past_key_values, cache):
+    """The one cache given under either name (`past_key_values` up to 5.17's generate, `cache` from
+    5.25's); both at once is refused, naming `owner`."""
+    if past_key_values is not None and cache is not None and past_key_values is not cache:
+        raise ValueError(f"{owner}: pass the generation cache as past_key_values or as cache, not both "
+                         f"(got {type(past_key_values).__name__} and {type(cache).__name__}).")
+    return past_key_values if past_key_values is not None else cache
+
+
+def cache_output(cache):
+    """{field: cache} for a transformers output class of the installed version."""
+    return {CACHE_FIELD: cache}
+
+
+def output_cache(outputs):
+    """The cache of a transformers model output, whichever version built it (None if it holds none)."""
+    return outputs.get(CACHE_FIELD) if hasattr(outputs, "get") else getattr(outputs, CACHE_FIELD, None)
+
+
+def source_lm_head_bias(state_dict):
+    """The LM-head bias of a transformers Reformer checkpoint, as the model that saved it applies it.
+
+    `lm_head.decoder.bias` where present (tied to `lm_head.bias` by transformers 4, the applied bias
+    from 5.25 on, where `lm_head.bias` is a left-over that stays zero); otherwise `lm_head.bias` (5.0-5.24,
+    the trax original's bias).  Both present, non-zero and different is ambiguous: ValueError.
+    Returns None for a checkpoint without an LM head.
+    """
+    applied, legacy = state_dict.get(APPLIED_HEAD_BIAS), state_dict.get(LEGACY_HEAD_BIAS)
+    if applied is None:
+        return legacy
+    if legacy is not None and legacy.any() and applied.any() and not torch.equal(applied, legacy):
+        raise ValueError(f"the transformers checkpoint holds two different LM-head biases, {APPLIED_HEAD_BIAS!r} "
+                         f"and {LEGACY_HEAD_BIAS!r}; expected them equal (transformers 4) or one of them zero "
+                         "(transformers 5).")
+    return applied
+
+
+def lm_head_bias_names(target_state_dict):
+    """The names under which an exported transformers Reformer of the installed version holds its LM-head
+    bias (every one gets the bias), and whether that version applies it to the logits."""
+    names = [name for name in (APPLIED_HEAD_BIAS, LEGACY_HEAD_BIAS) if name in target_state_dict]
+    return names, APPLIED_HEAD_BIAS in target_state_dict
