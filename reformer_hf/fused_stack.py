@@ -96,7 +96,7 @@ class FusedNormStackFunction(torch.autograd.Function):
     the top `n_stored` halves' bodies."""
 
     @staticmethod
-    def forward(ctx, x1, x2, halves, hidden_states_sink, n_stored, *params):
+    def forward(ctx, x1, x2, halves, n_stored, *params):
         ctx.halves, ctx.params = halves, params
         ctx.autocast = autocast_state(x1.device.type)
         low_dtype = ctx.autocast[1]
@@ -122,8 +122,6 @@ class FusedNormStackFunction(torch.autograd.Function):
                 else:
                     summed = before + update.detach()
                 before, current = current, summed
-                if hidden_states_sink is not None and index % 2 == 1:
-                    hidden_states_sink.append(torch.cat([before, current], dim=-1))
         ctx.save_for_backward(before, current)
         return before, current
 
@@ -170,4 +168,4 @@ class FusedNormStackFunction(torch.autograd.Function):
                     inner, grad_inner, outer, grad_outer, grad_outer_low = (
                         rebuilt, grad_outer, inner, grad_inner, grad_inner_low)
         # inner = x2 with its whole gradient now; x1 = s[-1] only feeds s[1] = x1 + body_0(...).
-        return (grad_outer, grad_inner, None, None, None, *(grads.get(p) for p in ctx.params))
+        return (grad_outer, grad_inner, None, None, *(grads.get(p) for p in ctx.params))

@@ -355,9 +355,8 @@ def run_padded_stack(stack, config, hidden, pad_mask, layer_caches, output_hidde
         pad_mask = nn.functional.pad(pad_mask, (0, padded_length - length), value=True)
     if pad_mask is not None and not pad_mask.any():
         pad_mask = None
-    y1, y2, all_hidden = stack(hidden, pad_mask, output_hidden_states, layer_caches, context, context_mask)
-    if all_hidden is not None:
-        all_hidden = tuple(h[:, :length] for h in all_hidden)
+    y1, y2, all_hidden = stack(hidden, pad_mask, output_hidden_states, layer_caches, context, context_mask,
+                               kept_length=length)
     return y1[:, :length], y2[:, :length], all_hidden
 
 

@@ -17,11 +17,17 @@ a decoder's cross attention attends to: every layer's attention half receives it
 `context_mask`), and the backward pass sums its gradient over the layers.
 """
 
+import functools
+import logging
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .fused_stack import FusedNormStackFunction, split_halves, trainable_parameters
 from .replay import autocast_state, draw_seeds, seeded, uncached_autocast
+
+logger = logging.getLogger(__name__)
 
 
 class ReversibleLayer(nn.Module):
@@ -93,14 +99,12 @@ class _ReversibleStackFunction(torch.autograd.Function):
     """Runs the layers without recording a graph and keeps only the stack's output."""
 
     @staticmethod
-    def forward(ctx, x1, x2, layers, seeds, pad_mask, hidden_states_sink, layer_caches, context, context_mask, *params):
+    def forward(ctx, x1, x2, layers, seeds, pad_mask, layer_caches, context, context_mask, *params):
         ctx.layers, ctx.seeds, ctx.params = layers, seeds, params
         ctx.autocast = autocast_state(x1.device.type)
         with torch.no_grad(), uncached_autocast(ctx.autocast):
             for layer, layer_seeds, layer_cache in zip(layers, seeds, layer_caches):
                 x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
-                if hidden_states_sink is not None:
-                    hidden_states_sink.append(torch.cat([x1, x2], dim=-1))
         ctx.save_for_backward(x1, x2, pad_mask, context, context_mask)
         return x1, x2
 
@@ -120,26 +124,51 @@ class _ReversibleStackFunction(torch.autograd.Function):
                     if grad is not None:
                         grads[tensor] = grad if tensor not in grads else grads[tensor] + grad
         grad_context = grads.get(context) if context is not None else None
-        return (grad_y1, grad_y2, None, None, None, None, None, grad_context, None, *(grads.get(p) for p in ctx.params))
+        return (grad_y1, grad_y2, None, None, None, None, grad_context, None, *(grads.get(p) for p in ctx.params))
 
 
-# Position of `context` among the Function's inputs (x1, x2, layers, seeds, pad_mask, sink, caches, context, ...).
-_CONTEXT_INPUT = 7
+# Position of `context` among the Function's inputs (x1, x2, layers, seeds, pad_mask, caches, context, ...).
+_CONTEXT_INPUT = 6
 
 
 class ReformerStack(nn.Module):
     """The layers over two residual streams; reversible or plain per `config.reversible`, with the
-    top `stored_layers` (`config.reversible_stored_layers`) keeping their activations."""
+    top `stored_layers` (`config.reversible_stored_layers`) keeping their activations.
+
+    Hidden states asked for while autograd records (`output_hidden_states` under grad) are the
+    states the layers above read, so each receives its gradient as in any transformers model; the
+    layers then run under plain autograd, which keeps every layer's activations.
+
+    Gradient checkpointing (`gradient_checkpointing`, set by transformers'
+    `gradient_checkpointing_enable()`): a plain stack (reversible=False) in training recomputes each
+    layer in the backward pass from its input (each sub-layer under its seed, so the same dropout
+    masks and hash rotations).  A reversible stack keeps one copy of the streams whatever the depth
+    already, so there it changes nothing (logged once).
+    """
 
     def __init__(self, layers, reversible, stored_layers=0):
         super().__init__()
         self.layers = nn.ModuleList(layers)
         self.reversible = reversible
         self.stored_layers = min(stored_layers, len(self.layers))
+        self._checkpoints_layers = False
+        self._gradient_checkpointing_func = functools.partial(checkpoint, use_reentrant=False)
+
+    @property
+    def gradient_checkpointing(self):
+        return self._checkpoints_layers
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, enable):
+        if enable and self.reversible:
+            _note_checkpointing_is_a_no_op()
+        self._checkpoints_layers = bool(enable)
 
     def forward(self, hidden, pad_mask=None, output_hidden_states=False, layer_caches=None, context=None,
-                context_mask=None):
-        """hidden (batch, length, d) -> (y1, y2) and, if asked, the concatenated streams per layer.
+                context_mask=None, kept_length=None):
+        """hidden (batch, length, d) -> (y1, y2) and, if asked, the concatenated streams per layer
+        (batch, kept_length, 2d): the first `kept_length` positions (default: all), the others being
+        padding the caller strips.
 
         layer_caches: one generation cache per layer (see cache.py), filled or read by the
         attention layers, or None.
@@ -149,38 +178,70 @@ class ReformerStack(nn.Module):
         """
         seeds = draw_seeds(len(self.layers))
         layer_caches = layer_caches if layer_caches is not None else [None] * len(self.layers)
-        all_hidden = [torch.cat([hidden, hidden], dim=-1)] if output_hidden_states else None
         x1 = x2 = hidden
         # A generation cache keeps keys and values that later steps differentiate through; the
         # reversible function keeps no graph, so a pass that fills a cache under grad runs plainly.
         fills_cache = any(layer_cache is not None for layer_cache in layer_caches)
-        reversible = self.reversible and torch.is_grad_enabled() and not fills_cache
+        recording = torch.is_grad_enabled()
+        reversible = self.reversible and recording and not fills_cache and not output_hidden_states
         halves = split_halves(self.layers, seeds, hidden, pad_mask) if reversible and context is None else None
         if halves is not None:
-            x1, x2 = FusedNormStackFunction.apply(x1, x2, halves, all_hidden, 2 * self.stored_layers,
+            x1, x2 = FusedNormStackFunction.apply(x1, x2, halves, 2 * self.stored_layers,
                                                   *trainable_parameters(self.layers))
-            return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)
+            return x1, x2, None
         # Below `plain`, layers are rebuilt in the backward pass; from it on, autograd stores them.
         layers = list(self.layers)  # a ModuleList slice builds a new ModuleList on every call
         plain = len(layers) - self.stored_layers if reversible else 0
         if plain:
             rebuilt = self.layers if plain == len(layers) else nn.ModuleList(layers[:plain])
             x1, x2 = _ReversibleStackFunction.apply(
-                x1, x2, layers[:plain], seeds[:plain], pad_mask, all_hidden, layer_caches[:plain], context,
-                context_mask, *trainable_parameters(rebuilt)
+                x1, x2, layers[:plain], seeds[:plain], pad_mask, layer_caches[:plain], context, context_mask,
+                *trainable_parameters(rebuilt)
             )
+        all_hidden = [] if output_hidden_states else None
+        if all_hidden is not None:
+            x1, x2 = record_state(all_hidden, x1, x2, kept_length)
+        checkpointed = (self.gradient_checkpointing and not self.reversible and self.training and recording
+                        and not fills_cache)
         for layer, layer_seeds, layer_cache in zip(layers[plain:], seeds[plain:], layer_caches[plain:]):
-            x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
+            if checkpointed:
+                x1, x2 = self._gradient_checkpointing_func(layer.__call__, x1, x2, layer_seeds, pad_mask, None,
+                                                           context, context_mask)
+            else:
+                x1, x2 = layer(x1, x2, layer_seeds, pad_mask, layer_cache, context, context_mask)
             if all_hidden is not None:
-                all_hidden.append(torch.cat([x1, x2], dim=-1))
+                x1, x2 = record_state(all_hidden, x1, x2, kept_length)
         return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)
 
     def decode_step(self, hidden, layer_caches, is_pad, output_hidden_states=False):
         """One new position, hidden (batch, 1, d), through every layer and its cache; is_pad (batch,)."""
-        all_hidden = [torch.cat([hidden, hidden], dim=-1)] if output_hidden_states else None
+        all_hidden = [] if output_hidden_states else None
         x1 = x2 = hidden
+        if all_hidden is not None:
+            x1, x2 = record_state(all_hidden, x1, x2)
         for layer, layer_cache in zip(self.layers, layer_caches):
             x1, x2 = layer.decode_step(x1, x2, layer_cache, is_pad)
             if all_hidden is not None:
-                all_hidden.append(torch.cat([x1, x2], dim=-1))
+                x1, x2 = record_state(all_hidden, x1, x2)
         return x1, x2, (tuple(all_hidden) if all_hidden is not None else None)
+
+
+def record_state(states, x1, x2, kept_length=None):
+    """Append the concatenated streams (batch, kept_length, 2d) to `states`; under grad, continue
+    from the appended tensor (views of it, and the positions after kept_length), so that the state
+    returned is the node the layers above read, and its gradient the stack's."""
+    state = torch.cat([x1, x2], dim=-1)
+    kept = state[:, :kept_length]
+    states.append(kept)
+    if not torch.is_grad_enabled():
+        return x1, x2
+    if kept.shape[1] < state.shape[1]:
+        state = torch.cat([kept, state[:, kept.shape[1]:]], dim=1)
+    return state.chunk(2, dim=-1)
+
+
+@functools.cache
+def _note_checkpointing_is_a_no_op():
+    logger.warning("gradient checkpointing changes nothing in a reversible stack (config.reversible=True): the "
+                   "backward pass already rebuilds every layer's inputs from the stack's output, which is the "
+                   "only copy of the activations it keeps.")

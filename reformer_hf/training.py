@@ -1,16 +1,14 @@
 """What the training scripts share: named model presets, bits per byte, per-step data seeds,
-atomic accelerate checkpoints and a metrics log that survives a resume.
+the output folder's lock and a metrics log that survives a resume.
 
-Exact resume rests on three things kept here:
+Exact resume rests on three things:
 
 - data are a pure function of (seed, step, micro-batch, rank) (`step_generator`), so a resumed run
   draws the same batches without replaying a sampler;
-- `CheckpointManager.save` writes `accelerator.save_state` (model, optimizer, registered objects such
-  as the LR scheduler, every process's RNG states) into a temporary folder and renames it into
-  place, so a kill at any moment leaves either the previous checkpoint or the new one, never a
-  half-written one;
-- `MetricsLog` drops what a killed run logged after its last checkpoint, so the resumed run's log
-  continues the curve instead of repeating steps.
+- `checkpointing.CheckpointManager` writes the model, optimizer, scheduler and every process's RNG
+  states atomically and restores them without unpickling anything;
+- `MetricsLog` drops what a killed run logged after its last checkpoint (a row torn by the kill
+  included), so the resumed run's log continues the curve instead of repeating steps.
 """
 
 import contextlib
@@ -18,13 +16,15 @@ import importlib.util
 import json
 import math
 import os
-import shutil
+import re
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .checkpointing import fault_point
 from .configuration import ReformerConfig
+from .output_lock import OutputDirLock
 
 # ------------------------------------------------------------------------------------ presets
 
@@ -84,30 +84,45 @@ PRESETS = {
 }
 
 
+_OVERRIDE_KEY = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=")
+_BARE_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*")
+
+
 def parse_overrides(text):
-    """"key=value,key=value" -> dict; each value is read as JSON when it parses, else kept as text.
+    """"key=value,key=value" -> dict, parsed strictly: each value is one JSON value (number, string,
+    list, object, true/false/null) or a bare word such as `chunk` or `gelu_new` (read as that
+    string); anything else, e.g. an unclosed bracket, raises ValueError naming the override.
 
     Lists go in brackets and may hold commas: "attn_layers=[\"lsh\",\"local\"],num_hashes=4".
     """
-    if not text:
-        return {}
-    overrides, depth, start = {}, 0, 0
-    pieces = []
-    for index, char in enumerate(text + ","):
-        depth += char in "[{"
-        depth -= char in "]}"
-        if char == "," and depth == 0:
-            pieces.append(text[start:index])
-            start = index + 1
-    for piece in pieces:
-        key, sep, raw = piece.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"config override {piece!r} is not key=value (in {text!r}).")
+    overrides, position = {}, 0
+    decoder = json.JSONDecoder()
+    while text and position <= len(text):
+        key_match = _OVERRIDE_KEY.match(text, position)
+        piece = text[position:].split(",", 1)[0]
+        if key_match is None:
+            raise ValueError(f"config override {piece!r} is not key=value with a field name as key (in {text!r}).")
+        key, value_start = key_match.group(1), key_match.end()
+        while value_start < len(text) and text[value_start].isspace():
+            value_start += 1
         try:
-            value = json.loads(raw)
+            value, value_end = decoder.raw_decode(text, value_start)
         except json.JSONDecodeError:
-            value = raw
-        overrides[key.strip()] = value
+            bare = _BARE_WORD.match(text, value_start)
+            value_end = bare.end() if bare else value_start
+            value = bare.group(0) if bare else None
+        while value_end < len(text) and text[value_end].isspace():
+            value_end += 1
+        if value_end == value_start or (value_end < len(text) and text[value_end] != ","):
+            raise ValueError(f"config override {text[position:].strip()!r}: the value of {key!r} is not a JSON value "
+                             f"or a bare word (in {text!r}); quote strings, close brackets, separate overrides "
+                             "with commas.")
+        if key in overrides:
+            raise ValueError(f"config override {key!r} is given twice (in {text!r}).")
+        overrides[key] = value
+        position = value_end + 1
+        if position == len(text):
+            raise ValueError(f"config overrides {text!r} end with a comma: an override is missing after it.")
     return overrides
 
 
@@ -218,77 +233,13 @@ def gather_state_dict(accelerator, model):
     return accelerator.get_state_dict(model)
 
 
-# ------------------------------------------------------------------------------------ checkpoints
-
-CHECKPOINT_PREFIX = "step_"
-CHECKPOINT_INFO = "checkpoint.json"
+# ------------------------------------------------------------------------------------ output folder
 
 
-class CheckpointManager:
-    """`accelerator.save_state` checkpoints under `root`, each written to a temporary folder first.
-
-    A checkpoint is the folder `root/step_00000123` holding `checkpoint.json` (written last, before
-    the rename); folders without it, and `.tmp-*` leftovers of a killed save, are never loaded.
-    The newest `keep` checkpoints are kept.
-    """
-
-    def __init__(self, accelerator, root, keep=2):
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep={keep!r} is not allowed; expected an integer >= 1.")
-        self.accelerator = accelerator
-        self.root = Path(root)
-        self.keep = keep
-
-    def checkpoints(self):
-        """Complete checkpoints, oldest first."""
-        if not self.root.is_dir():
-            return []
-        found = [path for path in self.root.iterdir()
-                 if path.is_dir() and path.name.startswith(CHECKPOINT_PREFIX) and (path / CHECKPOINT_INFO).is_file()]
-        return sorted(found, key=lambda path: int(path.name[len(CHECKPOINT_PREFIX):]))
-
-    def latest(self):
-        found = self.checkpoints()
-        return found[-1] if found else None
-
-    def save(self, step, info):
-        """Save the accelerator's state at `step` with `info` (JSON-able) and prune old checkpoints."""
-        final = self.root / f"{CHECKPOINT_PREFIX}{step:08d}"
-        temporary = self.root / f".tmp-{final.name}"
-        if self.accelerator.is_main_process:
-            self.root.mkdir(parents=True, exist_ok=True)
-            shutil.rmtree(temporary, ignore_errors=True)
-        self.accelerator.wait_for_everyone()
-        self.accelerator.save_state(str(temporary), safe_serialization=True)
-        self.accelerator.wait_for_everyone()
-        if self.accelerator.is_main_process:
-            _write_json_durably(temporary / CHECKPOINT_INFO, {"step": step, **info})
-            if final.exists():  # a re-run reached the same step: the old copy goes, then the rename
-                shutil.rmtree(final)
-            os.replace(temporary, final)
-            _fsync_directory(self.root)
-            for old in self.checkpoints()[: -self.keep]:
-                shutil.rmtree(old)
-        self.accelerator.wait_for_everyone()
-        return final
-
-    def load(self, path):
-        """Restore the state saved in `path` and return its `checkpoint.json`."""
-        path = Path(path)
-        info_path = path / CHECKPOINT_INFO
-        if not info_path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} has no {CHECKPOINT_INFO}: it is incomplete or not "
-                                    "a checkpoint written by this script.")
-        self.accelerator.load_state(str(path))
-        return json.loads(info_path.read_text(encoding="utf-8"))
-
-    def resume(self, path):
-        """(step, elapsed seconds) of the checkpoint `path`, restored, or (0, 0.0) for None."""
-        if path is None:
-            return 0, 0.0
-        info = self.load(path)
-        self.accelerator.print(f"resumed from {path} at step {info['step']}")
-        return info["step"], info["elapsed_seconds"]
+def output_dir_lock(accelerator, folder):
+    """The output folder's lock (`output_lock.OutputDirLock`), held by the main process only: the
+    other processes write nothing there that the main one does not wait for."""
+    return OutputDirLock(folder) if accelerator.is_main_process else contextlib.nullcontext()
 
 
 def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm):
@@ -301,27 +252,12 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm):
     optimizer.zero_grad(set_to_none=True)
 
 
-def _write_json_durably(path, payload):
-    with open(path, "w", encoding="utf-8") as handle:
-        json.dump(payload, handle, indent=2, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _fsync_directory(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 class MetricsLog:
     """Metrics as JSON lines (`metrics.jsonl`) and, when tensorboard is installed, TensorBoard events.
 
-    Opened with `resume_step`, it first drops the rows a killed run wrote after that step, and
-    TensorBoard purges its events after it, so the log reads as one uninterrupted run.  Only the
-    main process writes.
+    Opened with `resume_step`, it first drops the rows a killed run wrote after that step (and a
+    last row that a kill cut short), and TensorBoard purges its events after it, so the log reads as
+    one uninterrupted run.  Only the main process writes.
     """
 
     def __init__(self, output_dir, resume_step=0, enabled=True, tensorboard=True):
@@ -331,7 +267,8 @@ class MetricsLog:
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        kept = [row for row in read_metrics(self.path) if row["step"] <= resume_step] if resume_step else []
+        rows = read_metrics(self.path, drop_torn_last_row=True) if resume_step else []
+        kept = [row for row in rows if row["step"] <= resume_step]
         temporary = self.path.with_suffix(".jsonl.tmp")
         temporary.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
         os.replace(temporary, self.path)
@@ -343,8 +280,13 @@ class MetricsLog:
     def log(self, step, values):
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps({"step": step, **values}) + "\n")
+        row = (json.dumps({"step": step, **values}) + "\n").encode("utf-8")
+        fault_point(f"before metrics row {step}")
+        with open(self.path, "ab") as handle:
+            handle.write(row[: len(row) // 2])
+            handle.flush()
+            fault_point(f"halfway through metrics row {step}")
+            handle.write(row[len(row) // 2 :])
         if self.writer is not None:
             for name, value in values.items():
                 if isinstance(value, (int, float)):
@@ -355,12 +297,25 @@ class MetricsLog:
             self.writer.close()
 
 
-def read_metrics(path):
-    """Rows of a metrics.jsonl file (empty when it does not exist)."""
+def read_metrics(path, drop_torn_last_row=False):
+    """Rows of a metrics.jsonl file (empty when it does not exist).  A last row without its newline
+    is one a kill cut short: with `drop_torn_last_row` it is left out, otherwise it is an error like
+    any row that does not parse."""
     path = Path(path)
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    lines = path.read_text(encoding="utf-8").split("\n")
+    if drop_torn_last_row:
+        lines = lines[:-1]  # "" after a final newline, else the torn row
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: line {number} is not a JSON row ({error}): {line[:80]!r}") from error
+    return rows
 
 
 def tensorboard_available():

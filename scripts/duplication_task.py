@@ -11,7 +11,8 @@ the loss and the accuracy count only the second copy of w.  A one-layer LSH mode
 
 Batches are a pure function of (--seed, step), and checkpoints (model, optimizer, scheduler, RNG)
 are written atomically every --save-steps steps and when --time-budget runs out, so invocations
-chain into one run.  Outputs: metrics.jsonl (learning curve), table.md and results.json (the
+chain into one run (--resume takes the newest checkpoint that passes validation and unpickles
+nothing; one run at a time holds OUTPUT_DIR/.reformer_hf.lock).  Outputs: metrics.jsonl (learning curve), table.md and results.json (the
 Table-2 row), TensorBoard logs, and final/ (save_pretrained).
 """
 
@@ -71,6 +72,9 @@ def parse_hash_counts(parser, text):
 
 
 def check_args(parser, args):
+    from reformer_hf.checkpointing import checkpoint_folders
+    from reformer_hf.output_lock import OutputDirLocked, check_output_dir
+
     if args.length < 4 or args.length % 2:
         parser.error(f"--length={args.length} must be an even number >= 4 (sequences are 0 w 0 w)")
     if not 1 <= args.vocab_high:
@@ -88,8 +92,14 @@ def check_args(parser, args):
     if args.eval_only and not args.resume:
         parser.error("--eval-only evaluates a trained run: pass --resume with its --output-dir")
     output = Path(args.output_dir)
+    try:
+        check_output_dir(output)
+    except (NotADirectoryError, OutputDirLocked) as error:
+        parser.error(str(error))
     if args.resume and not output.is_dir():
         parser.error(f"--resume: --output-dir={args.output_dir!r} does not exist, so there is nothing to resume")
+    if args.resume and not checkpoint_folders(output / "checkpoints"):
+        parser.error(f"--resume: no complete checkpoint under {output / 'checkpoints'}")
     if not args.resume and (output / "checkpoints").is_dir() and any((output / "checkpoints").iterdir()):
         parser.error(f"--output-dir={args.output_dir!r} already holds checkpoints; pass --resume to continue")
     args.eval_hash_counts = parse_hash_counts(parser, args.eval_hashes)
@@ -195,31 +205,40 @@ def main(argv=None):
     config = build_config(parser, args)
 
     import torch
+
+    from reformer_hf.checkpointing import CheckpointError
+    from reformer_hf.output_lock import OutputDirLocked
+    from reformer_hf.training import make_accelerator, output_dir_lock
+
+    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
+    try:
+        with output_dir_lock(accelerator, args.output_dir):
+            return train(args, accelerator, config)
+    except (OutputDirLocked, CheckpointError) as error:
+        parser.error(str(error))
+
+
+def train(args, accelerator, config):
+    import torch
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from reformer_hf import ReformerForCausalLM
-    from reformer_hf.training import (
-        CheckpointManager, MetricsLog, gather_state_dict, make_accelerator, optimizer_step, tensorboard_available,
-    )
+    from reformer_hf.checkpointing import CheckpointManager
+    from reformer_hf.training import MetricsLog, gather_state_dict, optimizer_step, tensorboard_available
 
-    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
-    checkpoints = CheckpointManager(accelerator, output_dir / "checkpoints", keep=2)
-    resume_from = checkpoints.latest() if args.resume else None
-    if args.resume and resume_from is None:
-        parser.error(f"--resume: no complete checkpoint under {output_dir / 'checkpoints'}")
 
     set_seed(args.seed)
     model = ReformerForCausalLM(config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0)
     scheduler = get_scheduler("constant_with_warmup", optimizer, num_warmup_steps=args.warmup_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    accelerator.register_for_checkpointing(scheduler)
-
-    step, elapsed = checkpoints.resume(resume_from)
+    checkpoints = CheckpointManager(accelerator, output_dir / "checkpoints", model, optimizer, scheduler, keep=2)
+    resumed = checkpoints.resume() if args.resume else None
+    step, elapsed = (resumed["step"], resumed["elapsed_seconds"]) if resumed else (0, 0.0)
     metrics = MetricsLog(output_dir, resume_step=step, enabled=accelerator.is_main_process and not args.eval_only,
                          tensorboard=tensorboard_available() and not args.no_tensorboard)
 

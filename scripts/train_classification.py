@@ -11,6 +11,12 @@ Tasks that need no network (real text, real labels):
     python scripts/train_classification.py --dataset data/reviews.jsonl --text-column text --label-column label \
         --output_dir runs/reviews
 
+--resume_from_checkpoint (a checkpoint folder, or True for the newest under --output_dir) is read
+safely before Trainer sees it: every pickle-format file Trainer loads goes through torch's
+weights-only unpickler and JSON must parse, else the run stops naming the file (training_args.bin,
+a full pickle that Trainer writes but never reads back, is left alone).  One run at a time uses
+an output folder (OUTPUT_DIR/.reformer_hf.lock holds the running pid and host).
+
 The model starts from --model-name-or-path (e.g. the `final` folder of scripts/train_lm.py) or from a
 --preset.  Every TrainingArguments flag works (--learning_rate, --num_train_epochs, --bf16, ...).
 Accuracy and macro F1 come from `evaluate`, loaded from scripts/metrics/ (the Hub's metric scripts
@@ -18,6 +24,7 @@ cannot be fetched offline).  The end writes OUTPUT_DIR/final (model, tokenizer, 
 OUTPUT_DIR/test_results.json.
 """
 
+import contextlib
 import hashlib
 import json
 import sys
@@ -74,6 +81,61 @@ def check_args(parser, script):
     if script.model_name_or_path and not (Path(script.model_name_or_path) / "config.json").is_file():
         parser.error(f"--model-name-or-path={script.model_name_or_path!r} has no config.json (a save_pretrained folder "
                      "is expected; the Hub is not reachable here)")
+
+
+def check_output_dir(parser, training_args):
+    from reformer_hf.output_lock import OutputDirLocked, check_output_dir as check_folder
+
+    try:
+        check_folder(training_args.output_dir)
+    except (NotADirectoryError, OutputDirLocked) as error:
+        parser.error(str(error))
+
+
+def resume_checkpoint(parser, training_args):
+    """The checkpoint folder Trainer will resume from (None: a fresh run), each of its files read
+    the safe way first; a file that is not plain data stops the run here, named."""
+    requested = training_args.resume_from_checkpoint
+    if requested is None or requested.lower() == "false":
+        return None
+    if requested.lower() == "true":
+        from transformers.trainer_utils import get_last_checkpoint
+
+        found = get_last_checkpoint(training_args.output_dir) if Path(training_args.output_dir).is_dir() else None
+        if found is None:
+            parser.error(f"--resume_from_checkpoint=True: no checkpoint-* folder under {training_args.output_dir!r}")
+        folder = Path(found)
+    else:
+        folder = Path(requested)
+        if not folder.is_dir():
+            parser.error(f"--resume_from_checkpoint={requested!r} is not a checkpoint folder")
+    for path in sorted(folder.iterdir()):
+        problem = unsafe_file_problem(path)
+        if problem:
+            parser.error(f"--resume_from_checkpoint: {path} {problem}; refusing to resume from {str(folder)!r}")
+    return str(folder)
+
+
+def unsafe_file_problem(path):
+    """Why Trainer should not read `path` (None when it is plain data)."""
+    import numpy as np
+    import torch
+
+    if path.suffix == ".json":
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return f"is not valid JSON ({error})"
+    elif path.suffix in (".pt", ".pth", ".bin") and path.name != "training_args.bin":
+        # The numpy types of Trainer's rng_state.pth, as transformers allows them for the same load.
+        numpy_core = np._core if hasattr(np, "_core") else np.core
+        numpy_types = [numpy_core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+        try:
+            with torch.serialization.safe_globals(numpy_types):
+                torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # UnpicklingError for code, RuntimeError and others for damaged files
+            return f"cannot be read as weights only ({type(error).__name__}: {str(error)[:300]})"
+    return None
 
 
 def split_of(key, seed):
@@ -198,6 +260,8 @@ def main(argv=None):
     parser = build_parser()
     script, training_args = parser.parse_args_into_dataclasses(args=argv)
     check_args(parser, script)
+    check_output_dir(parser, training_args)
+    resume_from = resume_checkpoint(parser, training_args)
     try:
         dataset, names = build_dataset(script)
     except (OSError, ValueError) as error:
@@ -210,8 +274,8 @@ def main(argv=None):
     import numpy as np
     from transformers import DataCollatorWithPadding, Trainer
 
-    from reformer_hf.model_card import write_model_card
-    from reformer_hf.tokenization import ReformerByteTokenizer, register_tokenizer_auto_class
+    from reformer_hf.output_lock import OutputDirLock, OutputDirLocked
+    from reformer_hf.tokenization import ReformerByteTokenizer
 
     tokenizer = ReformerByteTokenizer()
     longer = {name: sum(len(text.encode("utf-8")) > script.max_length for text in split["text"])
@@ -231,7 +295,19 @@ def main(argv=None):
     trainer = Trainer(model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
                       compute_metrics=compute_metrics)
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    lock = OutputDirLock(training_args.output_dir) if training_args.process_index == 0 else contextlib.nullcontext()
+    try:
+        with lock:
+            return train_and_save(trainer, training_args, script, model, tokenizer, encoded, names, resume_from)
+    except OutputDirLocked as error:
+        parser.error(str(error))
+
+
+def train_and_save(trainer, training_args, script, model, tokenizer, encoded, names, resume_from):
+    from reformer_hf.model_card import write_model_card
+    from reformer_hf.tokenization import register_tokenizer_auto_class
+
+    trainer.train(resume_from_checkpoint=resume_from)
     validation = trainer.evaluate()
     test = trainer.evaluate(encoded["test"], metric_key_prefix="test")
     print(json.dumps({"validation": validation, "test": test}, indent=2))

@@ -13,7 +13,10 @@
 
 Batches are random windows of --seq-len bytes drawn as a pure function of (--seed, step), every
 --save-steps steps a checkpoint (model, optimizer, scheduler, RNG states of every process) is
-written atomically under OUTPUT_DIR/checkpoints, and --resume continues the loss curve exactly.
+written atomically under OUTPUT_DIR/checkpoints, and --resume continues the loss curve exactly from
+the newest checkpoint that passes validation (an older one when the newest is damaged; nothing in
+a checkpoint is unpickled).  One run at a time uses an output folder: OUTPUT_DIR/.reformer_hf.lock
+holds the running pid and host.
 Evaluation reports bits per byte on the validation split; the end of training writes
 OUTPUT_DIR/final (save_pretrained model, tokenizer, model card with the test bits per byte).
 Metrics go to OUTPUT_DIR/metrics.jsonl and TensorBoard (OUTPUT_DIR/tensorboard).
@@ -80,6 +83,9 @@ def build_parser():
 
 def check_args(parser, args):
     """Every argument error, raised through the parser before anything is loaded."""
+    from reformer_hf.checkpointing import checkpoint_folders
+    from reformer_hf.output_lock import OutputDirLocked, check_output_dir
+
     if (args.enwik8 is None) == (args.corpus is None):
         parser.error("give exactly one of --enwik8 PATH and --corpus PATH [PATH ...]")
     paths = [args.enwik8] if args.enwik8 else args.corpus
@@ -110,8 +116,14 @@ def check_args(parser, args):
     if args.attn_layers not in (None, "lsh", "local", "full"):
         parser.error(f"--attn-layers={args.attn_layers!r}; expected lsh, local or full")
     output = Path(args.output_dir)
+    try:
+        check_output_dir(output)
+    except (NotADirectoryError, OutputDirLocked) as error:
+        parser.error(str(error))
     if args.resume and not output.is_dir():
         parser.error(f"--resume: --output-dir={args.output_dir!r} does not exist, so there is nothing to resume")
+    if args.resume and not checkpoint_folders(output / "checkpoints"):
+        parser.error(f"--resume: no complete checkpoint under {output / 'checkpoints'}")
     if not args.resume and (output / "checkpoints").is_dir() and any((output / "checkpoints").iterdir()):
         parser.error(f"--output-dir={args.output_dir!r} already holds checkpoints; pass --resume to continue "
                      "that run, or choose a new folder")
@@ -211,23 +223,32 @@ def main(argv=None):
     splits = load_splits(parser, args)
 
     import torch
+
+    from reformer_hf.checkpointing import CheckpointError
+    from reformer_hf.output_lock import OutputDirLocked
+    from reformer_hf.training import make_accelerator, output_dir_lock
+
+    # cpu=True on a machine without CUDA is what makes accelerate pick gloo DDP under a multi-process launch.
+    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
+    try:
+        with output_dir_lock(accelerator, args.output_dir):
+            return train(args, accelerator, config, splits)
+    except (OutputDirLocked, CheckpointError) as error:
+        parser.error(str(error))
+
+
+def train(args, accelerator, config, splits):
+    import torch
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     from reformer_hf import ReformerForCausalLM
-    from reformer_hf.training import (
-        CheckpointManager, MetricsLog, make_accelerator, optimizer_step, tensorboard_available,
-    )
+    from reformer_hf.checkpointing import CheckpointManager
+    from reformer_hf.training import MetricsLog, optimizer_step, tensorboard_available
 
-    # cpu=True on a machine without CUDA is what makes accelerate pick gloo DDP under a multi-process launch.
-    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
-    checkpoints = CheckpointManager(accelerator, output_dir / "checkpoints", keep=args.keep_checkpoints)
-    resume_from = checkpoints.latest() if args.resume else None
-    if args.resume and resume_from is None:
-        parser.error(f"--resume: no complete checkpoint under {output_dir / 'checkpoints'}")
 
     set_seed(args.seed)
     model = ReformerForCausalLM(config)
@@ -235,11 +256,12 @@ def main(argv=None):
                                   weight_decay=args.weight_decay)
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps,
                               num_training_steps=args.max_steps)
+    # The scheduler is not prepared: a prepared scheduler steps once per process per step.
     model, optimizer = accelerator.prepare(model, optimizer)
-    # Registered rather than prepared: a prepared scheduler steps once per process per step.
-    accelerator.register_for_checkpointing(scheduler)
-
-    start_step, elapsed = checkpoints.resume(resume_from)
+    checkpoints = CheckpointManager(accelerator, output_dir / "checkpoints", model, optimizer, scheduler,
+                                    keep=args.keep_checkpoints)
+    resumed = checkpoints.resume() if args.resume else None
+    start_step, elapsed = (resumed["step"], resumed["elapsed_seconds"]) if resumed else (0, 0.0)
     use_tensorboard = tensorboard_available() and not args.no_tensorboard
     metrics = MetricsLog(output_dir, resume_step=start_step, enabled=accelerator.is_main_process,
                          tensorboard=use_tensorboard)

@@ -122,7 +122,13 @@ def check_args(parser, args):
         parser.error(f"--time-budget={args.time_budget} must be > 0 seconds")
     if args.max_eval_pairs is not None and args.max_eval_pairs < 1:
         parser.error(f"--max-eval-pairs={args.max_eval_pairs} must be >= 1")
+    from reformer_hf.output_lock import OutputDirLocked, check_output_dir
+
     output = Path(args.output_dir)
+    try:
+        check_output_dir(output)
+    except (NotADirectoryError, OutputDirLocked) as error:
+        parser.error(str(error))
     if output.is_dir() and any(output.iterdir()):
         parser.error(f"--output-dir={args.output_dir!r} is not empty; choose a new folder")
 
@@ -305,13 +311,26 @@ def main(argv=None):
     splits = load_splits(parser, args)
 
     import torch
+
+    from reformer_hf.output_lock import OutputDirLocked
+    from reformer_hf.training import make_accelerator, output_dir_lock
+
+    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
+    try:
+        with output_dir_lock(accelerator, args.output_dir):
+            return train(parser, args, accelerator, splits)
+    except OutputDirLocked as error:
+        parser.error(str(error))
+
+
+def train(parser, args, accelerator, splits):
+    import torch
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
     from reformer_hf.seq2seq import ReformerForConditionalGeneration
-    from reformer_hf.training import MetricsLog, make_accelerator, optimizer_step
+    from reformer_hf.training import MetricsLog, optimizer_step
 
-    accelerator = make_accelerator(args.mixed_precision, cpu=args.cpu or not torch.cuda.is_available())
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
     set_seed(args.seed)
@@ -332,7 +351,7 @@ def main(argv=None):
     scheduler = get_scheduler(args.lr_scheduler, optimizer, num_warmup_steps=args.warmup_steps,
                               num_training_steps=args.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process, tensorboard=False)  # creates output_dir
+    metrics = MetricsLog(output_dir, enabled=accelerator.is_main_process, tensorboard=False)
     if accelerator.is_main_process:
         (output_dir / "args.json").write_text(json.dumps(vars(args), indent=2), encoding="utf-8")
     pad_token_id = tokenizer.pad_token_id

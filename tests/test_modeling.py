@@ -1,5 +1,6 @@
 """Model-level properties: causality, padding, chunking, heads, save/load, and learning real text."""
 
+import copy
 import math
 import sysconfig
 from pathlib import Path
@@ -325,3 +326,124 @@ def test_two_layer_model_learns_real_text_below_unigram_entropy():
         held_out_loss = float(model(input_ids, labels=input_ids).loss)
     assert held_out_loss < 0.8 * unigram_entropy, (held_out_loss, unigram_entropy)
     assert math.isfinite(held_out_loss)
+
+
+# ------------------------------------------------------------------------------------ hidden states under autograd
+
+
+def keep_layer_stream_gradients(layers):
+    """Forward hooks on `layers` (ReversibleLayer, in order) that make each layer's two input streams
+    and the last layer's two outputs distinct graph nodes keeping their gradients: by plain
+    autograd, the gradient of every state between layers.  Returns the kept (x1, x2) pairs."""
+    kept = []
+
+    def kept_pair(x1, x2):
+        x1, x2 = x1.clone(), x2.clone()
+        x1.retain_grad()
+        x2.retain_grad()
+        kept.append((x1, x2))
+        return x1, x2
+
+    for layer in layers:
+        layer.register_forward_pre_hook(lambda module, args: (*kept_pair(*args[:2]), *args[2:]))
+    layers[-1].register_forward_hook(lambda module, args, output: kept_pair(*output))
+    return kept
+
+
+def hidden_state_gradients(model, loss_of, stacks, length, **inputs):
+    """Loss, parameter gradients and hidden state gradients of `model` (train mode, dropout off),
+    once with output_hidden_states (the gradients of the returned states) and once from a plain
+    copy through hooks (the reference).  stacks: model -> [(output field, ReversibleLayer list)]."""
+    reference = copy.deepcopy(model)
+    for _, layers in stacks(reference):
+        layers.reversible = False
+    kept = {field: keep_layer_stream_gradients(list(layers.layers)) for field, layers in stacks(reference)}
+    results = []
+    for candidate, hidden_states in ((model, True), (reference, False)):
+        candidate.train()
+        output = candidate(**inputs, output_hidden_states=hidden_states)
+        if hidden_states:
+            for field, _ in stacks(model):
+                for state in output[field]:
+                    state.retain_grad()
+        loss = loss_of(output)
+        loss.backward()
+        params = {name: p.grad.clone() for name, p in candidate.named_parameters() if p.grad is not None}
+        if hidden_states:
+            states = {field: [state.grad for state in output[field]] for field, _ in stacks(model)}
+        else:
+            states = {field: [torch.cat([x1.grad, x2.grad], dim=-1)[:, :length] for x1, x2 in pairs]
+                      for field, pairs in kept.items()}
+        results.append((loss.detach(), params, states))
+    return results
+
+
+def assert_same_gradients(actual, expected):
+    (loss, params, states), (expected_loss, expected_params, expected_states) = actual, expected
+    torch.testing.assert_close(loss, expected_loss, atol=1e-12, rtol=0)
+    assert params.keys() == expected_params.keys()
+    for name in params:
+        torch.testing.assert_close(params[name], expected_params[name], atol=1e-12, rtol=0, msg=name)
+    for field in expected_states:
+        assert len(states[field]) == len(expected_states[field]) == 4
+        for index, (grad, expected_grad) in enumerate(zip(states[field], expected_states[field])):
+            assert grad is not None, (field, index)
+            assert expected_grad.abs().sum() > 0
+            torch.testing.assert_close(grad, expected_grad, atol=1e-12, rtol=0, msg=f"{field}[{index}]")
+
+
+def encoder_stack(model):
+    return [("hidden_states", model.reformer.encoder)]
+
+
+@pytest.mark.parametrize("reversible", [True, False])
+@pytest.mark.parametrize("head", ["model", "causal_lm", "causal_lm_chunked_loss", "classification"])
+def test_returned_hidden_states_carry_the_gradients_of_plain_autograd(head, reversible):
+    """hidden_states[i] is the state the layers above read, so its gradient is the loss's gradient
+    with respect to that state (float64, against hooks on a plain copy's layers), and asking for
+    the states changes neither the loss nor any parameter gradient."""
+    torch.manual_seed(0)
+    config = tiny_config(reversible=reversible, chunk_size_lm_head=5 if head == "causal_lm_chunked_loss" else 0,
+                         is_decoder=head != "classification", num_labels=3)
+    input_ids = torch.randint(0, 40, (2, 10), generator=torch.Generator().manual_seed(1))  # padded to 12 inside
+    if head == "model":
+        model = ReformerModel(config)
+        weights = torch.randn(2, 10, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+        loss_of, inputs = (lambda output: (output.last_hidden_state * weights).sum()), dict(input_ids=input_ids)
+        stacks = lambda model: [("hidden_states", model.encoder)]  # noqa: E731
+    elif head == "classification":
+        model = ReformerForSequenceClassification(config)
+        loss_of, inputs, stacks = (lambda output: output.loss), dict(input_ids=input_ids,
+                                                                      labels=torch.tensor([0, 2])), encoder_stack
+    else:
+        model = ReformerForCausalLM(config)
+        loss_of, inputs, stacks = (lambda output: output.loss), dict(input_ids=input_ids, labels=input_ids), encoder_stack
+    actual, expected = hidden_state_gradients(model.double(), loss_of, stacks, 10, **inputs)
+    assert_same_gradients(actual, expected)
+
+
+@pytest.mark.parametrize("reversible", [True, False])
+def test_seq2seq_hidden_states_carry_the_gradients_of_plain_autograd(reversible):
+    """The encoder's and the decoder's returned states, as the test above (the encoder states also
+    receive the gradient that reaches them through the cross attention of every decoder layer)."""
+    from reformer_hf import ReformerConfig, ReformerForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = ReformerConfig(
+        vocab_size=50, hidden_size=16, num_attention_heads=2, attention_head_size=8, feed_forward_size=32,
+        attn_layers=["local", "lsh", "full"], decoder_attn_layers=["full", "local", "lsh"], num_hashes=2,
+        num_buckets=4, lsh_attn_chunk_length=4, local_attn_chunk_length=6, axial_pos_embds=False,
+        max_position_embeddings=64, is_encoder_decoder=True, hidden_dropout_prob=0.0,
+        local_attention_probs_dropout=0.0, lsh_attention_probs_dropout=0.0, full_attention_probs_dropout=0.0,
+        pad_token_id=0, eos_token_id=2, decoder_start_token_id=0, hash_seed=7, reversible=reversible,
+    )
+    model = ReformerForConditionalGeneration(config).double()
+    source = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(1))
+    labels = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(2))
+
+    def stacks(model):
+        return [("encoder_hidden_states", model.encoder.encoder), ("decoder_hidden_states", model.decoder.layers)]
+
+    actual, expected = hidden_state_gradients(model, lambda output: output.loss, stacks, 10, input_ids=source,
+                                              labels=labels)
+    assert_same_gradients(actual, expected)

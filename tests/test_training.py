@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import sysconfig
 from pathlib import Path
 
@@ -15,7 +16,6 @@ from reformer_hf.data import chunk_byte_stream
 from reformer_hf.tokenization import ReformerByteTokenizer
 from reformer_hf.training import (
     PRESETS,
-    CheckpointManager,
     MetricsLog,
     bits_per_byte,
     dense_shared_qk_overrides,
@@ -62,8 +62,30 @@ def test_bits_per_byte_converts_nats_per_byte_to_bits():
 def test_parse_overrides_reads_json_values_and_keeps_commas_inside_lists():
     parsed = parse_overrides('num_hashes=4,attn_layers=["lsh","local"],lsh_window_mode=chunk,hash_seed=null')
     assert parsed == {"num_hashes": 4, "attn_layers": ["lsh", "local"], "lsh_window_mode": "chunk", "hash_seed": None}
-    with pytest.raises(ValueError, match="is not key=value"):
-        parse_overrides("num_hashes")
+    assert parse_overrides(' hidden_act = gelu_new , axial_pos_shape=[16, 16] ,names=["a,b"]') == {
+        "hidden_act": "gelu_new", "axial_pos_shape": [16, 16], "names": ["a,b"]}
+    assert parse_overrides("") == {}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("num_buckets=[4,", "the value of 'num_buckets' is not a JSON value"),  # used to drop the field silently
+    ("num_buckets=[4,8", "the value of 'num_buckets' is not a JSON value"),
+    ("num_hashes=4,num_buckets=[4,", "config override 'num_buckets=[4,'"),
+    ("num_buckets=4]", "the value of 'num_buckets' is not a JSON value"),
+    ('attn_layers=["lsh","local"', "the value of 'attn_layers' is not a JSON value"),
+    ('lsh_window_mode="chunk', "the value of 'lsh_window_mode' is not a JSON value"),
+    ("axial_pos_shape={16: 16}", "the value of 'axial_pos_shape' is not a JSON value"),
+    ("num_hashes=", "the value of 'num_hashes' is not a JSON value"),
+    ("num_hashes=4 8", "the value of 'num_hashes' is not a JSON value"),
+    ("num_hashes", "is not key=value"),
+    ("=4", "is not key=value"),
+    ("num_hashes=4,", "end with a comma"),
+    ("num_hashes=4,num_hashes=8", "'num_hashes' is given twice"),
+])
+def test_parse_overrides_refuses_what_does_not_parse_naming_it(text, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        parse_overrides(text)
+    assert repr(text) in str(error.value)
 
 
 def test_every_preset_is_a_valid_config_and_the_paper_preset_matches_the_paper():
@@ -113,34 +135,6 @@ def test_metrics_log_on_resume_drops_rows_after_the_checkpoint(tmp_path):
     resumed.log(4, {"loss": 40.0})
     assert [(row["step"], row["loss"]) for row in read_metrics(tmp_path / "metrics.jsonl")] == [
         (1, 1.0), (2, 2.0), (3, 3.0), (4, 40.0)]
-
-
-def test_checkpoint_manager_ignores_half_written_checkpoints_and_keeps_the_newest(tmp_path):
-    from accelerate import Accelerator
-
-    accelerator = Accelerator(cpu=True)
-    model = torch.nn.Linear(3, 2)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    manager = CheckpointManager(accelerator, tmp_path, keep=2)
-    saved_weights = {}
-    for step in (1, 2, 3):
-        with torch.no_grad():
-            model.weight.fill_(float(step))
-        manager.save(step, {"elapsed_seconds": float(step)})
-        saved_weights[step] = model.weight.detach().clone()
-    # A save killed before its rename leaves a .tmp folder; one killed inside save_state can also
-    # leave a step folder without checkpoint.json if someone renamed it by hand: neither counts.
-    (tmp_path / ".tmp-step_00000004").mkdir()
-    (tmp_path / "step_00000005").mkdir()
-    assert [path.name for path in manager.checkpoints()] == ["step_00000002", "step_00000003"]
-    with torch.no_grad():
-        model.weight.zero_()
-    info = manager.load(manager.latest())
-    assert info["step"] == 3 and info["elapsed_seconds"] == 3.0
-    torch.testing.assert_close(model.weight, saved_weights[3])
-    with pytest.raises(FileNotFoundError, match="has no checkpoint.json"):
-        manager.load(tmp_path / "step_00000005")
 
 
 def test_make_accelerator_builds_no_fsdp_plugin_outside_an_fsdp_launch(monkeypatch):
