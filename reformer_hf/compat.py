@@ -12,7 +12,12 @@ written).  What moved between them:
   bias to `lm_head.decoder` (saved as `lm_head.decoder.bias`, applied) and keeps the unused
   `lm_head.bias`; transformers 4 tied the two.  `source_lm_head_bias` and `lm_head_bias_names`
   read and write whichever the checkpoint or the installed version has.
+- Config loading.  `from_pretrained` and `AutoConfig` build a config through `from_dict` and set
+  their keyword arguments on it after `__init__`; `from_json_file` calls `__init__` directly.
+  `config_json_dict` and `pop_config_source` let ReformerConfig name the file it refuses.
 """
+
+import json
 
 import torch
 from transformers.generation import utils as generation_utils
@@ -71,3 +76,28 @@ def lm_head_bias_names(target_state_dict):
     bias (every one gets the bias), and whether that version applies it to the logits."""
     names = [name for name in (APPLIED_HEAD_BIAS, LEGACY_HEAD_BIAS) if name in target_state_dict]
     return names, APPLIED_HEAD_BIAS in target_state_dict
+
+
+# transformers 5.17-5.25: `PreTrainedConfig.from_json_file` reads the file through the private
+# `_dict_from_json_file` (which also turns the NaN / Infinity markers `to_json_string` writes back into
+# floats) and lets json's JSONDecodeError out without the file's name; `from_pretrained` names it.
+def config_json_dict(config_class, json_file):
+    """The dict of a config JSON file as transformers reads it; OSError naming the file if it is not JSON."""
+    try:
+        return config_class._dict_from_json_file(json_file)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise OSError(f"The config file at '{json_file}' is not a valid JSON file: {error}.") from error
+
+
+# transformers 5.17-5.25: `AutoConfig.from_pretrained` passes the folder, file or Hub id it reads to
+# `from_dict` as the keyword `name_or_path`; `PreTrainedConfig.from_pretrained` passes keywords it does not
+# know through `get_config_dict` to `from_dict` unchanged, which is how ReformerConfig.from_pretrained
+# hands `CONFIG_SOURCE_KEYWORD` on (a private keyword, not `name_or_path`, which would become an attribute).
+CONFIG_SOURCE_KEYWORD = "_reformer_config_source"
+
+
+def pop_config_source(config_dict, from_dict_kwargs):
+    """The folder, file or Hub id a config dict was read from (None when it was not read from one);
+    removes CONFIG_SOURCE_KEYWORD from `from_dict_kwargs`."""
+    source = from_dict_kwargs.pop(CONFIG_SOURCE_KEYWORD, None)
+    return source or from_dict_kwargs.get("name_or_path") or config_dict.get("name_or_path") or None

@@ -1,27 +1,100 @@
 """ReformerConfig: every option of the model, validated with errors that name the field."""
 
 import math
+import os
 
 from transformers import PreTrainedConfig
+
+from .compat import CONFIG_SOURCE_KEYWORD, config_json_dict, pop_config_source
+from .tokenization import BOS_ID, BYTE_VOCAB_SIZE, EOS_ID, PAD_ID
 
 ATTENTION_KINDS = ("lsh", "local", "full")
 LSH_WINDOW_MODES = ("bucket_window", "chunk")
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 HIDDEN_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish", "tanh")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
+
+# Fields whose default, standing in for a value missing from a config file, would build a different
+# network or compute different outputs from the same weights.  Every config this package saves writes
+# them (transformers writes each field it does not know itself), so a file without one is damaged.
+# `is_encoder_decoder` is not here: transformers writes it only when True, and False is its meaning
+# when absent; an encoder-decoder's file must also hold ENCODER_DECODER_FIELDS.
+ARCHITECTURE_FIELDS = (
+    "vocab_size", "hidden_size", "num_attention_heads", "attention_head_size", "feed_forward_size", "hidden_act",
+    "attn_layers", "is_decoder", "reversible", "tie_word_embeddings", "layer_norm_eps",
+    "num_hashes", "num_buckets", "hash_seed", "lsh_attn_chunk_length", "lsh_num_chunks_before",
+    "lsh_num_chunks_after", "lsh_window_mode",
+    "local_attn_chunk_length", "local_num_chunks_before", "local_num_chunks_after", "local_attn_wrap_around",
+    "axial_pos_embds", "axial_pos_shape", "axial_pos_embds_dim", "max_position_embeddings",
+)
+ENCODER_DECODER_FIELDS = ("decoder_attn_layers", "decoder_start_token_id")
+
+# Flags that must be True or False (a string such as "False" is truthy and would silently mean True).
+BOOLEAN_FIELDS = ("is_decoder", "is_encoder_decoder", "reversible", "tie_word_embeddings", "axial_pos_embds",
+                  "local_attn_wrap_around", "use_cache")
+# transformers' own output flags: True, False or None (None defers to the model's default).
+OPTIONAL_BOOLEAN_FIELDS = ("output_hidden_states", "return_dict")
+TOKEN_ID_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id")
+DROPOUT_FIELDS = ("hidden_dropout_prob", "lsh_attention_probs_dropout", "local_attention_probs_dropout",
+                  "full_attention_probs_dropout")
+# torch.Generator.manual_seed takes seeds in [0, 2**64); the rotations are drawn from one seeded with hash_seed.
+HASH_SEED_LIMIT = 2**64
 
 
 def _fail(field, value, allowed):
     raise ValueError(f"ReformerConfig.{field}={value!r} is invalid: {allowed}.")
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _check_int(field, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    if not _is_int(value) or value < minimum:
         _fail(field, value, f"expected an integer >= {minimum}")
 
 
+def _check_bool(field, value, optional=False):
+    if not isinstance(value, bool) and not (optional and value is None):
+        _fail(field, value, "expected True or False" + (" (or None)" if optional else "")
+              + f", not a {type(value).__name__}")
+
+
+def _check_number(field, value, minimum, allow_minimum):
+    """A finite real number (not a bool) above `minimum`, or equal to it when `allow_minimum`."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not math.isfinite(value) or value < minimum or (value == minimum and not allow_minimum):
+        relation = ">=" if allow_minimum else ">"
+        _fail(field, value, f"expected a finite number {relation} {minimum}")
+
+
 def _check_probability(field, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not 0.0 <= value < 1.0:
         _fail(field, value, "expected a probability in [0, 1)")
+
+
+def _check_problem_type(value):
+    if value is not None and value not in PROBLEM_TYPES:
+        _fail("problem_type", value, f"expected None or one of {PROBLEM_TYPES}")
+
+
+def _check_token_id(field, value, vocab_size):
+    """None, a token id in [0, vocab_size), or (eos_token_id only) a non-empty list of them."""
+    if value is None:
+        return
+    ids = value if field == "eos_token_id" and isinstance(value, list) else [value]
+    allowed = f"expected None or a token id in [0, vocab_size={vocab_size})" + (
+        ", or a non-empty list of them" if field == "eos_token_id" else "")
+    if not ids or any(not _is_int(token_id) or not 0 <= token_id < vocab_size for token_id in ids):
+        _fail(field, value, allowed)
+
+
+def _check_int_list(field, value, minimum_length):
+    if not isinstance(value, list) or len(value) < minimum_length:
+        _fail(field, value, f"expected a list of at least {minimum_length} positive integers")
+    for item in value:
+        _check_int(field, item, 1)
 
 
 def _check_num_buckets(value):
@@ -31,8 +104,30 @@ def _check_num_buckets(value):
     if isinstance(value, (list, tuple)) and len(value) != 2:
         _fail("num_buckets", value, "expected an even integer >= 2, a pair of even factors [a, b], or None")
     for factor in factors:
-        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2 or factor % 2:
+        if not _is_int(factor) or factor < 2 or factor % 2:
             _fail("num_buckets", value, "every bucket count (or factor) must be an even integer >= 2")
+
+
+def _config_file_name(source):
+    if source is None:
+        return "the config dict"
+    source = str(source)
+    return source if source.endswith(".json") else os.path.join(source, "config.json")
+
+
+def _check_saved_fields(config_dict, keyword_fields, source):
+    """Refuse a config read from a file that lacks fields whose defaults would change the model."""
+    present = set(config_dict) | set(keyword_fields)
+    required = list(ARCHITECTURE_FIELDS)
+    if config_dict.get("is_encoder_decoder", keyword_fields.get("is_encoder_decoder")) is True:
+        required += ENCODER_DECODER_FIELDS
+    missing = [name for name in required if name not in present]
+    if missing:
+        raise ValueError(
+            f"{_config_file_name(source)} is damaged: it lacks {missing}, which every ReformerConfig saves and "
+            "whose defaults would build a different model than the one the file describes.  Restore the file "
+            "(or pass the missing fields as keyword arguments to from_pretrained)."
+        )
 
 
 class ReformerConfig(PreTrainedConfig):
@@ -89,7 +184,7 @@ class ReformerConfig(PreTrainedConfig):
 
     def __init__(
         self,
-        vocab_size=320,
+        vocab_size=BYTE_VOCAB_SIZE,
         hidden_size=256,
         num_attention_heads=2,
         attention_head_size=64,
@@ -127,9 +222,9 @@ class ReformerConfig(PreTrainedConfig):
         attn_backend="auto",
         classifier_dropout=None,
         use_cache=True,
-        pad_token_id=0,
-        bos_token_id=None,
-        eos_token_id=2,
+        pad_token_id=PAD_ID,
+        bos_token_id=BOS_ID,
+        eos_token_id=EOS_ID,
         is_encoder_decoder=False,
         decoder_attn_layers=None,
         decoder_start_token_id=None,
@@ -183,6 +278,12 @@ class ReformerConfig(PreTrainedConfig):
             list(decoder_attn_layers) if isinstance(decoder_attn_layers, (list, tuple)) else decoder_attn_layers
         )
         self.decoder_start_token_id = decoder_start_token_id
+        # transformers' own fields, checked before its __init__ sees them, so that every version refuses them
+        # with the same ValueError (5.17's dataclass checks would raise huggingface_hub's own error class).
+        _check_bool("is_encoder_decoder", is_encoder_decoder)
+        for field in OPTIONAL_BOOLEAN_FIELDS:
+            _check_bool(field, kwargs.get(field), optional=True)
+        _check_problem_type(kwargs.get("problem_type"))
         # PreTrainedConfig owns chunk_size_feed_forward too and would reset it to 0: pass it through.
         super().__init__(
             chunk_size_feed_forward=chunk_size_feed_forward,
@@ -195,6 +296,29 @@ class ReformerConfig(PreTrainedConfig):
             **kwargs,
         )
         self.validate_reformer()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """transformers' from_pretrained; the folder or file goes along so that errors can name it."""
+        kwargs[CONFIG_SOURCE_KEYWORD] = str(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def from_dict(cls, config_dict, **kwargs):
+        """transformers' from_dict (the way from_pretrained and AutoConfig build a config), refusing a dict
+        that lacks an architecture field, and validating again after the keyword arguments, which
+        transformers sets on the config after __init__."""
+        source = pop_config_source(config_dict, kwargs)
+        _check_saved_fields(config_dict, kwargs, source)
+        loaded = super().from_dict(config_dict, **kwargs)
+        config = loaded[0] if isinstance(loaded, tuple) else loaded
+        config.validate_reformer()
+        return loaded
+
+    @classmethod
+    def from_json_file(cls, json_file):
+        """The config saved in `json_file`, checked as from_pretrained checks a folder's config.json."""
+        return cls.from_dict(config_json_dict(cls, json_file), **{CONFIG_SOURCE_KEYWORD: str(json_file)})
 
     @property
     def num_hidden_layers(self):
@@ -225,10 +349,12 @@ class ReformerConfig(PreTrainedConfig):
         return self.max_position_embeddings
 
     def validate_reformer(self):
-        """Raise ValueError naming the first invalid field or combination."""
-        _check_int("vocab_size", self.vocab_size, 1)
-        _check_int("hidden_size", self.hidden_size, 1)
-        _check_int("num_attention_heads", self.num_attention_heads, 1)
+        """Raise ValueError naming the first invalid field or combination.
+
+        Runs at construction, after from_pretrained's keyword arguments, and again when a model is built,
+        so a config edited after construction (`config.num_buckets = 5`) is refused before any layer exists.
+        """
+        self._validate_types()
         if self.attention_head_size is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
@@ -236,47 +362,30 @@ class ReformerConfig(PreTrainedConfig):
                     f"num_attention_heads={self.num_attention_heads}; set attention_head_size explicitly "
                     "or choose a hidden_size that is a multiple of num_attention_heads."
                 )
-        else:
-            _check_int("attention_head_size", self.attention_head_size, 1)
-        _check_int("feed_forward_size", self.feed_forward_size, 1)
         if self.hidden_act not in HIDDEN_ACTIVATIONS:
             _fail("hidden_act", self.hidden_act, f"expected one of {HIDDEN_ACTIVATIONS}")
-        if not isinstance(self.attn_layers, list) or not self.attn_layers:
-            _fail("attn_layers", self.attn_layers, f"expected a non-empty list of {ATTENTION_KINDS}")
         for kind in self.attn_layers:
             if kind not in ATTENTION_KINDS:
                 _fail("attn_layers", self.attn_layers, f"unknown attention kind {kind!r}; allowed: {ATTENTION_KINDS}")
-        _check_int("num_hashes", self.num_hashes, 1)
         _check_num_buckets(self.num_buckets)
-        for field in ("lsh_attn_chunk_length", "local_attn_chunk_length"):
-            _check_int(field, getattr(self, field), 1)
-        for field in ("lsh_num_chunks_before", "lsh_num_chunks_after", "local_num_chunks_before",
-                      "local_num_chunks_after", "chunk_size_feed_forward", "chunk_size_lm_head"):
-            _check_int(field, getattr(self, field), 0)
-        if not isinstance(self.local_attn_wrap_around, bool):
-            _fail("local_attn_wrap_around", self.local_attn_wrap_around, "expected True or False")
         if self.lsh_window_mode not in LSH_WINDOW_MODES:
             _fail("lsh_window_mode", self.lsh_window_mode, f"expected one of {LSH_WINDOW_MODES}")
         if self.attn_backend not in ATTENTION_BACKENDS:
             _fail("attn_backend", self.attn_backend, f"expected one of {ATTENTION_BACKENDS}")
-        if self.hash_seed is not None:
-            _check_int("hash_seed", self.hash_seed, 0)
+        if self.hash_seed is not None and self.hash_seed >= HASH_SEED_LIMIT:
+            _fail("hash_seed", self.hash_seed, "expected None or an integer in [0, 2**64) (a torch generator seed)")
         if self.is_decoder and "lsh" in self.attn_layers and self.lsh_num_chunks_after:
             _fail("lsh_num_chunks_after", self.lsh_num_chunks_after,
                   "a causal model (is_decoder=True) cannot look at later chunks; expected 0")
         if self.is_decoder and "local" in self.attn_layers and self.local_num_chunks_after:
             _fail("local_num_chunks_after", self.local_num_chunks_after,
                   "a causal model (is_decoder=True) cannot look at later chunks; expected 0")
-        for field in ("hidden_dropout_prob", "lsh_attention_probs_dropout", "local_attention_probs_dropout",
-                      "full_attention_probs_dropout"):
-            _check_probability(field, getattr(self, field))
-        if self.classifier_dropout is not None:
-            _check_probability("classifier_dropout", self.classifier_dropout)
-        _check_int("max_position_embeddings", self.max_position_embeddings, 1)
-        if not isinstance(self.layer_norm_eps, (int, float)) or self.layer_norm_eps <= 0:
-            _fail("layer_norm_eps", self.layer_norm_eps, "expected a positive number")
+        for field in TOKEN_ID_FIELDS:
+            _check_token_id(field, getattr(self, field, None), self.vocab_size)
+        if self.id2label is not None and self.num_labels < 1:
+            _fail("num_labels", self.num_labels, "a classification head needs at least one label; expected >= 1")
+        _check_problem_type(self.problem_type)
         self._validate_encoder_decoder()
-        _check_int("reversible_stored_layers", self.reversible_stored_layers, 0)
         depth = max(len(self.attn_layers), len(self.decoder_attn_layers or []))
         if self.reversible_stored_layers > depth:
             _fail("reversible_stored_layers", self.reversible_stored_layers,
@@ -289,14 +398,36 @@ class ReformerConfig(PreTrainedConfig):
         if self.axial_pos_embds:
             self._validate_axial()
 
+    def _validate_types(self):
+        """Every field's type (and the ranges that need no other field), before any rule combines them."""
+        for field in BOOLEAN_FIELDS:
+            _check_bool(field, getattr(self, field))
+        for field in OPTIONAL_BOOLEAN_FIELDS:
+            _check_bool(field, getattr(self, field), optional=True)
+        for field in ("vocab_size", "hidden_size", "num_attention_heads", "feed_forward_size", "num_hashes",
+                      "lsh_attn_chunk_length", "local_attn_chunk_length", "max_position_embeddings"):
+            _check_int(field, getattr(self, field), 1)
+        for field in ("lsh_num_chunks_before", "lsh_num_chunks_after", "local_num_chunks_before",
+                      "local_num_chunks_after", "chunk_size_feed_forward", "chunk_size_lm_head",
+                      "reversible_stored_layers"):
+            _check_int(field, getattr(self, field), 0)
+        if self.attention_head_size is not None:
+            _check_int("attention_head_size", self.attention_head_size, 1)
+        if self.hash_seed is not None:
+            _check_int("hash_seed", self.hash_seed, 0)
+        if not isinstance(self.attn_layers, list) or not self.attn_layers:
+            _fail("attn_layers", self.attn_layers, f"expected a non-empty list of {ATTENTION_KINDS}")
+        _check_int_list("axial_pos_shape", self.axial_pos_shape, 2)
+        _check_int_list("axial_pos_embds_dim", self.axial_pos_embds_dim, 1)
+        for field in DROPOUT_FIELDS:
+            _check_probability(field, getattr(self, field))
+        if self.classifier_dropout is not None:
+            _check_probability("classifier_dropout", self.classifier_dropout)
+        _check_number("layer_norm_eps", self.layer_norm_eps, 0, allow_minimum=False)
+        _check_number("initializer_range", self.initializer_range, 0, allow_minimum=True)
+        _check_number("axial_norm_std", self.axial_norm_std, 0, allow_minimum=True)
+
     def _validate_encoder_decoder(self):
-        if not isinstance(self.is_encoder_decoder, bool):
-            _fail("is_encoder_decoder", self.is_encoder_decoder, "expected True or False")
-        if self.decoder_start_token_id is not None:
-            _check_int("decoder_start_token_id", self.decoder_start_token_id, 0)
-            if self.decoder_start_token_id >= self.vocab_size:
-                _fail("decoder_start_token_id", self.decoder_start_token_id,
-                      f"expected a token id below vocab_size={self.vocab_size}")
         if not self.is_encoder_decoder:
             if self.decoder_attn_layers is not None:
                 _fail("decoder_attn_layers", self.decoder_attn_layers,
@@ -316,14 +447,8 @@ class ReformerConfig(PreTrainedConfig):
 
     def _validate_axial(self):
         shape, dims = self.axial_pos_shape, self.axial_pos_embds_dim
-        if not isinstance(shape, list) or len(shape) < 2:
-            _fail("axial_pos_shape", shape, "expected a list of at least two positive integers")
-        for size in shape:
-            _check_int("axial_pos_shape", size, 1)
-        if not isinstance(dims, list) or len(dims) != len(shape):
+        if len(dims) != len(shape):
             _fail("axial_pos_embds_dim", dims, f"expected a list of {len(shape)} integers, one per axis of axial_pos_shape")
-        for dim in dims:
-            _check_int("axial_pos_embds_dim", dim, 1)
         if sum(dims) != self.hidden_size:
             _fail("axial_pos_embds_dim", dims, f"the axial dimensions must sum to hidden_size={self.hidden_size}")
         if self.max_position_embeddings > math.prod(shape):

@@ -153,6 +153,14 @@ class ReformerPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = False
     _no_split_modules = ["ReversibleLayer"]
 
+    def __init__(self, config, *inputs, **kwargs):
+        # A config edited after construction (`config.num_buckets = 5`) is checked again before any layer exists.
+        # (Checked by its method, not its class: a trust_remote_code folder brings its own ReformerConfig class.)
+        if not callable(getattr(config, "validate_reformer", None)):
+            raise TypeError(f"{type(self).__name__} needs a reformer_hf ReformerConfig; got {type(config).__name__}.")
+        config.validate_reformer()
+        super().__init__(config, *inputs, **kwargs)
+
     def save_pretrained(self, save_directory, *args, **kwargs):
         """transformers' save_pretrained; for a class registered for trust_remote_code (the package's
         __init__ does that) config.json's auto_map names every head, not only the saved one."""

@@ -368,7 +368,7 @@ def test_translation_presets_have_the_papers_sizes():
     (dict(is_encoder_decoder=True, decoder_attn_layers=["dense"]), "ReformerConfig.decoder_attn_layers=['dense'] is invalid"),
     (dict(is_encoder_decoder=True, decoder_attn_layers=[]), "ReformerConfig.decoder_attn_layers=[] is invalid"),
     (dict(is_encoder_decoder=True, pad_token_id=None), "ReformerConfig.decoder_start_token_id=None is invalid"),
-    (dict(is_encoder_decoder=True, decoder_start_token_id=320), "decoder_start_token_id=320 is invalid: expected a token id below vocab_size=320"),
+    (dict(is_encoder_decoder=True, decoder_start_token_id=260), "decoder_start_token_id=260 is invalid: expected None or a token id in [0, vocab_size=260)"),
     (dict(is_encoder_decoder="yes"), "ReformerConfig.is_encoder_decoder='yes' is invalid"),
     (dict(tie_word_embeddings=True), "ReformerConfig.tie_word_embeddings=True is invalid"),
 ])
