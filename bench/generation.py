@@ -68,7 +68,7 @@ class TokenClock:
 def cache_bytes(cache):
     total = 0
     for layer in cache.layers:
-        for name in ("keys", "values", "counts", "slot_is_pad", "key_is_pad", "rotations"):
+        for name in ("keys", "values", "counts", "slot_positions", "real_length", "key_is_pad", "rotations"):
             tensor = getattr(layer, name, None)
             if tensor is not None:
                 total += tensor.numel() * tensor.element_size()

@@ -393,22 +393,20 @@ def lsh_decode_step(query_key, value, bucket_keys, bucket_values, bucket_valid, 
 
 
 def local_decode_step(
-    query, window_keys, window_values, window_positions, window_is_pad, position, *, chunk_length,
-    n_chunks_before=1, dropout_p=0.0, training=False,
+    query, window_keys, window_values, window_positions, position, *, chunk_length, n_chunks_before=1,
+    dropout_p=0.0, training=False,
 ):
     """One new position of causal local attention, from a buffer of the latest keys.
 
-    query: (batch, heads, 1, d_head) at sequence index `position`.
-    window_keys, window_values: (batch, heads, slots, d_head), the latest positions up to and
+    query: (batch, heads, 1, d_head) at real position `position` (batch,) of its row.
+    window_keys, window_values: (batch, heads, slots, d_head), the latest real positions up to and
         including `position` (a ring buffer: the order of the slots does not matter).
-    window_positions: (slots,) sequence index held by each slot, -1 where empty.
-    window_is_pad: (batch, slots) bool, True where the held position is padding.
+    window_positions: (batch, slots) real position held by each slot, -1 where it holds none.
     The position sees what `local_attention` shows it: every position from the start of the chunk
     `n_chunks_before` chunks before its own, up to itself.
     """
-    first_visible = max(0, (position // chunk_length - n_chunks_before) * chunk_length)
-    out_of_window = (window_positions < first_visible) | (window_positions > position)
-    hidden_keys = out_of_window[None, :] | window_is_pad
+    first_visible = ((position // chunk_length - n_chunks_before) * chunk_length).clamp(min=0)
+    hidden_keys = (window_positions < first_visible[:, None]) | (window_positions > position[:, None])
     return full_attention(
         query, window_keys, window_values, pad_mask=hidden_keys, dropout_p=dropout_p, training=training
     )
@@ -601,14 +599,13 @@ class LocalSelfAttention(SeparateQKVAttention):
     def decode_step(self, hidden, layer_cache, is_pad):
         """One new position, hidden (batch, 1, hidden_size), against the latest keys in `layer_cache`."""
         query, key, value = self.project(hidden)
-        layer_cache.append(key, value, is_pad)
+        position = layer_cache.append(key, value, is_pad)
         out, _ = local_decode_step(
             query,
             layer_cache.keys,
             layer_cache.values,
             layer_cache.slot_positions,
-            layer_cache.slot_is_pad,
-            layer_cache.length - 1,
+            position,
             chunk_length=self.config.local_attn_chunk_length,
             n_chunks_before=self.config.local_num_chunks_before,
             dropout_p=self.config.local_attention_probs_dropout,
@@ -674,7 +671,13 @@ def _triton_installed():
 
 
 def kernels_module():
-    """kernels.py, imported (with triton) only where a kernel is about to run."""
+    """kernels.py, imported (with triton) only where a kernel is about to run; while dynamo
+    traces, kernel_ops.py: the same entry points as custom operators, which a compiled graph
+    calls where it would otherwise end at the kernel's launch."""
+    if torch.compiler.is_compiling():
+        from . import kernel_ops
+
+        return kernel_ops
     from . import kernels
 
     return kernels

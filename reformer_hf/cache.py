@@ -2,9 +2,9 @@
 
 A causal Reformer decodes token by token from what each attention layer keeps of the prefix:
 
-- local layers keep the latest `(local_num_chunks_before + 1) * local_attn_chunk_length` keys
-  and values (a ring buffer): a new position sees the chunk-aligned window that
-  `local_attention` shows it, and nothing older;
+- local layers keep, per row, the latest `(local_num_chunks_before + 1) * local_attn_chunk_length`
+  keys and values of real (non-padding) positions (a ring buffer): a new position sees the
+  chunk-aligned window that `local_attention` shows it, counted in real positions, and nothing older;
 - LSH layers in "bucket_window" mode keep, per hash round and bucket, the keys and values of the
   latest `window = lsh_num_chunks_before * lsh_attn_chunk_length` positions that fell in that
   bucket (a ring per bucket), because that is exactly what `lsh_attention` lets a causal query
@@ -75,44 +75,59 @@ class FullLayerCache:
 
 
 class LocalLayerCache:
-    """The latest `slots = (n_chunks_before + 1) * chunk_length` keys and values, position p in slot p % slots.
+    """Per row, the keys and values of the latest `slots = (n_chunks_before + 1) * chunk_length` real
+    (non-padding) positions, real position r in slot r % slots.
 
-    A position in chunk c sees every position from the start of chunk c - n_chunks_before, at
-    most `n_chunks_before * chunk_length + chunk_length - 1` positions back: they all fit.
+    Local attention counts its chunks over a row's real positions (the model moves padding behind
+    them, modeling.real_positions_first), so the cache does too: a real position r in chunk
+    r // chunk_length sees every real position from the start of chunk r // chunk_length -
+    n_chunks_before, at most `n_chunks_before * chunk_length + chunk_length - 1` positions back:
+    they all fit.  Padding is never stored: its writes go to one extra slot at the end that is
+    never read.
+    keys, values: (batch, heads, slots + 1, d_head); slot_positions: (batch, slots + 1), the real
+    position a slot holds, -1 where it holds none; real_length: (batch,), real positions so far.
     """
 
     def __init__(self, chunk_length, n_chunks_before):
         self.slots = (n_chunks_before + 1) * chunk_length
         self.length = 0
-        self.keys = self.values = self.slot_is_pad = self.slot_positions = None
+        self.keys = self.values = self.slot_positions = self.real_length = None
 
     def prefill(self, keys, values, pad_mask):
+        """keys, values (batch, heads, padded length, d_head) of a prefill whose real positions come first
+        in every row, in order; pad_mask (batch, padded length) or None."""
         batch, heads, _, d_head = keys.shape
-        kept = torch.arange(max(0, self.length - self.slots), self.length, device=keys.device)
-        slot_of_kept = kept % self.slots
-        self.keys = keys.new_zeros(batch, heads, self.slots, d_head)
-        self.values = values.new_zeros(batch, heads, self.slots, d_head)
-        self.keys[:, :, slot_of_kept] = keys[:, :, kept]
-        self.values[:, :, slot_of_kept] = values[:, :, kept]
-        self.slot_positions = torch.full((self.slots,), -1, dtype=torch.long, device=keys.device)
-        self.slot_positions[slot_of_kept] = kept
-        self.slot_is_pad = torch.zeros(batch, self.slots, dtype=torch.bool, device=keys.device)
-        self.slot_is_pad[:, slot_of_kept] = _pad_flags(pad_mask, keys, self.length)[:, kept]
+        is_real = ~_pad_flags(pad_mask, keys, self.length)
+        real_index = torch.arange(self.length, device=keys.device).expand(batch, -1)
+        self.real_length = is_real.sum(dim=1)
+        kept = is_real & (real_index >= self.real_length[:, None] - self.slots)
+        slot = torch.where(kept, real_index % self.slots, self.slots)  # (batch, length)
+        index = slot[:, None, :, None].expand(-1, heads, -1, d_head)
+        self.keys = keys.new_zeros(batch, heads, self.slots + 1, d_head).scatter_(2, index, keys[:, :, : self.length])
+        self.values = values.new_zeros(batch, heads, self.slots + 1, d_head).scatter_(
+            2, index, values[:, :, : self.length]
+        )
+        positions = torch.full((batch, self.slots + 1), -1, dtype=torch.long, device=keys.device)
+        self.slot_positions = positions.scatter_(1, slot, torch.where(kept, real_index, -1))
+        self.slot_positions[:, self.slots] = -1
 
     def append(self, key, value, is_pad):
-        """key, value: (batch, heads, 1, d_head) at sequence index `length`; is_pad: (batch,)."""
+        """key, value: (batch, heads, 1, d_head); is_pad: (batch,).  Returns the new position's real
+        position per row (batch,), the one it attends from."""
         batch, heads, _, d_head = key.shape
-        slot = self.length % self.slots
-        index = torch.full((batch, heads, 1, d_head), slot, dtype=torch.long, device=key.device)
+        position = self.real_length
+        slot = torch.where(is_pad, self.slots, position % self.slots)  # (batch,)
+        index = slot[:, None, None, None].expand(-1, heads, 1, d_head)
         self.keys = _write(self.keys, 2, index, key)
         self.values = _write(self.values, 2, index, value)
-        self.slot_is_pad[:, slot] = is_pad
-        self.slot_positions[slot] = self.length
+        self.slot_positions = self.slot_positions.scatter(1, slot[:, None], torch.where(is_pad, -1, position)[:, None])
+        self.real_length = position + (~is_pad).long()
         self.length += 1
+        return position
 
     def reorder(self, batch_index):
         self.keys, self.values = self.keys[batch_index], self.values[batch_index]
-        self.slot_is_pad = self.slot_is_pad[batch_index]
+        self.slot_positions, self.real_length = self.slot_positions[batch_index], self.real_length[batch_index]
 
 
 class LSHLayerCache:

@@ -7,9 +7,9 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import SequenceClassifierOutput
-from transformers.utils import ModelOutput
+from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutput
 
+from . import compat
 from .attention import SELF_ATTENTION_CLASSES
 from .cache import ReformerCache
 from .configuration import ReformerConfig
@@ -117,25 +117,18 @@ def padding_multiple(config):
 
 
 @dataclass
-class ReformerModelOutput(ModelOutput):
+class ReformerModelOutput(BaseModelOutputWithPast):
     """last_hidden_state: (batch, length, 2 * hidden_size), the two residual streams concatenated
     and normalised.  residual_streams: the two streams (y1, y2) before that, instead of
-    last_hidden_state, when the forward is asked for them (`return_residual_streams=True`)."""
+    last_hidden_state, when the forward is asked for them (`return_residual_streams=True`).
+    The cache is in the field the installed transformers names it (compat.CACHE_FIELD);
+    `past_key_values` reads it in every version."""
 
-    last_hidden_state: torch.FloatTensor = None
-    past_key_values: object = None
-    hidden_states: tuple = None
-    attentions: tuple = None
     residual_streams: tuple = None
 
 
-@dataclass
-class ReformerCausalLMOutput(ModelOutput):
-    loss: torch.FloatTensor = None
-    logits: torch.FloatTensor = None
-    past_key_values: object = None
-    hidden_states: tuple = None
-    attentions: tuple = None
+class ReformerCausalLMOutput(CausalLMOutputWithPast):
+    """transformers' causal LM output; the cache as in ReformerModelOutput."""
 
 
 # Every head is the shared stack plus a small projection, so a folder saved from any head loads as any head.
@@ -147,10 +140,15 @@ REMOTE_CODE_AUTO_MAP = {
 
 
 class ReformerPreTrainedModel(PreTrainedModel):
+    """The heads' base.  `gradient_checkpointing_enable()` (and `TrainingArguments(gradient_checkpointing=True)`)
+    recompute each layer of a plain stack (reversible=False) in the backward pass instead of keeping its
+    activations; a reversible stack keeps one copy of the streams whatever the depth already, so there it
+    changes nothing and says so once in the log (see ReformerStack)."""
+
     config_class = ReformerConfig
     base_model_prefix = "reformer"
     main_input_name = "input_ids"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["ReversibleLayer"]
 
     def __init__(self, config, *inputs, **kwargs):
@@ -287,16 +285,19 @@ class ReformerModel(ReformerPreTrainedModel):
         output_hidden_states=None,
         output_attentions=None,
         return_dict=None,
+        cache=None,
         **kwargs,
     ):
-        """past_key_values: a ReformerCache (see cache.py).  An empty one, or None with use_cache, is
+        """past_key_values (or `cache`, its name from transformers 5.25 on): a ReformerCache (see cache.py).  An empty one, or None with use_cache, is
         filled by this pass (the prefill); a filled one makes the inputs the positions that follow the
         cached ones, and then attention_mask covers the cached and the new positions (batch,
-        past + length) and position_ids (batch, length) default to their sequence indices.
+        past + length) and position_ids (batch, length) default to the count of real (non-padding)
+        positions before each one (their sequence indices where nothing is padded).
         use_cache: return a cache; defaults to config.use_cache for a causal model in eval mode.
         return_residual_streams (keyword): return the two streams (y1, y2) as `residual_streams` and
         no last_hidden_state, for a head that applies `final_output` chunk by chunk.
         """
+        past_key_values = compat.merge_cache_arguments("ReformerModel", past_key_values, cache)
         past_length = past_key_values.get_seq_length() if isinstance(past_key_values, ReformerCache) else 0
         batch, length = self._check_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length
@@ -308,7 +309,7 @@ class ReformerModel(ReformerPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         if position_ids is None:
-            position_ids = torch.arange(past_length, past_length + length, device=device).expand(batch, length)
+            position_ids = default_position_ids(attention_mask, past_length, batch, length, device)
 
         hidden = self.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids)
         pad_mask = None if attention_mask is None else attention_mask == 0  # (batch, past_length + length)
@@ -332,11 +333,12 @@ class ReformerModel(ReformerPreTrainedModel):
         if kwargs.get("return_residual_streams"):
             # A head that normalises chunk by chunk (chunked_lm_loss): the (length, 2 * hidden)
             # concatenation and its normalised copy are never built for the whole sequence.
-            return ReformerModelOutput(past_key_values=cache, hidden_states=all_hidden, residual_streams=(y1, y2))
+            return ReformerModelOutput(hidden_states=all_hidden, residual_streams=(y1, y2), **compat.cache_output(cache))
         sequence_output = self.final_output(y1, y2)
         if not return_dict:
             return tuple(v for v in (sequence_output, cache, all_hidden) if v is not None)
-        return ReformerModelOutput(last_hidden_state=sequence_output, past_key_values=cache, hidden_states=all_hidden)
+        return ReformerModelOutput(last_hidden_state=sequence_output, hidden_states=all_hidden,
+                                   **compat.cache_output(cache))
 
     def final_output(self, y1, y2):
         """The two residual streams (batch, n, hidden) each -> normalised (batch, n, 2 * hidden),
@@ -352,8 +354,18 @@ class ReformerModel(ReformerPreTrainedModel):
 
 def run_padded_stack(stack, config, hidden, pad_mask, layer_caches, output_hidden_states, context=None,
                      context_mask=None):
-    """`stack` (a ReformerStack) over whole sequences, padded internally to the chunk multiple and stripped again."""
+    """`stack` (a ReformerStack) over whole sequences, padded internally to the chunk multiple and stripped again.
+
+    Padding anywhere in a row is first moved behind the row's real positions (`real_positions_first`)
+    and the outputs moved back, so local attention's chunks count real positions: every real position
+    gets the outputs it gets without the padding, whether a batch pads on the left, on the right or
+    not at all.  (LSH and full attention do not depend on where padding sits.)
+    """
     batch, length = hidden.shape[:2]
+    order = real_positions_first(pad_mask)
+    if order is not None:
+        hidden = hidden.gather(1, order[..., None].expand_as(hidden))
+        pad_mask = pad_mask.gather(1, order)
     multiple = padding_multiple(config)
     padded_length = -(-length // multiple) * multiple
     if padded_length != length:
@@ -365,7 +377,34 @@ def run_padded_stack(stack, config, hidden, pad_mask, layer_caches, output_hidde
         pad_mask = None
     y1, y2, all_hidden = stack(hidden, pad_mask, output_hidden_states, layer_caches, context, context_mask,
                                kept_length=length)
-    return y1[:, :length], y2[:, :length], all_hidden
+    y1, y2 = y1[:, :length], y2[:, :length]
+    if order is not None:
+        y1, y2 = restore_order(y1, order), restore_order(y2, order)
+        all_hidden = None if all_hidden is None else tuple(restore_order(h, order) for h in all_hidden)
+    return y1, y2, all_hidden
+
+
+def default_position_ids(attention_mask, past_length, batch, length, device):
+    """(batch, length) position ids of the new positions: with a mask (covering the cached and the new
+    positions) the count of real positions before each, so padding shifts no real position (padding
+    gets the position of the real one before it, 0 at the front); without one, the sequence indices."""
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + length, device=device).expand(batch, length)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
+
+
+def real_positions_first(pad_mask):
+    """(batch, length) padding flags -> (batch, length) indices that put each row's real positions first,
+    in order, and its padding after them; None where no row has padding before a real position."""
+    if pad_mask is None or not bool((pad_mask[:, :-1] & ~pad_mask[:, 1:]).any()):
+        return None
+    return torch.sort(pad_mask.to(torch.uint8), dim=1, stable=True).indices
+
+
+def restore_order(tensor, order):
+    """(batch, length, ...) rows gathered by `order` -> the rows in their original order."""
+    index = order.view(*order.shape, *([1] * (tensor.dim() - 2))).expand_as(tensor)
+    return torch.empty_like(tensor).scatter(1, index, tensor)
 
 
 def continue_from_cache(stack, config, hidden, new_is_pad, self_cache, layer_caches, output_hidden_states,
@@ -447,34 +486,61 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         use_cache=None,
         **kwargs,
     ):
-        """The forward arguments of one generation step.
+        """The forward arguments of one generation step: the positions the cache has not seen.
 
-        Without a filled cache: the whole sequence (or the prompt's inputs_embeds on the first
-        step).  With one: only the positions the cache has not seen.  position_ids count the
-        non-padding tokens of each row (left padding starts every row at position 0).
+        The sequence is the prompt (input_ids, or inputs_embeds of E positions) followed by the
+        generated tokens; attention_mask covers all of it.  Unseen positions below E are read from
+        inputs_embeds and the generated tokens after them are embedded here, so a pass without a
+        cache (use_cache=False), a first step and a generation resumed from a returned cache all
+        see the same sequence.  position_ids count the non-padding tokens of each row (left
+        padding starts every row at position 0).
         """
-        kwargs.pop("is_first_iteration", None)
-        kwargs.pop("next_sequence_length", None)
-        kwargs.pop("labels", None)
-        past_length = past_key_values.get_seq_length() if isinstance(past_key_values, ReformerCache) else 0
-        model_inputs = {}
-        if past_length == 0 and inputs_embeds is not None:
-            model_inputs["input_ids"], model_inputs["inputs_embeds"] = None, inputs_embeds
-            new_length = inputs_embeds.shape[1]
+        cache = compat.merge_cache_arguments("generate", past_key_values, kwargs.pop("cache", None))
+        for generation_only in ("is_first_iteration", "next_sequence_length", "labels"):
+            kwargs.pop(generation_only, None)
+        past_length = cache.get_seq_length() if isinstance(cache, ReformerCache) else 0
+        embedded_length = inputs_embeds.shape[1] if inputs_embeds is not None else 0
+        total_length = attention_mask.shape[1] if attention_mask is not None else embedded_length + input_ids.shape[1]
+        new_length = total_length - past_length
+        if past_length >= embedded_length:
+            model_inputs = {"input_ids": input_ids[:, input_ids.shape[1] - new_length:].contiguous()}
         else:
-            total_length = attention_mask.shape[1] if attention_mask is not None else input_ids.shape[1]
-            new_length = total_length - past_length
-            model_inputs["input_ids"] = input_ids[:, -new_length:].contiguous()
+            generated_length = total_length - embedded_length
+            embeds = inputs_embeds[:, past_length:]
+            if generated_length:
+                generated = input_ids[:, input_ids.shape[1] - generated_length:]
+                embeds = torch.cat([embeds, self.get_input_embeddings()(generated).to(embeds.dtype)], dim=1)
+            model_inputs = {"input_ids": None, "inputs_embeds": embeds}
         if position_ids is None:
             if attention_mask is not None:
                 position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
             else:
-                position_ids = torch.arange(past_length + new_length, device=self.device)[None]
+                position_ids = torch.arange(total_length, device=self.device)[None]
         model_inputs["position_ids"] = position_ids[..., -new_length:].contiguous()
-        model_inputs.update(
-            attention_mask=attention_mask, past_key_values=past_key_values, use_cache=use_cache, **kwargs
-        )
+        model_inputs.update(attention_mask=attention_mask, past_key_values=cache, use_cache=use_cache, **kwargs)
         return model_inputs
+
+    def generate(self, *args, **kwargs):
+        """transformers' generate(); assisted and prompt-lookup decoding are refused before any work:
+        they roll the cache back to drop rejected draft tokens, which a ReformerCache cannot do."""
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        drafting = {
+            "assistant_model": kwargs.get("assistant_model"),
+            "prompt_lookup_num_tokens": kwargs.get("prompt_lookup_num_tokens",
+                                                   getattr(generation_config, "prompt_lookup_num_tokens", None)),
+            "assistant_early_exit": kwargs.get("assistant_early_exit",
+                                               getattr(generation_config, "assistant_early_exit", None)),
+        }
+        asked = {name: value for name, value in drafting.items() if value is not None}
+        if asked:
+            name, value = next(iter(asked.items()))
+            shown = type(value).__name__ if name == "assistant_model" else repr(value)
+            raise ValueError(
+                f"ReformerForCausalLM.generate: {name}={shown} asks for assisted generation, which is not supported "
+                "with stateful models such as this one: a ReformerCache cannot drop rejected draft tokens. "
+                "Generate without an assistant."
+            )
+        return super().generate(*args, **kwargs)
 
     def forward(
         self,
@@ -490,6 +556,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         return_dict=None,
         logits_to_keep=0,
         num_items_in_batch=None,
+        cache=None,
         **kwargs,
     ):
         """labels: (batch, length) token ids aligned with the inputs (the model shifts them); -100 is ignored.
@@ -502,6 +569,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         and no use_cache, no cache is built (scoring a text does not continue it).
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        past_key_values = compat.merge_cache_arguments("ReformerForCausalLM", past_key_values, cache)
         if labels is not None and use_cache is None:
             use_cache = False
         chunk = self.config.chunk_size_lm_head
@@ -538,10 +606,11 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
             denominator = num_items_in_batch if num_items_in_batch is not None else count
             loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(min=1)
 
+        cache = compat.output_cache(outputs)
         if not return_dict:
-            return tuple(v for v in (loss, logits, outputs.past_key_values, outputs.hidden_states) if v is not None)
+            return tuple(v for v in (loss, logits, cache, outputs.hidden_states) if v is not None)
         return ReformerCausalLMOutput(
-            loss=loss, logits=logits, past_key_values=outputs.past_key_values, hidden_states=outputs.hidden_states
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, **compat.cache_output(cache)
         )
 
 
@@ -597,13 +666,17 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
         self.post_init()
 
     def pool(self, hidden, attention_mask):
-        if not self.config.is_decoder:
-            return hidden[:, 0]
+        """The first real position of each row (bidirectional) or the last (causal), wherever the
+        padding sits."""
         if attention_mask is None:
-            return hidden[:, -1]
+            return hidden[:, 0] if not self.config.is_decoder else hidden[:, -1]
         positions = torch.arange(hidden.shape[1], device=hidden.device)
-        last = (positions * (attention_mask != 0)).argmax(dim=-1)
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        is_real = attention_mask != 0
+        if self.config.is_decoder:
+            chosen = (positions * is_real).argmax(dim=-1)
+        else:
+            chosen = torch.where(is_real, positions, hidden.shape[1]).argmin(dim=-1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), chosen]
 
     def forward(
         self,

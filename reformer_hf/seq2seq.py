@@ -23,6 +23,7 @@ from torch import nn
 from transformers import GenerationMixin
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
+from . import compat
 from .attention import full_attention, merge_heads, split_heads
 from .cache import ReformerCache
 from .configuration import ReformerConfig
@@ -35,6 +36,7 @@ from .modeling import (
     ReformerModelOutput,
     ReformerPreTrainedModel,
     continue_from_cache,
+    default_position_ids,
     run_padded_stack,
 )
 from .reversible import ReformerStack, ReversibleLayer
@@ -372,7 +374,9 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
         **kwargs,
     ):
         """One generation step: `input_ids` are the decoder's tokens so far; only those the cache has
-        not seen are passed on, with their positions, next to the (expanded) encoder output."""
+        not seen are passed on, with their positions, next to the (expanded) encoder output.  The
+        cache comes as past_key_values (transformers up to 5.17) or cache (5.25)."""
+        past_key_values = compat.merge_cache_arguments("generate", past_key_values, kwargs.get("cache"))
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
         new_ids = input_ids[:, past_length:]
         positions = torch.arange(past_length, input_ids.shape[1], device=input_ids.device).expand(new_ids.shape)
@@ -404,16 +408,19 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
         return_dict=None,
         logits_to_keep=0,
         num_items_in_batch=None,
+        cache=None,
         **kwargs,
     ):
         """input_ids / inputs_embeds, attention_mask (batch, src): the source (or `encoder_outputs`).
         decoder_input_ids / decoder_inputs_embeds (batch, length): the target positions after those
         in `past_key_values`; decoder_attention_mask covers the cached and the new ones (batch,
-        past + length); decoder_position_ids default to their sequence indices.
+        past + length); decoder_position_ids default to the count of real positions before each
+        (modeling.default_position_ids).
         use_cache: return a ReformerSeq2SeqCache (default: config.use_cache in eval mode).
         `logits_to_keep=n` computes logits for the last n positions only.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        past_key_values = compat.merge_cache_arguments("ReformerForConditionalGeneration", past_key_values, cache)
         if output_attentions:
             raise ValueError("ReformerForConditionalGeneration: output_attentions=True is not supported; LSH and "
                              "local attention never build the full attention matrix.")
@@ -441,8 +448,8 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
         past_length = cache.get_seq_length() if cache is not None else 0
         decoder_pad_mask = self._decoder_pad_mask(decoder_attention_mask, batch, past_length + length)
         if decoder_position_ids is None:
-            decoder_position_ids = torch.arange(past_length, past_length + length, device=decoder_inputs_embeds.device)
-            decoder_position_ids = decoder_position_ids.expand(batch, length)
+            decoder_position_ids = default_position_ids(decoder_attention_mask, past_length, batch, length,
+                                                        decoder_inputs_embeds.device)
         limit = self.config.max_sequence_length
         if int(decoder_position_ids.max()) + 1 > limit:
             raise ValueError(f"ReformerForConditionalGeneration: decoder position {int(decoder_position_ids.max())} is "
@@ -464,7 +471,7 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
             loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(min=1)
 
         output = Seq2SeqLMOutput(
-            loss=loss, logits=logits, past_key_values=cache, decoder_hidden_states=decoder_states,
+            loss=loss, logits=logits, **compat.cache_output(cache), decoder_hidden_states=decoder_states,
             encoder_last_hidden_state=encoder_hidden, encoder_hidden_states=encoder_outputs.hidden_states,
         )
         return output if return_dict else output.to_tuple()

@@ -131,27 +131,50 @@ def test_lsh_cache_keeps_the_latest_window_of_each_bucket():
 
 @pytest.mark.parametrize("n_chunks_before", [0, 1, 2])
 def test_local_decode_step_equals_local_attention_at_every_position(n_chunks_before):
+    """Row 0 has 4 padding positions at the front, row 1 two in the middle of its prompt: each row's
+    decoded outputs equal local attention over that row's real positions alone."""
     batch, heads, length, d_head, chunk_length, prompt = 2, 2, 30, 8, 6, 7
     generator = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(batch, heads, length, d_head, generator=generator) for _ in range(3))
     pad_mask = torch.zeros(batch, length, dtype=torch.bool)
     pad_mask[0, :4] = True
-    expected, expected_lse = local_attention(
-        query, key, value, chunk_length=chunk_length, n_chunks_before=n_chunks_before, causal=True,
-        pad_mask=pad_mask,
-    )
+    pad_mask[1, 2:4] = True
+    expected = []
+    for row in range(batch):
+        real = ~pad_mask[row]
+        out, lse = causal_local_attention_any_length(
+            query[row : row + 1, :, real], key[row : row + 1, :, real], value[row : row + 1, :, real],
+            chunk_length, n_chunks_before,
+        )
+        expected.append((out[0], lse[0], real.long().cumsum(0) - 1))
     cache = LocalLayerCache(chunk_length, n_chunks_before)
     cache.length = prompt
-    cache.prefill(key[:, :, :prompt], value[:, :, :prompt], pad_mask[:, :prompt])
+    order = torch.sort(pad_mask[:, :prompt].to(torch.uint8), dim=1, stable=True).indices  # real positions first
+    gather = order[:, None, :, None].expand(-1, heads, -1, d_head)
+    cache.prefill(key[:, :, :prompt].gather(2, gather), value[:, :, :prompt].gather(2, gather),
+                  pad_mask[:, :prompt].gather(1, order))
     for position in range(prompt, length):
         new = slice(position, position + 1)
-        cache.append(key[:, :, new], value[:, :, new], pad_mask[:, position])
+        real_position = cache.append(key[:, :, new], value[:, :, new], pad_mask[:, position])
         out, lse = local_decode_step(
-            query[:, :, new], cache.keys, cache.values, cache.slot_positions, cache.slot_is_pad, position,
+            query[:, :, new], cache.keys, cache.values, cache.slot_positions, real_position,
             chunk_length=chunk_length, n_chunks_before=n_chunks_before,
         )
-        torch.testing.assert_close(out[:, :, 0], expected[:, :, position], **TOLERANCE)
-        torch.testing.assert_close(lse[:, :, 0], expected_lse[:, :, position], **TOLERANCE)
+        for row, (row_out, row_lse, real_index) in enumerate(expected):
+            assert real_position[row] == real_index[position]
+            torch.testing.assert_close(out[row, :, 0], row_out[:, real_index[position]], **TOLERANCE)
+            torch.testing.assert_close(lse[row, :, 0], row_lse[:, real_index[position]], **TOLERANCE)
+
+
+def causal_local_attention_any_length(query, key, value, chunk_length, n_chunks_before):
+    """Causal local_attention over any length: right-padded to a multiple of chunk_length."""
+    length = query.shape[2]
+    padded = -(-length // chunk_length) * chunk_length
+    pad_mask = torch.arange(padded) >= length
+    grow = lambda tensor: torch.nn.functional.pad(tensor, (0, 0, 0, padded - length))  # noqa: E731
+    out, lse = local_attention(grow(query), grow(key), grow(value), chunk_length=chunk_length,
+                               n_chunks_before=n_chunks_before, causal=True, pad_mask=pad_mask[None])
+    return out[:, :, :length], lse[:, :, :length]
 
 
 # ---------------------------------------------------------------- the model with a cache

@@ -4,10 +4,9 @@ import pytest
 import torch
 from tiny_models import tiny_config
 
-from reformer_hf import ReformerForCausalLM
+from reformer_hf import ReformerForCausalLM, ReformerForConditionalGeneration
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
-
 
 
 def generation_lm(seed=0, **overrides):
@@ -120,6 +119,68 @@ def test_chunk_mode_generation_with_cache_equals_generation_without():
 def test_assisted_generation_is_refused_because_the_cache_cannot_be_cropped():
     model = generation_lm()
     input_ids, attention_mask = left_padded_prompts(model, [5], seed=5)
-    with pytest.raises(ValueError, match="assisted generation is not supported with stateful models"):
+    with pytest.raises(ValueError, match="assistant_model=ReformerForCausalLM asks for assisted generation"):
         model.generate(input_ids, attention_mask=attention_mask, assistant_model=generation_lm(seed=1),
                        max_new_tokens=3)
+
+
+def forward_lengths(model):
+    """Records the number of new positions each forward pass of `model` receives."""
+    lengths = []
+
+    def record(module, args, kwargs):
+        inputs = kwargs.get("input_ids") if kwargs.get("input_ids") is not None else kwargs.get("inputs_embeds")
+        if inputs is None:
+            inputs = kwargs.get("decoder_input_ids")
+        lengths.append(inputs.shape[1])
+
+    model.register_forward_pre_hook(record, with_kwargs=True)
+    return lengths
+
+
+@pytest.mark.parametrize("from_embeds", [False, True], ids=["input_ids", "inputs_embeds"])
+def test_generate_with_the_cache_feeds_each_position_once(from_embeds):
+    """After the prefill every step passes one new token: the cache is used, whichever name the installed
+    transformers gives it (past_key_values up to 5.17, cache from 5.25)."""
+    model = generation_lm()
+    input_ids, attention_mask = left_padded_prompts(model, [9, 5, 9], seed=3)
+    lengths = forward_lengths(model)
+    inputs = dict(inputs_embeds=model.get_input_embeddings()(input_ids)) if from_embeds else dict(input_ids=input_ids)
+    model.generate(**inputs, attention_mask=attention_mask, max_new_tokens=6, do_sample=False)
+    assert lengths == [9, 1, 1, 1, 1, 1]
+
+
+def test_seq2seq_generate_with_the_cache_feeds_each_decoder_position_once():
+    torch.manual_seed(0)
+    config = tiny_config(is_decoder=False, is_encoder_decoder=True, eos_token_id=None)
+    model = ReformerForConditionalGeneration(config).eval()
+    source = torch.randint(4, config.vocab_size, (2, 11), generator=torch.Generator().manual_seed(1))
+    lengths = forward_lengths(model)
+    cached = model.generate(source, max_new_tokens=6, do_sample=False)
+    assert lengths == [1] * 6
+    uncached = model.generate(source, max_new_tokens=6, do_sample=False, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("from_embeds", [False, True], ids=["input_ids", "inputs_embeds"])
+@pytest.mark.parametrize("kind", ["local", "lsh", "full", "mixed"])
+def test_generation_resumed_from_a_returned_cache_equals_one_uninterrupted_run(kind, from_embeds):
+    layers = {"local": ["local", "local"], "lsh": ["lsh", "lsh"], "full": ["full", "full"],
+              "mixed": ["local", "lsh", "full"]}[kind]
+    model = generation_lm(attn_layers=layers)
+    input_ids, attention_mask = left_padded_prompts(model, [9, 5, 7], seed=6)
+    embed = model.get_input_embeddings()
+    options = dict(do_sample=False, output_logits=True, return_dict_in_generate=True)
+    prompt = dict(inputs_embeds=embed(input_ids)) if from_embeds else dict(input_ids=input_ids)
+    whole = model.generate(**prompt, attention_mask=attention_mask, max_new_tokens=4, **options)
+    first = model.generate(**prompt, attention_mask=attention_mask, max_new_tokens=3, **options)
+    generated = first.sequences[:, -3:]
+    mask = torch.cat([attention_mask, torch.ones(3, 3, dtype=torch.long)], dim=1)
+    if from_embeds:
+        resumed_prompt = dict(inputs_embeds=torch.cat([embed(input_ids), embed(generated)], dim=1))
+    else:
+        resumed_prompt = dict(input_ids=first.sequences)
+    resumed = model.generate(**resumed_prompt, attention_mask=mask, past_key_values=first.past_key_values,
+                             max_new_tokens=1, **options)
+    assert torch.equal(resumed.sequences[:, -1], whole.sequences[:, -1])
+    torch.testing.assert_close(resumed.logits[0], whole.logits[3], **TOLERANCE)
