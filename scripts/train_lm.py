@@ -124,7 +124,7 @@ def check_args(parser, args):
         parser.error(f"--resume: --output-dir={args.output_dir!r} does not exist, so there is nothing to resume")
     if args.resume and not checkpoint_folders(output / "checkpoints"):
         parser.error(f"--resume: no complete checkpoint under {output / 'checkpoints'}")
-    if not args.resume and (output / "checkpoints").is_dir() and any((output / "checkpoints").iterdir()):
+    if not args.resume and checkpoint_folders(output / "checkpoints"):
         parser.error(f"--output-dir={args.output_dir!r} already holds checkpoints; pass --resume to continue "
                      "that run, or choose a new folder")
 

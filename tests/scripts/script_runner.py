@@ -48,3 +48,59 @@ def accelerate_launch(config_name, script, *args, timeout=240):
 def check(completed):
     assert completed.returncode == 0, f"exit {completed.returncode}\nstdout:\n{completed.stdout[-3000:]}\nstderr:\n{completed.stderr[-6000:]}"
     return completed
+
+
+def load_script(name):
+    """scripts/<name> as a module (its main() callable in this process)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"script_{Path(name).stem}", SCRIPTS / name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_forked(name, *args, log_path, environment=None, timeout=240):
+    """Run scripts/<name>'s main(args) in a forked child of this process and return its exit code
+    (negative: the signal that ended it, e.g. -9 for SIGKILL); stdout and stderr go to `log_path`.
+
+    A fork skips the seconds of importing torch and transformers that every new interpreter
+    spends, so a test can kill and resume a script many times.  The child runs one intra-op thread
+    (a thread pool inherited across fork is not usable) and prints its warnings to stderr as a new
+    interpreter would, not into pytest's record of this process's warnings."""
+    import multiprocessing
+    import warnings
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    module = load_script(name)
+
+    def child():
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ.update(environment or {})
+        with open(log_path, "w") as log:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            sys.stdout = os.fdopen(1, "w", buffering=1)
+            sys.stderr = os.fdopen(2, "w", buffering=1)
+            warnings.simplefilter("default")
+            warnings.showwarning = show_warning
+            try:
+                code = module.main([str(arg) for arg in args])
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code or 0)
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(timeout)
+    if process.exitcode is None:
+        process.kill()
+        process.join()
+        raise TimeoutError(f"{name} {args} ran past {timeout}s; log: {Path(log_path).read_text()[-3000:]}")
+    return process.exitcode
