@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 from collections.abc import Iterable
 
 import numpy as np
@@ -48,6 +49,30 @@ def ids_to_bytes(ids: Iterable[int]) -> bytes:
     return (ids[is_byte] - BYTE_ID_OFFSET).astype(np.uint8).tobytes()
 
 
+def _check_added_token(token, index: int | None = None) -> None:
+    """Refuse an added token that would break exact round trips or the byte id layout."""
+    content = str(token)
+    where = f" (id {index})" if index is not None else ""
+    if len(content) < 2:
+        raise ValueError(
+            f"ReformerByteTokenizer: the added token {content!r}{where} is not allowed; one-character strings "
+            "stand for bytes in this vocabulary, so an added token needs at least two characters."
+        )
+    if index is not None and BYTE_ID_OFFSET <= index < BYTE_VOCAB_SIZE:
+        raise ValueError(
+            f"ReformerByteTokenizer: the added token {content!r} has id {index}, a byte id; byte ids are "
+            f"{BYTE_ID_OFFSET}..{BYTE_VOCAB_SIZE - 1}, added tokens come after them (>= {BYTE_VOCAB_SIZE})."
+        )
+    if isinstance(token, AddedToken):
+        for flag in ("lstrip", "rstrip", "single_word"):
+            if getattr(token, flag):
+                raise ValueError(
+                    f"ReformerByteTokenizer: the added token {content!r} has {flag}=True, which would drop or "
+                    f"move characters of the text around it; this tokenizer encodes text exactly: expected "
+                    f"{flag}=False."
+                )
+
+
 def _special_token(name: str, value) -> AddedToken:
     # A one-character special would collide with the one-character strings that
     # stand for bytes (chr(b)), so the vocabulary would map one string to two ids.
@@ -69,6 +94,14 @@ class ReformerByteTokenizer(PreTrainedTokenizer):
     "<eos>") are encoded as their bytes rather than as the special id
     (`split_special_tokens=True`): specials only ever come from `add_bos_token` /
     `add_eos_token`, padding, or the model.
+
+    `add_tokens(["hello"])` gives "hello" the next free id (260, 261, ...): wherever it occurs
+    in the text it is one id (the longest added token wins where several match), and it
+    decodes back to its text; grow the model with `model.resize_token_embeddings(len(tok))`.
+    Special tokens added with `add_special_tokens` get ids the same way but, like the four
+    above, stay bytes inside the text unless a call passes `split_special_tokens=False`.
+    An added token needs at least two characters (one-character strings stand for bytes)
+    and no `lstrip` / `rstrip` / `single_word` (they would drop or move text).
 
     Args:
         add_bos_token: prepend `<bos>` to every encoded sequence (default False: byte LMs
@@ -116,6 +149,32 @@ class ReformerByteTokenizer(PreTrainedTokenizer):
             **specials,
             **kwargs,
         )
+        # A saved tokenizer's added tokens reach the vocabulary without passing _add_tokens.
+        for index, token in self._added_tokens_decoder.items():
+            if index >= BYTE_ID_OFFSET:
+                _check_added_token(token, index)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *init_inputs, **kwargs):
+        """transformers' from_pretrained; a folder's tokenizer_config.json is read first, so that a file
+        that is not valid JSON is named (transformers lets json's error out without the file's name)."""
+        folder = os.path.join(str(pretrained_model_name_or_path), kwargs.get("subfolder") or "")
+        config_path = os.path.join(folder, TOKENIZER_CONFIG_FILE)
+        if os.path.isfile(config_path):
+            try:
+                with open(config_path, encoding="utf-8") as handle:
+                    json.load(handle)
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise OSError(f"The tokenizer config file at '{config_path}' is not a valid JSON file: {error}.") from error
+        return super().from_pretrained(pretrained_model_name_or_path, *init_inputs, **kwargs)
+
+    def _add_tokens(self, new_tokens, special_tokens: bool = False) -> int:
+        # transformers 5.17-5.25 route add_tokens, add_special_tokens and the specials of __init__ through
+        # here; every new token is checked before any is added.
+        for token in new_tokens or ():
+            if isinstance(token, (str, AddedToken)) and str(token) and str(token) not in self._added_tokens_encoder:
+                _check_added_token(token)
+        return super()._add_tokens(new_tokens, special_tokens=special_tokens)
 
     @property
     def vocab_size(self) -> int:
@@ -127,8 +186,29 @@ class ReformerByteTokenizer(PreTrainedTokenizer):
         return vocab
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
-        # One token per UTF-8 byte; chr(b) is a one-character stand-in for byte b.
-        return [chr(byte) for byte in text.encode("utf-8")]
+        # One token per UTF-8 byte; chr(b) is a one-character stand-in for byte b.  Tokens added with
+        # add_tokens stay whole (transformers splits them out itself only when it does not split specials).
+        pattern = self._added_text_pattern()
+        pieces = [text] if pattern is None else pattern.split(text)
+        tokens = []
+        for position, piece in enumerate(pieces):
+            if position % 2:
+                tokens.append(piece)
+            else:
+                tokens.extend(chr(byte) for byte in piece.encode("utf-8"))
+        return tokens
+
+    def _added_text_pattern(self) -> re.Pattern | None:
+        """A regex matching any non-special added token, longest first; None when there is none."""
+        contents = tuple(sorted((token.content for index, token in self._added_tokens_decoder.items()
+                                 if index >= BYTE_VOCAB_SIZE and not token.special), key=lambda text: (-len(text), text)))
+        if not contents:
+            return None
+        cached_contents, pattern = getattr(self, "_added_text_pattern_cache", ((), None))
+        if cached_contents != contents:
+            pattern = re.compile("(" + "|".join(map(re.escape, contents)) + ")")
+            self._added_text_pattern_cache = (contents, pattern)
+        return pattern
 
     def _convert_token_to_id(self, token: str) -> int:
         if len(token) == 1 and ord(token) < N_BYTE_VALUES:
@@ -137,9 +217,10 @@ class ReformerByteTokenizer(PreTrainedTokenizer):
 
     def _convert_id_to_token(self, index: int) -> str:
         if not BYTE_ID_OFFSET <= index < BYTE_VOCAB_SIZE:
+            added = f"{BYTE_VOCAB_SIZE}..{len(self) - 1}" if len(self) > BYTE_VOCAB_SIZE else "none"
             raise ValueError(
                 f"ReformerByteTokenizer: token id {index} is not a byte id; byte ids are "
-                f"{BYTE_ID_OFFSET}..{BYTE_VOCAB_SIZE - 1} and specials are 0..{BYTE_ID_OFFSET - 1}."
+                f"{BYTE_ID_OFFSET}..{BYTE_VOCAB_SIZE - 1}, specials are 0..{BYTE_ID_OFFSET - 1}, added tokens {added}."
             )
         return chr(index - BYTE_ID_OFFSET)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer
+from transformers import AddedToken, AutoTokenizer
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from reformer_hf.tokenization import (
@@ -174,6 +174,110 @@ def test_error_non_boolean_add_flag(name):
 def test_error_decoding_an_id_outside_the_vocabulary(byte_tokenizer):
     with pytest.raises(ValueError, match="token id 260 is not a byte id"):
         byte_tokenizer.decode([4 + 65, 260])
+
+
+# --------------------------------------------------------------------------- added tokens
+
+
+def test_added_token_is_one_id_in_text_and_decodes_back():
+    tokenizer = ReformerByteTokenizer()
+    assert tokenizer.add_tokens(["hello"]) == 1
+    assert len(tokenizer) == 261 and tokenizer.vocab_size == 260
+    text = "say hello, hellos! <eos>"
+    expected = [*reference_byte_ids("say "), 260, *reference_byte_ids(", "), 260, *reference_byte_ids("s! <eos>")]
+    ids = tokenizer(text)["input_ids"]
+    assert ids == expected
+    assert tokenizer.decode(ids) == tokenizer.decode(ids, skip_special_tokens=True) == text
+    assert tokenizer.convert_ids_to_tokens(260) == "hello" and tokenizer.get_vocab()["hello"] == 260
+
+
+def test_longest_added_token_wins_and_added_tokens_never_move_byte_ids():
+    tokenizer = ReformerByteTokenizer()
+    assert tokenizer.add_tokens(["hell", "hello", "lo w"]) == 3
+    assert tokenizer("hello world hell")["input_ids"] == [
+        261, *reference_byte_ids(" world "), 260]
+    assert tokenizer("hel")["input_ids"] == reference_byte_ids("hel")
+
+
+def test_added_special_token_stays_text_unless_special_tokens_are_not_split():
+    tokenizer = ReformerByteTokenizer()
+    assert tokenizer.add_special_tokens({"additional_special_tokens": ["<sep>"]}) == 1
+    assert tokenizer.convert_tokens_to_ids("<sep>") == 260
+    assert tokenizer("a<sep>b")["input_ids"] == reference_byte_ids("a<sep>b")
+    ids = tokenizer("a<sep>b", split_special_tokens=False)["input_ids"]
+    assert ids == [4 + ord("a"), 260, 4 + ord("b")]
+    assert tokenizer.decode(ids) == "a<sep>b" and tokenizer.decode(ids, skip_special_tokens=True) == "ab"
+
+
+def test_added_tokens_survive_save_and_load(tmp_path):
+    register_tokenizer_auto_class()
+    tokenizer = ReformerByteTokenizer(add_eos_token=True)
+    tokenizer.add_tokens(["hello", "Reformer"])
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<sep>"]})
+    tokenizer.save_pretrained(tmp_path)
+    text = "hello Reformer <sep> 🎉"
+    for loaded in (ReformerByteTokenizer.from_pretrained(tmp_path),
+                   AutoTokenizer.from_pretrained(tmp_path, trust_remote_code=True)):
+        assert len(loaded) == 263 and loaded.get_vocab() == tokenizer.get_vocab()
+        assert loaded(text)["input_ids"] == tokenizer(text)["input_ids"] == [
+            260, *reference_byte_ids(" "), 261, *reference_byte_ids(" <sep> 🎉"), 2]
+        assert loaded.decode(loaded(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_model_embeddings_grow_with_added_tokens():
+    from tiny_models import tiny_config
+
+    from reformer_hf import ReformerForCausalLM
+
+    tokenizer = ReformerByteTokenizer()
+    tokenizer.add_tokens(["hello"])
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config(vocab_size=260)).eval()
+    old_embeddings = model.get_input_embeddings().weight.detach().clone()
+    model.resize_token_embeddings(len(tokenizer))
+    assert model.config.vocab_size == 261
+    assert model.get_input_embeddings().weight.shape[0] == model.get_output_embeddings().weight.shape[0] == 261
+    assert torch.equal(model.get_input_embeddings().weight[:260], old_embeddings)
+    input_ids = torch.tensor([tokenizer("say hello")["input_ids"]])
+    assert input_ids[0, -1] == 260
+    with torch.no_grad():
+        logits = model(input_ids, use_cache=False).logits
+    assert logits.shape == (1, input_ids.shape[1], 261) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("token", ["é", "a", AddedToken("é", special=True)])
+def test_error_one_character_added_token(token):
+    tokenizer = ReformerByteTokenizer()
+    with pytest.raises(ValueError, match="one-character"):
+        tokenizer.add_tokens([token])
+    assert len(tokenizer) == 260 and tokenizer("é")["input_ids"] == reference_byte_ids("é")
+
+
+@pytest.mark.parametrize("flag", ["lstrip", "rstrip", "single_word"])
+def test_error_added_token_that_would_drop_or_move_text(flag):
+    tokenizer = ReformerByteTokenizer()
+    with pytest.raises(ValueError, match=f"{flag}=True"):
+        tokenizer.add_tokens([AddedToken("hello", **{flag: True})])
+    assert len(tokenizer) == 260
+
+
+def test_error_saved_added_token_on_a_byte_id(tmp_path):
+    ReformerByteTokenizer().save_pretrained(tmp_path)
+    path = tmp_path / "tokenizer_config.json"
+    config = json.loads(path.read_text())
+    config["added_tokens_decoder"]["100"] = {"content": "hello", "lstrip": False, "normalized": False,
+                                              "rstrip": False, "single_word": False, "special": False}
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="'hello'.*100.*byte"):
+        ReformerByteTokenizer.from_pretrained(tmp_path)
+
+
+def test_error_tokenizer_config_that_is_not_json_is_named(tmp_path):
+    ReformerByteTokenizer().save_pretrained(tmp_path)
+    (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": tru')
+    with pytest.raises(OSError) as excinfo:
+        ReformerByteTokenizer.from_pretrained(tmp_path)
+    assert str(tmp_path / "tokenizer_config.json") in str(excinfo.value) and "not a valid JSON" in str(excinfo.value)
 
 
 # --------------------------------------------------------------------------- BPE
