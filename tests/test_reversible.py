@@ -194,3 +194,71 @@ def test_reversible_layers_run_autocast_without_its_weight_cache():
     assert len(layer_calls) == 2  # forward, and the rebuild in the backward pass
     assert all(enabled and not cached for _, enabled, cached, _ in layer_calls)
     assert ("head", True, True, torch.bfloat16) in seen
+
+
+# ------------------------------------------------------------------------------------ gradient checkpointing
+
+
+def enable_checkpointing(model):
+    """transformers' switch: activation_checkpointing_enable from 5.25 on, gradient_checkpointing_enable before."""
+    enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+    enable()
+
+
+def test_gradient_checkpointing_recomputes_each_plain_layer_with_the_same_gradients():
+    """reversible=False: each layer runs again in the backward pass from its saved input, under the
+    same seeds (dropout masks, fresh hash rotations), so the float64 gradients equal plain autograd's
+    exactly, and autograd keeps fewer activations."""
+    overrides = dict(attn_layers=["lsh", "local", "full"], hidden_dropout_prob=0.1, lsh_attention_probs_dropout=0.1,
+                     local_attention_probs_dropout=0.1, full_attention_probs_dropout=0.1, hash_seed=None)
+    _, plain = paired_models(torch.float64, **overrides)
+    checkpointed = copy.deepcopy(plain)
+    enable_checkpointing(checkpointed)
+    assert checkpointed.reformer.encoder.gradient_checkpointing
+    calls = []
+    checkpointed.reformer.encoder.layers[1].attention.register_forward_pre_hook(lambda *args: calls.append(1))
+    input_ids = torch.randint(0, 40, (2, 21), generator=torch.Generator().manual_seed(1))
+    loss, grads = gradients(checkpointed, input_ids, torch.float64, seed=5)
+    expected_loss, expected_grads = gradients(plain, input_ids, torch.float64, seed=5)
+    assert len(calls) == 2  # forward, and again in the backward pass
+    torch.testing.assert_close(loss, expected_loss, atol=1e-12, rtol=0)
+    assert grads.keys() == expected_grads.keys()
+    for name in expected_grads:
+        torch.testing.assert_close(grads[name], expected_grads[name], atol=1e-12, rtol=0, msg=name)
+
+    def kept_bytes(model):
+        model.train()
+        total = 0
+
+        def pack(tensor):
+            nonlocal total
+            total += tensor.numel() * tensor.element_size()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            model(input_ids, labels=input_ids).loss.backward()
+        return total
+
+    assert kept_bytes(checkpointed) < kept_bytes(plain) / 2
+
+
+def test_gradient_checkpointing_of_a_reversible_stack_changes_nothing_and_says_so(caplog):
+    from reformer_hf.reversible import _note_checkpointing_is_a_no_op
+
+    _note_checkpointing_is_a_no_op.cache_clear()
+    reversible, _ = paired_models(torch.float64, attn_layers=["lsh", "local"], hidden_dropout_prob=0.1)
+    checkpointed = copy.deepcopy(reversible)
+    with caplog.at_level("WARNING", logger="reformer_hf.reversible"):
+        enable_checkpointing(checkpointed)
+        enable_checkpointing(copy.deepcopy(reversible))
+    notes = [record for record in caplog.records if "changes nothing in a reversible stack" in record.message]
+    assert len(notes) == 1
+    calls = []
+    checkpointed.reformer.encoder.layers[1].attention.register_forward_pre_hook(lambda *args: calls.append(1))
+    input_ids = torch.randint(0, 40, (2, 21), generator=torch.Generator().manual_seed(1))
+    loss, grads = gradients(checkpointed, input_ids, torch.float64, seed=5)
+    expected_loss, expected_grads = gradients(reversible, input_ids, torch.float64, seed=5)
+    assert len(calls) == 2  # forward, and the reversible rebuild; no third (checkpoint) pass
+    assert torch.equal(loss, expected_loss)
+    for name in expected_grads:
+        assert torch.equal(grads[name], expected_grads[name]), name
