@@ -177,6 +177,18 @@ class ReformerConfig(PreTrainedConfig):
     `*_num_chunks_after` are 0 and local attention does not wrap around).  Generation starts the
     decoder with `decoder_start_token_id` (default: `pad_token_id`).  `tie_word_embeddings=True`
     shares the output projection with the (shared source/target) input embedding.
+
+    Defaults: `vocab_size` and `pad/bos/eos_token_id` are the byte tokenizer's (260 ids; 0, 1, 2),
+    so a default model's every id decodes with `ReformerByteTokenizer`.
+
+    Validation: every field's type and range is checked at construction (flags must be True or
+    False, not "False"; token ids within `[0, vocab_size)`; ...), again after `from_pretrained`'s
+    keyword arguments, and again when a model is built, so a config edited after construction is
+    checked too.  A config file (`from_pretrained`, `AutoConfig`, `from_json_file`, `from_dict`)
+    must hold every field of `ARCHITECTURE_FIELDS` (an encoder-decoder's also
+    `ENCODER_DECODER_FIELDS`): a file without one is damaged and refused, naming the file and the
+    fields, rather than silently built with the default.  Fields this class does not know are kept
+    as attributes, as transformers does (configs of other tools carry their own keys).
     """
 
     model_type = "reformer_hf"
@@ -319,6 +331,13 @@ class ReformerConfig(PreTrainedConfig):
     def from_json_file(cls, json_file):
         """The config saved in `json_file`, checked as from_pretrained checks a folder's config.json."""
         return cls.from_dict(config_json_dict(cls, json_file), **{CONFIG_SOURCE_KEYWORD: str(json_file)})
+
+    def to_diff_dict(self):
+        """transformers' fields that differ from the defaults, plus every field a loaded file must hold
+        (whatever a transformers version leaves out as default, from_dict would refuse it)."""
+        fields = self.to_dict()
+        required = ARCHITECTURE_FIELDS + (ENCODER_DECODER_FIELDS if self.is_encoder_decoder else ())
+        return {**super().to_diff_dict(), **{name: fields[name] for name in required}}
 
     @property
     def num_hidden_layers(self):
