@@ -149,6 +149,9 @@ class ReformerPreTrainedModel(PreTrainedModel):
     base_model_prefix = "reformer"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
+    # Every head divides its summed loss by Trainer's `num_items_in_batch` when given (mean_over_items),
+    # so Trainer must pass it and not divide the loss by the accumulation steps again.
+    accepts_loss_kwargs = True
     _no_split_modules = ["ReversibleLayer"]
 
     def __init__(self, config, *inputs, **kwargs):
@@ -448,6 +451,15 @@ def shifted_token_losses(logits, labels):
     return loss_sum, (targets != -100).sum()
 
 
+def mean_over_items(loss_sum, count, num_items_in_batch=None):
+    """A summed loss over its number of items: `count`, this batch's, or `num_items_in_batch`, which
+    transformers' Trainer counts over every micro-batch of a step under gradient accumulation (the
+    labels that are not -100), so that the micro-batches' gradients add up to the step's mean.
+    No item gives NaN (0 / 0), as transformers' own heads do with every label -100."""
+    denominator = num_items_in_batch if num_items_in_batch is not None else count
+    return loss_sum / torch.as_tensor(denominator, device=loss_sum.device)
+
+
 class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
     """Reformer with a language-modelling head over the concatenated residual streams."""
 
@@ -603,8 +615,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
             if labels is not None:
                 loss_sum, count = shifted_token_losses(logits, labels)
         if labels is not None:
-            denominator = num_items_in_batch if num_items_in_batch is not None else count
-            loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(min=1)
+            loss = mean_over_items(loss_sum, count, num_items_in_batch)
 
         cache = compat.output_cache(outputs)
         if not return_dict:
@@ -688,9 +699,13 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
         output_hidden_states=None,
         output_attentions=None,
         return_dict=None,
+        num_items_in_batch=None,
         **kwargs,
     ):
-        """labels: class ids (batch,), float targets (batch, num_labels) for multi-label, or values for regression."""
+        """labels: class ids (batch,), float targets (batch, num_labels) for multi-label, or values for
+        regression; -100 ignores a class id.  The loss is the mean over the labels (class ids that are
+        not -100, every target value); `num_items_in_batch` (Trainer, gradient accumulation) replaces
+        that count with the step's."""
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.reformer(
             input_ids=input_ids,
@@ -703,12 +718,14 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
             return_dict=True,
         )
         logits = self.classifier(self.pool(outputs.last_hidden_state, attention_mask))
-        loss = None if labels is None else self.classification_loss(logits, labels)
+        loss = None if labels is None else mean_over_items(*self.classification_loss(logits, labels),
+                                                           num_items_in_batch)
         if not return_dict:
             return tuple(v for v in (loss, logits, outputs.hidden_states) if v is not None)
         return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
 
     def classification_loss(self, logits, labels):
+        """The summed loss (float32) and the number of labels it counts."""
         problem_type = self.config.problem_type
         if problem_type is None:
             if self.num_labels == 1:
@@ -719,11 +736,16 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
                 problem_type = "multi_label_classification"
             self.config.problem_type = problem_type
         if problem_type == "regression":
-            return nn.functional.mse_loss(logits.squeeze(-1).float(), labels.float().view(logits.shape[0], -1).squeeze(-1))
+            targets = labels.float().view(logits.shape[0], -1).squeeze(-1)
+            return nn.functional.mse_loss(logits.squeeze(-1).float(), targets, reduction="sum"), targets.numel()
         if problem_type == "single_label_classification":
-            return nn.functional.cross_entropy(logits.float().view(-1, self.num_labels), labels.view(-1))
+            class_ids = labels.view(-1)
+            loss_sum = nn.functional.cross_entropy(logits.float().view(-1, self.num_labels), class_ids,
+                                                   ignore_index=-100, reduction="sum")
+            return loss_sum, (class_ids != -100).sum()
         if problem_type == "multi_label_classification":
-            return nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float())
+            return (nn.functional.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="sum"),
+                    labels.numel())
         raise ValueError(
             f"config.problem_type={problem_type!r}; expected 'regression', 'single_label_classification' "
             "or 'multi_label_classification'."

@@ -36,6 +36,7 @@ from .modeling import (
     ReformerModelOutput,
     ReformerPreTrainedModel,
     continue_from_cache,
+    mean_over_items,
     default_position_ids,
     run_padded_stack,
 )
@@ -467,8 +468,7 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
         if labels is not None:
             loss_sum = nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
                                                    ignore_index=-100, reduction="sum")
-            denominator = num_items_in_batch if num_items_in_batch is not None else (labels != -100).sum()
-            loss = loss_sum / torch.as_tensor(denominator, device=loss_sum.device).clamp(min=1)
+            loss = mean_over_items(loss_sum, (labels != -100).sum(), num_items_in_batch)
 
         output = Seq2SeqLMOutput(
             loss=loss, logits=logits, **compat.cache_output(cache), decoder_hidden_states=decoder_states,

@@ -447,3 +447,50 @@ def test_seq2seq_hidden_states_carry_the_gradients_of_plain_autograd(reversible)
     actual, expected = hidden_state_gradients(model, lambda output: output.loss, stacks, 10, input_ids=source,
                                               labels=labels)
     assert_same_gradients(actual, expected)
+
+
+# ------------------------------------------------------------------------------------ labels with nothing to count
+
+
+def transformers_losses_without_targets():
+    """transformers' own heads on tiny random configs, labels all -100: the convention to follow."""
+    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, 40, (2, 6))
+    llama = LlamaForCausalLM(LlamaConfig(vocab_size=40, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    bert = BertForSequenceClassification(BertConfig(vocab_size=40, hidden_size=16, intermediate_size=32,
+                                                    num_hidden_layers=1, num_attention_heads=2, num_labels=3))
+    return (llama(input_ids, labels=torch.full_like(input_ids, -100)).loss,
+            bert(input_ids, labels=torch.full((2,), -100)).loss)
+
+
+@pytest.mark.parametrize("head", ["causal_lm", "causal_lm_chunked_loss", "classification", "seq2seq"])
+def test_labels_all_ignored_give_nan_as_transformers_heads_do(head):
+    """No counted target: the mean over no item is NaN (0 / 0) in every head, as in transformers'
+    LlamaForCausalLM and BertForSequenceClassification; under gradient accumulation a micro-batch
+    without targets adds 0 to the step's sum (num_items_in_batch counts the whole step's), and
+    num_items_in_batch=0 is NaN again."""
+    assert all(torch.isnan(loss) for loss in transformers_losses_without_targets())
+    torch.manual_seed(0)
+    input_ids = torch.randint(0, 40, (2, 10))
+    if head == "seq2seq":
+        from reformer_hf import ReformerConfig, ReformerForConditionalGeneration
+
+        model = ReformerForConditionalGeneration(ReformerConfig(
+            vocab_size=40, hidden_size=16, num_attention_heads=2, attention_head_size=8, feed_forward_size=32,
+            attn_layers=["local"], decoder_attn_layers=["full"], local_attn_chunk_length=6, axial_pos_embds=False,
+            max_position_embeddings=64, is_encoder_decoder=True, pad_token_id=0, eos_token_id=2,
+            decoder_start_token_id=0))
+        inputs = dict(input_ids=input_ids, decoder_input_ids=input_ids)
+    elif head == "classification":
+        model, inputs = classifier(3), dict(input_ids=input_ids)
+    else:
+        model = ReformerForCausalLM(tiny_config(chunk_size_lm_head=4 if head == "causal_lm_chunked_loss" else 0))
+        inputs = dict(input_ids=input_ids)
+    labels = torch.full((2,) if head == "classification" else (2, 10), -100)
+    loss = model(**inputs, labels=labels).loss
+    assert torch.isnan(loss)
+    assert model(**inputs, labels=labels, num_items_in_batch=torch.tensor(7)).loss.item() == 0.0
+    assert torch.isnan(model(**inputs, labels=labels, num_items_in_batch=torch.tensor(0)).loss)
