@@ -8,6 +8,7 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutput
+from transformers.utils import logging
 
 from . import compat
 from .attention import SELF_ATTENTION_CLASSES
@@ -17,6 +18,8 @@ from .embeddings import AxialPositionEmbeddings, ReformerEmbeddings
 from .layer_norm import ReformerLayerNorm
 from .linear_relu import linear_relu
 from .reversible import ReformerStack, ReversibleLayer
+
+logger = logging.get_logger(__name__)
 
 
 class AttentionBlock(nn.Module):
@@ -229,19 +232,41 @@ class ReformerModel(ReformerPreTrainedModel):
             raise ValueError(
                 f"ReformerModel: position_ids has shape {tuple(position_ids.shape)}; expected (batch, {shape[1]})."
             )
-        limit = self.config.max_sequence_length
-        longest = past_length + shape[1] if position_ids is None else int(position_ids.max()) + 1
-        if longest > limit:
-            raise ValueError(
-                f"ReformerModel: sequence length {longest} exceeds the model's maximum of {limit} positions "
-                "(max_position_embeddings, and the product of axial_pos_shape with axial embeddings)."
-            )
         if output_attentions:
             raise ValueError(
                 "ReformerModel: output_attentions=True is not supported; LSH and local attention never "
                 "build the full attention matrix."
             )
         return shape
+
+    def _check_index_ranges(self, input_ids, position_ids, decoding):
+        """input_ids in [0, vocab_size) and position_ids in [0, max_sequence_length), in one reduction.
+
+        The answer is read on the host (one synchronisation) except in a decoding step on a GPU (a pass
+        after a filled cache), where waiting for it would stall every token: there the device asserts
+        it instead, and a bad index stops the run with this message as a device-side assertion.
+        """
+        vocab_size, limit = self.config.vocab_size, self.config.max_sequence_length
+        checks = [(position_ids.min() < 0) | (position_ids.max() >= limit)]
+        if input_ids is not None:
+            checks.append((input_ids.min() < 0) | (input_ids.max() >= vocab_size))
+        out_of_range = torch.stack(checks)
+        if decoding and out_of_range.is_cuda:
+            torch._assert_async(~out_of_range.any(), f"ReformerModel: input_ids must lie in [0, {vocab_size}) and "
+                                                     f"position_ids in [0, {limit})")
+            return
+        bad_positions, *bad_ids = out_of_range.tolist()
+        if bad_positions:
+            raise ValueError(
+                f"ReformerModel: position_ids hold values from {int(position_ids.min())} to {int(position_ids.max())}; "
+                f"allowed are 0 to {limit - 1}, the positions the model covers (max_position_embeddings, and the "
+                "product of axial_pos_shape with axial embeddings)."
+            )
+        if bad_ids and bad_ids[0]:
+            raise ValueError(
+                f"ReformerModel: input_ids hold values from {int(input_ids.min())} to {int(input_ids.max())}; "
+                f"allowed are token ids 0 to {vocab_size - 1} (vocab_size={vocab_size})."
+            )
 
     def _resolve_cache(self, past_key_values, use_cache, batch, length, cache_position):
         """The generation cache this pass fills or reads, or None; raises on one that cannot be used."""
@@ -313,6 +338,7 @@ class ReformerModel(ReformerPreTrainedModel):
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         if position_ids is None:
             position_ids = default_position_ids(attention_mask, past_length, batch, length, device)
+        self._check_index_ranges(input_ids, position_ids, decoding=past_length > 0)
 
         hidden = self.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids)
         pad_mask = None if attention_mask is None else attention_mask == 0  # (batch, past_length + length)
@@ -683,6 +709,11 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
             return hidden[:, 0] if not self.config.is_decoder else hidden[:, -1]
         positions = torch.arange(hidden.shape[1], device=hidden.device)
         is_real = attention_mask != 0
+        if not bool(is_real.any(dim=1).all()):
+            logger.warning_once(
+                "ReformerForSequenceClassification: a row of attention_mask is all zeros; its logits come from "
+                "position 0, which is padding."
+            )
         if self.config.is_decoder:
             chosen = (positions * is_real).argmax(dim=-1)
         else:

@@ -147,8 +147,37 @@ def test_batch_of_different_lengths_matches_single_sequences():
 
 def test_too_long_input_is_refused_before_any_work():
     model = eval_model()
-    with pytest.raises(ValueError, match="sequence length 129 exceeds the model's maximum of 128"):
+    with pytest.raises(ValueError, match="position_ids hold values from 0 to 128; allowed are 0 to 127"):
         model(torch.zeros(1, 129, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "inputs, message",
+    [
+        (dict(input_ids=torch.tensor([[5, 40, 6]])), r"input_ids hold values from 5 to 40; allowed are token ids 0 to 39"),
+        (dict(input_ids=torch.tensor([[5, -1, 6]])), r"input_ids hold values from -1 to 6; allowed are token ids 0 to 39"),
+        (dict(input_ids=torch.tensor([[5, 6, 7]]), position_ids=torch.tensor([[-10, -9, -8]])),
+         r"position_ids hold values from -10 to -8; allowed are 0 to 127"),
+        (dict(inputs_embeds=torch.zeros(1, 3, 16), position_ids=torch.tensor([[126, 127, 128]])),
+         r"position_ids hold values from 126 to 128; allowed are 0 to 127"),
+    ],
+)
+def test_out_of_range_token_and_position_ids_are_refused_naming_the_argument(inputs, message):
+    """Negative positions used to wrap (-10..-1 gave the logits of 118..127) and bad token ids gave
+    an IndexError from the embedding."""
+    model = eval_model()
+    with pytest.raises(ValueError, match=message):
+        model(**inputs)
+
+
+def test_a_decoding_step_checks_its_indices_without_reading_them_on_the_host():
+    """On the CPU the check of a step after the cache is the same host check; on a GPU it is a device
+    assertion (_check_index_ranges), so the step never waits for the answer."""
+    model = ReformerForCausalLM(tiny_config()).eval()
+    with torch.no_grad():
+        cache = model(torch.tensor([[5, 6, 7]]), use_cache=True).past_key_values
+        with pytest.raises(ValueError, match="input_ids hold values from 40 to 40"):
+            model(torch.tensor([[40]]), past_key_values=cache)
 
 
 @pytest.mark.parametrize(

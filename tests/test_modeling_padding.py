@@ -178,3 +178,42 @@ def test_text_generation_pipeline_gives_the_same_continuations_at_batch_size_4_a
     batched = [ids[next(index for index, token in enumerate(ids) if token != pad):] for ids in batched]
     assert batched == alone
     assert [len(ids) for ids in alone] == [len(tokenizer(prompt)["input_ids"]) + 12 for prompt in prompts]
+
+
+def test_an_all_zero_attention_mask_row_warns_that_its_logits_come_from_padding(caplog):
+    torch.manual_seed(0)
+    model = ReformerForSequenceClassification(tiny_config(is_decoder=False, num_labels=2)).eval()
+    input_ids = torch.randint(4, 40, (2, 8), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones(2, 8, dtype=torch.long)
+    attention_mask[1] = 0
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_propagation()
+    with caplog.at_level("WARNING"), torch.no_grad():
+        model(input_ids, attention_mask=attention_mask)
+    assert "a row of attention_mask is all zeros" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["local", "full", "lsh"])
+def test_nan_in_a_later_embedding_reaches_earlier_positions_only_through_masked_products(kind):
+    """A NaN at position 30 reaches an earlier position only as 0 x NaN in the attention sum of a query
+    whose window holds position 30 as a masked (later) key: its probability is exactly 0, its value NaN.
+    Local windows of chunk 6 put position 30 (chunk 5) in no earlier query's window, so nothing earlier
+    changes; full and LSH windows hold it for every earlier query, which all turn NaN.  No information
+    flows back: a finite value at position 30 (as large as 1e4) leaves every earlier output bit-identical."""
+    model = causal_lm(kind).eval()
+    inputs_embeds = torch.randn(1, 36, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        clean = model(inputs_embeds=inputs_embeds).logits[0]
+        outputs = []
+        for value in (float("nan"), 1e4, -1e4):
+            changed = inputs_embeds.clone()
+            changed[0, 30] = value
+            outputs.append(model(inputs_embeds=changed).logits[0])
+    poisoned, *finite = outputs
+    for logits in finite:
+        assert torch.equal(logits[:30], clean[:30])
+    if kind == "local":
+        assert torch.equal(poisoned[:30], clean[:30])
+    else:
+        assert poisoned[:30].isnan().all()
