@@ -198,7 +198,8 @@ def read_info(folder):
         raise CheckpointError(f"{folder}: {CHECKPOINT_INFO} has format {found!r}, expected {CHECKPOINT_FORMAT!r} "
                               "(written by another version or another program)")
     files = info.get("files")
-    fields_ok = isinstance(info.get("step"), int) and isinstance(info.get("world_size"), int) and isinstance(files, dict)
+    fields_ok = (isinstance(info.get("step"), int) and isinstance(info.get("world_size"), int)
+                 and isinstance(files, dict))
     if not fields_ok or not all(isinstance(entry, dict) and isinstance(entry.get("bytes"), int)
                                 and isinstance(entry.get("sha256"), str) for entry in files.values()):
         raise CheckpointError(f"{folder}: {CHECKPOINT_INFO} lacks step, world_size or a files manifest of "
@@ -397,7 +398,8 @@ class CheckpointManager:
                 self.optimizer.load_state_dict(contents["optimizer"])
             self.scheduler.load_state_dict(contents["scheduler"])
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise CheckpointError(f"{folder}: its state does not fit this run ({type(error).__name__}: {error})") from error
+            raise CheckpointError(f"{folder}: its state does not fit this run "
+                                  f"({type(error).__name__}: {error})") from error
         tensors, metadata = contents["rng"]
         restore_rng_state(tensors, metadata, folder / rng_state_file(accelerator.process_index))
         return {"step": contents["info"]["step"], **contents["info"]["info"]}

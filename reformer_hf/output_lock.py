@@ -25,16 +25,16 @@ class OutputDirLocked(RuntimeError):
     """Another live run holds the output folder."""
 
 
-def check_output_dir(path):
-    """Before any work: refuse an --output-dir that is a file (or lies under one) with
-    NotADirectoryError, and one a live run holds with OutputDirLocked."""
+def check_output_dir(path, option="--output-dir"):
+    """Before any work: refuse an output folder (the script's `option`) that is a file or lies under
+    one with NotADirectoryError, and one a live run holds with OutputDirLocked."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"--output-dir={str(path)!r} exists and is not a folder; choose a folder path")
+        raise NotADirectoryError(f"{option}={str(path)!r} exists and is not a folder; choose a folder path")
     for parent in path.parents:
         if parent.exists() and not parent.is_dir():
-            raise NotADirectoryError(f"--output-dir={str(path)!r}: {str(parent)!r} is a file, not a folder")
-    OutputDirLock(path).refuse_if_held()
+            raise NotADirectoryError(f"{option}={str(path)!r}: {str(parent)!r} is a file, not a folder")
+    OutputDirLock(path, option).refuse_if_held()
 
 
 def _process_alive(pid):
@@ -52,16 +52,18 @@ def _exit_on_sigterm(signum, frame):
 
 
 class OutputDirLock:
-    """`with OutputDirLock(folder):` holds the folder's lock for the block (creating the folder)."""
+    """`with OutputDirLock(folder):` holds the folder's lock for the block (creating the folder);
+    errors name the folder as the script's `option`."""
 
-    def __init__(self, folder):
+    def __init__(self, folder, option="--output-dir"):
         self.folder = Path(folder)
+        self.option = option
         self.path = self.folder / LOCK_NAME
         self.owner = {"pid": os.getpid(), "hostname": socket.gethostname()}
         self.previous_sigterm = None
 
     def __enter__(self):
-        check_output_dir(self.folder)
+        check_output_dir(self.folder, self.option)
         self.folder.mkdir(parents=True, exist_ok=True)
         self._acquire()
         if threading.current_thread() is threading.main_thread():
@@ -91,7 +93,7 @@ class OutputDirLock:
                 handle.flush()
                 os.fsync(handle.fileno())
             return
-        raise OutputDirLocked(f"--output-dir={str(self.folder)!r}: could not take the lock {self.path}; other runs "
+        raise OutputDirLocked(f"{self.option}={str(self.folder)!r}: could not take the lock {self.path}; other runs "
                               "keep taking it over")
 
     def refuse_if_held(self):
@@ -104,7 +106,7 @@ class OutputDirLock:
     def _refuse_live(self, holder):
         if holder["hostname"] != self.owner["hostname"] or _process_alive(holder["pid"]):
             raise OutputDirLocked(
-                f"--output-dir={str(self.folder)!r} is in use by the run with pid {holder['pid']} on host "
+                f"{self.option}={str(self.folder)!r} is in use by the run with pid {holder['pid']} on host "
                 f"{holder['hostname']!r} (lock file {self.path}); wait for it to finish, or choose another "
                 "folder.  If that run is gone (e.g. on another machine), delete the lock file.")
 
@@ -121,7 +123,7 @@ class OutputDirLock:
                 return holder
         except (json.JSONDecodeError, AttributeError):
             pass
-        raise OutputDirLocked(f"--output-dir={str(self.folder)!r} holds an unreadable lock file {self.path} "
+        raise OutputDirLocked(f"{self.option}={str(self.folder)!r} holds an unreadable lock file {self.path} "
                               f"({text[:80]!r}); if no run is using the folder, delete it")
 
     def _take_over_stale(self, holder_text, holder):

@@ -13,7 +13,9 @@ largest difference of their outputs is printed.
 
 import argparse
 import logging
+import pickle
 import sys
+from pathlib import Path
 
 import reformer_hf.conversion as conversion
 
@@ -55,6 +57,12 @@ def main(argv=None):
         conversion.save_converted(model, args.source_dir, args.output_dir)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 1
+    except pickle.UnpicklingError as error:
+        # transformers reads pickled weights with torch's weights-only unpickler, which refuses code.
+        pickled = sorted(path.name for path in Path(args.source_dir).glob("*.bin"))
+        print(f"error: {args.source_dir!r}: a pickled weights file ({', '.join(pickled)}) holds more than tensors "
+              f"(code or other objects); it was refused, not loaded: {str(error).splitlines()[0]}", file=sys.stderr)
         return 1
     config = model.config
     print(f"wrote {type(model).__name__} to {args.output_dir}: {len(config.attn_layers)} layers {config.attn_layers}, "

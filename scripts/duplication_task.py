@@ -12,8 +12,8 @@ the loss and the accuracy count only the second copy of w.  A one-layer LSH mode
 Batches are a pure function of (--seed, step), and checkpoints (model, optimizer, scheduler, RNG)
 are written atomically every --save-steps steps and when --time-budget runs out, so invocations
 chain into one run (--resume takes the newest checkpoint that passes validation and unpickles
-nothing; one run at a time holds OUTPUT_DIR/.reformer_hf.lock).  Outputs: metrics.jsonl (learning curve), table.md and results.json (the
-Table-2 row), TensorBoard logs, and final/ (save_pretrained).
+nothing; one run at a time holds OUTPUT_DIR/.reformer_hf.lock).  Outputs: metrics.jsonl (learning
+curve), table.md and results.json (the Table-2 row), TensorBoard logs, and final/ (save_pretrained).
 """
 
 import argparse

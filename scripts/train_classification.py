@@ -13,7 +13,7 @@ Tasks that need no network (real text, real labels):
 
 --resume_from_checkpoint (a checkpoint folder, or True for the newest under --output_dir) is read
 safely before Trainer sees it: every pickle-format file Trainer loads goes through torch's
-weights-only unpickler and JSON must parse, else the run stops naming the file (training_args.bin,
+weights-only unpickler, JSON and safetensors files must parse, else the run stops naming the file (training_args.bin,
 a full pickle that Trainer writes but never reads back, is left alone).  One run at a time uses
 an output folder (OUTPUT_DIR/.reformer_hf.lock holds the running pid and host).
 
@@ -87,7 +87,7 @@ def check_output_dir(parser, training_args):
     from reformer_hf.output_lock import OutputDirLocked, check_output_dir as check_folder
 
     try:
-        check_folder(training_args.output_dir)
+        check_folder(training_args.output_dir, "--output_dir")
     except (NotADirectoryError, OutputDirLocked) as error:
         parser.error(str(error))
 
@@ -126,6 +126,14 @@ def unsafe_file_problem(path):
             json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             return f"is not valid JSON ({error})"
+    elif path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError
+            return f"is not a readable safetensors file ({error})"
     elif path.suffix in (".pt", ".pth", ".bin") and path.name != "training_args.bin":
         # The numpy types of Trainer's rng_state.pth, as transformers allows them for the same load.
         numpy_core = np._core if hasattr(np, "_core") else np.core
@@ -295,7 +303,8 @@ def main(argv=None):
     trainer = Trainer(model=model, args=training_args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer,
                       compute_metrics=compute_metrics)
-    lock = OutputDirLock(training_args.output_dir) if training_args.process_index == 0 else contextlib.nullcontext()
+    main_process = training_args.process_index == 0
+    lock = OutputDirLock(training_args.output_dir, "--output_dir") if main_process else contextlib.nullcontext()
     try:
         with lock:
             return train_and_save(trainer, training_args, script, model, tokenizer, encoded, names, resume_from)

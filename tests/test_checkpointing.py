@@ -195,7 +195,8 @@ def test_a_checkpoint_of_another_model_is_refused_by_name_and_shape(tmp_path):
     scheduler = get_scheduler("constant", optimizer)
     model, optimizer = accelerator.prepare(model, optimizer)
     manager = CheckpointManager(accelerator, tmp_path, model, optimizer, scheduler)
-    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match=r"no valid checkpoint.*does not fit this model"):
+    refusal = r"no valid checkpoint.*does not fit this model"
+    with pytest.warns(UserWarning), pytest.raises(CheckpointError, match=refusal):
         manager.resume()
 
 

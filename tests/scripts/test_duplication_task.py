@@ -61,6 +61,14 @@ def test_bad_arguments_fail_with_a_clear_message(tmp_path, capsys, argv, message
     assert message in capsys.readouterr().err
 
 
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        load_script_module().main(["--output-dir", str(tmp_path / "taken")])
+    assert exit_info.value.code == 2
+    assert f"--output-dir={str(tmp_path / 'taken')!r} exists and is not a folder" in capsys.readouterr().err
+
+
 def test_help_describes_the_task():
     completed = check(run_script("duplication_task.py", "--help", timeout=60))
     assert "0 w 0 w" in completed.stdout and "--train-hashes" in completed.stdout

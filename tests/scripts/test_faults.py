@@ -2,7 +2,6 @@
 writes, planted pickles in every file of a checkpoint, a second run into a held output folder."""
 
 import json
-import os
 import pickle
 import re
 import signal
@@ -24,7 +23,8 @@ LM_ARGS = ["--corpus", stdlib_package("json"), "--corpus-pattern", "*.py", "--pr
 DUPLICATION_ARGS = ["--length", "32", "--config-overrides",
                     "hidden_size=32,attention_head_size=16,num_attention_heads=2,feed_forward_size=32,"
                     "lsh_attn_chunk_length=8,num_buckets=4",
-                    "--batch-size", "4", "--eval-size", "8", "--log-steps", "1", "--eval-steps", "0", "--save-steps", "1",
+                    "--batch-size", "4", "--eval-size", "8", "--log-steps", "1", "--eval-steps", "0",
+                    "--save-steps", "1",
                     "--eval-hashes", "1", "--warmup-steps", "0", "--no-progress", "--no-tensorboard"]
 
 
@@ -64,7 +64,7 @@ def test_sigkill_at_twenty_points_of_checkpoint_and_metrics_writes_resumes_on_th
         code = run_forked("train_lm.py", *LM_ARGS, "--max-steps", max_steps, "--output-dir", killed, *resume,
                           log_path=log, environment={FAULT_POINT_VARIABLE: str(point)})
         text = log.read_text()
-        assert code == -signal.SIGKILL, f"run {number} (fault point {point}) was not killed: exit {code}\n{text[-3000:]}"
+        assert code == -signal.SIGKILL, f"run {number} (fault point {point}): exit {code}\n{text[-3000:]}"
         killed_at.append(re.search(r"fault point \d+: (.*)", text).group(1))
         assert "cannot be used" not in text, text  # no damaged checkpoint was ever in view
         for folder in checkpoint_folders(killed / "checkpoints"):

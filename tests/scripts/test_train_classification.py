@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import pickle
 
 import evaluate
 import pytest
@@ -94,3 +95,104 @@ def test_docs_sections_label_each_page_by_its_top_level_folder(tmp_path):
     for split in dataset.values():
         for row in split:
             assert row["text"].startswith("<html><body><pre>")
+
+
+class PlantedPayload:
+    """Unpickling this object creates `marker` (the stand-in for running a command)."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+TRAINER_RUN = ["--task", "stdlib-packages", "--packages", "json,email", "--max-length", "64",
+               "--per_device_train_batch_size", "4", "--report_to", "none", "--use_cpu", "--disable_tqdm", "true",
+               "--save_strategy", "steps", "--save_steps", "2"]
+
+
+@pytest.fixture(scope="module")
+def trainer_checkpoint(tmp_path_factory):
+    """A Trainer checkpoint (checkpoint-2) written by the script, and the files Trainer may read."""
+    output = tmp_path_factory.mktemp("classification")
+    check(run_script("train_classification.py", *TRAINER_RUN, "--max_steps", "2", "--output_dir", output))
+    folder = output / "checkpoint-2"
+    data_files = sorted(path.name for path in folder.iterdir() if path.suffix != ".py")
+    assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json",
+            "training_args.bin"} <= set(data_files)
+    return folder, data_files
+
+
+def planted_copy(folder, name, destination, marker):
+    import shutil
+
+    shutil.copytree(folder, destination)
+    (destination / name).write_bytes(pickle.dumps(PlantedPayload(marker)))
+    return destination
+
+
+def test_transformers_trainer_itself_never_runs_a_pickle_planted_in_its_checkpoint(tmp_path, trainer_checkpoint):
+    """What Trainer's resume reads it reads as weights only or as JSON/safetensors: no payload runs,
+    whether Trainer then fails (a raw error) or never opens the file (training_args.bin)."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from reformer_hf import ReformerForSequenceClassification
+    from reformer_hf.tokenization import ReformerByteTokenizer
+
+    folder, data_files = trainer_checkpoint
+    tokenizer = ReformerByteTokenizer()
+    rows = [{"input_ids": tokenizer(text).input_ids, "labels": label}
+            for label, text in enumerate(["import json", "from email import message"])] * 8
+    outcomes = {}
+    for name in data_files:
+        marker = tmp_path / f"marker-{name}"
+        planted = planted_copy(folder, name, tmp_path / f"planted-{name}", marker)
+        model = ReformerForSequenceClassification.from_pretrained(folder)
+        args = TrainingArguments(output_dir=str(tmp_path / f"out-{name}"), max_steps=3, per_device_train_batch_size=4,
+                                 report_to=[], use_cpu=True, save_strategy="no", disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=DataCollatorWithPadding(tokenizer))
+        try:
+            trainer.train(resume_from_checkpoint=str(planted))
+            outcomes[name] = "resumed"
+        except Exception as error:  # noqa: BLE001 - any refusal will do; what matters is the marker
+            outcomes[name] = type(error).__name__
+        assert not marker.exists(), name
+    assert outcomes["training_args.bin"] == "resumed"  # never read on resume
+    for name in ("model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth", "trainer_state.json"):
+        assert outcomes[name] != "resumed", (name, outcomes)
+
+
+def test_the_script_refuses_a_trainer_checkpoint_with_a_planted_pickle_naming_the_file(tmp_path, capsys,
+                                                                                      trainer_checkpoint):
+    folder, data_files = trainer_checkpoint
+    module = load_script_module()
+    for name in data_files:
+        marker = tmp_path / f"marker-{name}"
+        planted = planted_copy(folder, name, tmp_path / f"planted-{name}", marker)
+        argv = [*TRAINER_RUN, "--max_steps", "3", "--output_dir", str(tmp_path / f"out-{name}"),
+                "--resume_from_checkpoint", str(planted)]
+        if name == "training_args.bin":  # Trainer never reads it back: the run resumes and finishes
+            assert module.main(argv) == 0
+        else:
+            with pytest.raises(SystemExit) as exit_info:
+                module.main(argv)
+            assert exit_info.value.code == 2
+            assert f"--resume_from_checkpoint: {planted / name} " in capsys.readouterr().err
+        assert not marker.exists(), name
+
+
+def test_resume_from_checkpoint_true_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        load_script_module().main([*TRAINER_RUN, "--max_steps", "3", "--output_dir", str(tmp_path / "empty"),
+                                   "--resume_from_checkpoint", "True"])
+    assert exit_info.value.code == 2
+    assert "no checkpoint-* folder under" in capsys.readouterr().err
+
+
+def test_an_output_dir_that_is_a_file_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        load_script_module().main([*TRAINER_RUN, "--max_steps", "3", "--output_dir", str(tmp_path / "taken")])
+    assert exit_info.value.code == 2
+    assert f"--output_dir={str(tmp_path / 'taken')!r} exists and is not a folder" in capsys.readouterr().err

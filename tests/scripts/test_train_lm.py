@@ -52,6 +52,9 @@ def test_help_lists_the_data_and_checkpoint_options():
     (["--corpus", "{corpus}", "--seq-len", "200000", "--preset", "enwik8-paper", "--output-dir", "{tmp}/a"],
      "--seq-len=200000 is larger than the model's maximum of 65536"),
     (["--enwik8", "{tmp}/enwik8", "--output-dir", "{tmp}/a"], "holds 1000 bytes, shorter than split_sizes"),
+    (["--corpus", "{corpus}", "--output-dir", "{tmp}/enwik8"], "--output-dir='{tmp}/enwik8' exists and is not a folder"),
+    (["--corpus", "{corpus}", "--config-overrides", "num_buckets=[4,", "--output-dir", "{tmp}/a"],
+     "config override 'num_buckets=[4,': the value of 'num_buckets' is not a JSON value"),
 ])
 def test_bad_arguments_fail_before_any_work_with_a_clear_message(tmp_path, capsys, argv, message):
     argv = [arg.format(tmp=tmp_path, corpus=stdlib_package("json")) for arg in argv]
@@ -59,7 +62,7 @@ def test_bad_arguments_fail_before_any_work_with_a_clear_message(tmp_path, capsy
     with pytest.raises(SystemExit) as exit_info:
         load_script_module().main(argv)
     assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message.format(tmp=tmp_path) in capsys.readouterr().err
     assert not (tmp_path / "a").exists()
 
 

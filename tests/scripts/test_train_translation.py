@@ -72,6 +72,7 @@ def test_sacrebleu_metric_loads_offline_and_matches_a_hand_computed_score():
      "--test-size=1.5 must be a fraction in (0, 1) or a row count >= 1"),
     (["--dataset", "{data}", "--tokenizer", "{tmp}", "--output-dir", "{tmp}/a"], "is not a saved tokenizer folder"),
     (["--dataset", "{data}", "--output-dir", "{data}"], "is not empty; choose a new folder"),
+    (["--dataset", "{data}", "--output-dir", "{data}/dataset_dict.json"], "dataset_dict.json' exists and is not a folder"),
     (["--dataset", "{data}", "--preset", "tiny", "--max-new-tokens", "400", "--vocab-size", "300",
       "--output-dir", "{tmp}/a"], "--max-length/--max-new-tokens need 401 positions but preset 'tiny' has 256"),
     (["--dataset", "{data}", "--config-overrides", "hidden_sise=8", "--vocab-size", "300", "--output-dir", "{tmp}/a"],
