@@ -441,13 +441,19 @@ def _head_rows(packed, n_parts, n_heads):
     return packed.unflatten(-1, (n_parts * n_heads, packed.shape[-1] // (n_parts * n_heads)))
 
 
+def is_plain_linear(module):
+    """Whether `module` is exactly nn.Linear with no forward hook (its own or global): only then may a
+    fused path read its weight and bias instead of calling it.  An adapter (PEFT's LoRA), a quantised
+    layer or a hook changes what the call computes or observes it, so those are called."""
+    return (type(module) is nn.Linear and not module._forward_hooks and not module._forward_pre_hooks
+            and not nn.modules.module._global_forward_hooks and not nn.modules.module._global_forward_pre_hooks)
+
+
 def packed_projection(hidden, projections):
     """`hidden` through bias-free nn.Linear `projections`, their outputs side by side: (batch,
-    length, sum of their widths).  Plain nn.Linear layers without hooks run as one product;
-    others (an adapter, a quantised layer, a hook) are called one by one, their outputs
-    concatenated."""
-    if all(type(projection) is nn.Linear and projection.bias is None and not projection._forward_hooks
-           and not projection._forward_pre_hooks for projection in projections):
+    length, sum of their widths).  Plain nn.Linear layers without hooks (`is_plain_linear`) run as
+    one product; others are called one by one, their outputs concatenated."""
+    if all(is_plain_linear(projection) and projection.bias is None for projection in projections):
         return nn.functional.linear(hidden, torch.cat([projection.weight for projection in projections]))
     return torch.cat([projection(hidden) for projection in projections], dim=-1)
 

@@ -17,7 +17,7 @@ value.
 import torch
 
 from . import layer_norm
-from .attention import kernels_module
+from .attention import is_plain_linear, kernels_module
 
 
 class LinearReLUFunction(torch.autograd.Function):
@@ -50,9 +50,13 @@ class LinearReLUFunction(torch.autograd.Function):
 
 
 def linear_relu(hidden, linear, backend="auto"):
-    """relu(linear(hidden)) for an `nn.Linear` with a bias, in the dtype autocast would run
-    `linear` in (its casts stay ordinary autograd operations, so float32 weights get float32
-    gradients).  backend: "torch" keeps the backward in torch operations."""
+    """relu(linear(hidden)), for a plain `nn.Linear` with a bias in one product, in the dtype
+    autocast would run `linear` in (its casts stay ordinary autograd operations, so float32 weights
+    get float32 gradients).  backend: "torch" keeps the backward in torch operations.  Any other
+    layer (`attention.is_plain_linear`: an adapter such as PEFT's LoRA, a quantised layer, a layer
+    with hooks) or one without a bias is called, then the ReLU applied."""
+    if not is_plain_linear(linear) or linear.bias is None:
+        return torch.relu(linear(hidden))
     device_type = hidden.device.type
     dtype = hidden.dtype
     if torch.is_autocast_enabled(device_type) and dtype != torch.float64:  # autocast leaves float64 alone

@@ -11,7 +11,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.utils import logging
 
 from . import compat
-from .attention import SELF_ATTENTION_CLASSES
+from .attention import SELF_ATTENTION_CLASSES, is_plain_linear
 from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import AxialPositionEmbeddings, ReformerEmbeddings
@@ -99,7 +99,9 @@ class FeedForwardBlock(nn.Module):
     def fused_output_bias(self):
         """dense_out's bias, which the body adds to its output last, for a stack that takes its
         gradient as the output gradient's column sums (fused_stack.py); None while dropout scales
-        the output after it."""
+        the output after it, or where dense_out is not a plain nn.Linear (an adapter, a hook)."""
+        if not is_plain_linear(self.dense_out):
+            return None
         bias = self.dense_out.bias
         if bias is None or not bias.requires_grad or (self.training and self.dropout.p > 0):
             return None

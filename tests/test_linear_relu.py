@@ -98,3 +98,69 @@ def test_kernel_backward_equals_threshold_backward_and_sum(monkeypatch):
     torch.testing.assert_close(bias_grad.float(), expected.double().sum(0).float(), rtol=2**-7, atol=1e-6)
     with pytest.raises(ValueError, match=r"grad_out \(150, 299\) and out \(150, 300\)"):
         kernels.relu_bias_grad(grad_out.reshape(150, 300)[:, 1:], out.reshape(150, 300))
+
+
+# ------------------------------------------------------------------------------------ wrapped and hooked layers
+
+
+def linear_names(model):
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, nn.Linear)})
+
+
+def test_a_hook_on_every_linear_layer_fires():
+    """The fused ReLU product and the packed attention projections run only for plain nn.Linear
+    layers without hooks; a hooked layer is called as a module, so its hook sees every pass."""
+    from reformer_hf import ReformerForCausalLM
+
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config(hidden_act="relu")).train()
+    linears = {name: module for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    assert any(name.endswith("dense_in") for name in linears) and any(name.endswith("query") for name in linears)
+    fired = []
+    for name, module in linears.items():
+        module.register_forward_hook(lambda module, args, output, name=name: fired.append(name))
+    input_ids = torch.randint(0, 40, (2, 12))
+    model(input_ids, labels=input_ids).loss.backward()
+    assert set(fired) == set(linears)
+
+
+def test_lora_on_every_linear_layer_changes_the_output_and_trains():
+    """PEFT's LoRA wraps each nn.Linear: the fused paths must call the wrapper (they read dense_in's
+    weight directly before, and an adapter on it changed nothing)."""
+    import peft  # the dev extra's
+
+    from reformer_hf import ReformerForCausalLM
+
+    torch.manual_seed(0)
+    model = ReformerForCausalLM(tiny_config(hidden_act="relu")).train()
+    names = linear_names(model)
+    assert {"dense_in", "dense_out", "query", "key", "value", "query_key", "output", "lm_head"} <= set(names)
+    input_ids = torch.randint(0, 40, (4, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        base_logits = model(input_ids).logits
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=names, lora_dropout=0.0,
+                                                      init_lora_weights=False))
+    adapters = {name: p for name, p in lora.named_parameters() if p.requires_grad}
+    assert adapters and all("lora_" in name for name in adapters)
+    wrapped_dense_in = [module for name, module in lora.named_modules() if name.endswith("dense_in")]
+    with torch.no_grad():
+        lora_logits = lora(input_ids=input_ids).logits
+        for module in wrapped_dense_in:  # the adapter on dense_in alone moves the output
+            module.enable_adapters(False)
+        without_dense_in = lora(input_ids=input_ids).logits
+        for module in wrapped_dense_in:
+            module.enable_adapters(True)
+    assert (lora_logits - base_logits).abs().max() > 1e-3
+    assert (lora_logits - without_dense_in).abs().max() > 1e-3
+
+    optimizer = torch.optim.SGD(adapters.values(), lr=0.05)
+    losses = []
+    for _ in range(5):
+        loss = lora(input_ids=input_ids, labels=input_ids).loss
+        optimizer.zero_grad()
+        loss.backward()
+        for name, p in adapters.items():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
