@@ -93,9 +93,10 @@ def _normalise(norm, stream, low_dtype, update=None, subtract=False, with_stats=
 class FusedNormStackFunction(torch.autograd.Function):
     """x1, x2 (batch, length, d) float32 through `halves` -> the last layer's (y1, y2); keeps
     only those for the backward pass, like the half-by-half reversible stack, and the graphs of
-    the top `n_stored` halves' bodies."""
+    the top `n_stored` halves' bodies.  Eager under torch.compile, as `reversible._ReversibleStackFunction`."""
 
     @staticmethod
+    @torch.compiler.disable
     def forward(ctx, x1, x2, halves, n_stored, *params):
         ctx.halves, ctx.params = halves, params
         ctx.autocast = autocast_state(x1.device.type)
@@ -126,6 +127,7 @@ class FusedNormStackFunction(torch.autograd.Function):
         return before, current
 
     @staticmethod
+    @torch.compiler.disable
     def backward(ctx, grad_y1, grad_y2):
         halves = ctx.halves
         y1, y2 = ctx.saved_tensors

@@ -96,9 +96,14 @@ class ReversibleLayer(nn.Module):
 
 
 class _ReversibleStackFunction(torch.autograd.Function):
-    """Runs the layers without recording a graph and keeps only the stack's output."""
+    """Runs the layers without recording a graph and keeps only the stack's output.
+
+    Under torch.compile both passes run eagerly (`torch.compiler.disable`): autograd runs the
+    backward pass outside the compiled graph, and its rebuild must compute what the forward pass
+    computed, which a compiled forward, rounding otherwise, would not."""
 
     @staticmethod
+    @torch.compiler.disable
     def forward(ctx, x1, x2, layers, seeds, pad_mask, layer_caches, context, context_mask, *params):
         ctx.layers, ctx.seeds, ctx.params = layers, seeds, params
         ctx.autocast = autocast_state(x1.device.type)
@@ -109,6 +114,7 @@ class _ReversibleStackFunction(torch.autograd.Function):
         return x1, x2
 
     @staticmethod
+    @torch.compiler.disable
     def backward(ctx, grad_y1, grad_y2):
         y1, y2, pad_mask, context, context_mask = ctx.saved_tensors
         if context is not None:
