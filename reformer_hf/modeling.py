@@ -1,5 +1,6 @@
 """ReformerPreTrainedModel, ReformerModel and the task heads."""
 
+import inspect
 import math
 from dataclasses import dataclass
 
@@ -134,6 +135,19 @@ class ReformerModelOutput(BaseModelOutputWithPast):
 
 class ReformerCausalLMOutput(CausalLMOutputWithPast):
     """transformers' causal LM output; the cache as in ReformerModelOutput."""
+
+
+def refuse_unknown_keywords(model, keywords):
+    """A forward's **kwargs may hold only what transformers' generate() passes besides the named
+    parameters (compat.GENERATION_ONLY_ARGUMENTS); any other keyword, misspelt or meant for another
+    model, would be ignored without a word: ValueError naming it and what the forward takes."""
+    unknown = sorted(set(keywords) - compat.GENERATION_ONLY_ARGUMENTS)
+    if unknown:
+        named = [name for name in inspect.signature(model.forward).parameters if name != "kwargs"]
+        raise ValueError(
+            f"{type(model).__name__}.forward got unexpected keyword argument(s) {unknown}; it takes {named}, and "
+            f"the generation keywords {sorted(compat.GENERATION_ONLY_ARGUMENTS)}."
+        )
 
 
 # Every head is the shared stack plus a small projection, so a folder saved from any head loads as any head.
@@ -316,7 +330,8 @@ class ReformerModel(ReformerPreTrainedModel):
         output_attentions=None,
         return_dict=None,
         cache=None,
-        **kwargs,
+        cache_position=None,
+        return_residual_streams=False,
     ):
         """past_key_values (or `cache`, its name from transformers 5.25 on): a ReformerCache (see cache.py).  An empty one, or None with use_cache, is
         filled by this pass (the prefill); a filled one makes the inputs the positions that follow the
@@ -324,15 +339,19 @@ class ReformerModel(ReformerPreTrainedModel):
         past + length) and position_ids (batch, length) default to the count of real (non-padding)
         positions before each one (their sequence indices where nothing is padded).
         use_cache: return a cache; defaults to config.use_cache for a causal model in eval mode.
-        return_residual_streams (keyword): return the two streams (y1, y2) as `residual_streams` and
-        no last_hidden_state, for a head that applies `final_output` chunk by chunk.
+        cache_position: the positions of the inputs in the cached sequence, as generate() passes them
+        (checked against the cache).
+        return_residual_streams: return the two streams (y1, y2) as `residual_streams` and no
+        last_hidden_state, for a head that applies `final_output` chunk by chunk.
+        No **kwargs: an unknown keyword is refused by Python, and generate() hands the model, as a
+        seq2seq encoder, only the arguments named here (it filters by the signature).
         """
         past_key_values = compat.merge_cache_arguments("ReformerModel", past_key_values, cache)
         past_length = past_key_values.get_seq_length() if isinstance(past_key_values, ReformerCache) else 0
         batch, length = self._check_inputs(
             input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length
         )
-        cache = self._resolve_cache(past_key_values, use_cache, batch, length, kwargs.get("cache_position"))
+        cache = self._resolve_cache(past_key_values, use_cache, batch, length, cache_position)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
@@ -361,7 +380,7 @@ class ReformerModel(ReformerPreTrainedModel):
         if cache is not None:
             cache.advance(length)
 
-        if kwargs.get("return_residual_streams"):
+        if return_residual_streams:
             # A head that normalises chunk by chunk (chunked_lm_loss): the (length, 2 * hidden)
             # concatenation and its normalised copy are never built for the whole sequence.
             return ReformerModelOutput(hidden_states=all_hidden, residual_streams=(y1, y2), **compat.cache_output(cache))
@@ -608,6 +627,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         past_key_values, use_cache: the generation cache, as in ReformerModel.forward; with labels
         and no use_cache, no cache is built (scoring a text does not continue it).
         """
+        refuse_unknown_keywords(self, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         past_key_values = compat.merge_cache_arguments("ReformerForCausalLM", past_key_values, cache)
         if labels is not None and use_cache is None:
@@ -739,6 +759,7 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
         regression; -100 ignores a class id.  The loss is the mean over the labels (class ids that are
         not -100, every target value); `num_items_in_batch` (Trainer, gradient accumulation) replaces
         that count with the step's."""
+        refuse_unknown_keywords(self, kwargs)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.reformer(
             input_ids=input_ids,

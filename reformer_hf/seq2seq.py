@@ -38,6 +38,7 @@ from .modeling import (
     continue_from_cache,
     mean_over_items,
     default_position_ids,
+    refuse_unknown_keywords,
     run_padded_stack,
 )
 from .reversible import ReformerStack, ReversibleLayer
@@ -419,7 +420,12 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
         (modeling.default_position_ids).
         use_cache: return a ReformerSeq2SeqCache (default: config.use_cache in eval mode).
         `logits_to_keep=n` computes logits for the last n positions only.
+        kwargs: only what generate() passes besides these (modeling.refuse_unknown_keywords).
         """
+        refuse_unknown_keywords(self, kwargs)
+        self._check_batch_sizes(input_ids=input_ids, inputs_embeds=inputs_embeds, encoder_outputs=encoder_outputs,
+                                decoder_input_ids=decoder_input_ids, decoder_inputs_embeds=decoder_inputs_embeds,
+                                labels=labels)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         past_key_values = compat.merge_cache_arguments("ReformerForConditionalGeneration", past_key_values, cache)
         if output_attentions:
@@ -475,6 +481,30 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
             encoder_last_hidden_state=encoder_hidden, encoder_hidden_states=encoder_outputs.hidden_states,
         )
         return output if return_dict else output.to_tuple()
+
+    @staticmethod
+    def _check_batch_sizes(**inputs):
+        """Every source, decoder input and labels given holds the same number of rows, at least one
+        (a source of 2 rows with 3 decoder rows broadcast in the cross attention); checked before the
+        encoder runs.  encoder_outputs: a model output or a tuple whose first item is the encoder's
+        last hidden state."""
+        rows = {}
+        for name, value in inputs.items():
+            if value is None:
+                continue
+            tensor = value[0] if name == "encoder_outputs" else value
+            if tensor.dim() < 2:
+                raise ValueError(f"ReformerForConditionalGeneration: {name} has shape {tuple(tensor.shape)}; expected "
+                                 "(batch, length, ...).")
+            if tensor.shape[0] == 0:
+                raise ValueError(f"ReformerForConditionalGeneration: {name} has batch size 0; expected at least one "
+                                 "row.")
+            rows[name] = tensor.shape[0]
+        first = next(iter(rows), None)
+        for name, count in rows.items():
+            if count != rows[first]:
+                raise ValueError(f"ReformerForConditionalGeneration: {name} has {count} rows but {first} has "
+                                 f"{rows[first]}; every input needs one row per example.")
 
     def _context_mask(self, attention_mask, encoder_hidden):
         """Encoder padding (batch, src), True = padding, or None."""

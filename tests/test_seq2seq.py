@@ -408,3 +408,38 @@ def test_bad_model_inputs_fail_with_clear_errors():
         translation_config("wmt15")
     with pytest.raises(ValueError, match=r"overrides \['hidden_sise'\] are not ReformerConfig fields"):
         translation_config("tiny", hidden_sise=8)
+
+
+@pytest.mark.parametrize("inputs, message", [
+    (dict(input_ids=(2, 9), decoder_input_ids=(3, 5)),
+     r"decoder_input_ids has 3 rows but input_ids has 2; every input needs one row per example"),
+    (dict(input_ids=(2, 9), labels=(3, 5)), r"labels has 3 rows but input_ids has 2"),
+    (dict(inputs_embeds=(2, 9), decoder_input_ids=(1, 5)), r"decoder_input_ids has 1 rows but inputs_embeds has 2"),
+    (dict(encoder_outputs=(2, 9), decoder_input_ids=(3, 5)), r"decoder_input_ids has 3 rows but encoder_outputs has 2"),
+    (dict(input_ids=(2, 9), decoder_input_ids=(2, 5), labels=(3, 5)), r"labels has 3 rows but input_ids has 2"),
+    (dict(input_ids=(0, 9), decoder_input_ids=(0, 5)), r"input_ids has batch size 0; expected at least one row"),
+    (dict(input_ids=(2, 9), labels=(0, 5)), r"labels has batch size 0; expected at least one row"),
+    (dict(input_ids=(2, 9), decoder_input_ids=(2, 5), position_ids=(2, 5)),
+     r"got unexpected keyword argument\(s\) \['position_ids'\]; it takes \['input_ids', 'attention_mask', "
+     r"'decoder_input_ids', 'decoder_attention_mask', 'decoder_position_ids',"),
+    (dict(input_ids=(2, 9), decoder_input_ids=(2, 5), attention_maks=(2, 9)),
+     r"unexpected keyword argument\(s\) \['attention_maks'\]"),
+])
+def test_inputs_of_different_batch_sizes_and_unknown_keywords_are_refused_before_any_work(inputs, message):
+    """A source of 2 rows with 3 decoder rows silently dropped one (the cross attention broadcast),
+    labels of another batch size or an empty batch gave raw shape errors, and keywords the model does
+    not take (position_ids: the decoder's are decoder_position_ids; a misspelt attention_mask) were
+    swallowed.  Each is refused naming the argument, before the encoder runs."""
+    model = ReformerForConditionalGeneration(tiny_seq2seq_config()).eval()
+    encoder_calls = []
+    model.encoder.register_forward_pre_hook(lambda *args: encoder_calls.append(1))
+    arguments = {}
+    for name, shape in inputs.items():
+        if name in ("inputs_embeds", "encoder_outputs"):
+            tensor = torch.randn(*shape, 16 if name == "inputs_embeds" else 32)
+            arguments[name] = (tensor,) if name == "encoder_outputs" else tensor
+        else:
+            arguments[name] = token_ids(shape, seed=1)
+    with pytest.raises(ValueError, match=message):
+        model(**arguments)
+    assert not encoder_calls
