@@ -349,24 +349,73 @@ def local_attention_packed(query_key_value, *, n_heads, **options):
     return local_attention(*unpack_heads(query_key_value, 3, n_heads), **options)
 
 
-def full_attention(query, key, value, *, causal=False, pad_mask=None, dropout_p=0.0, training=False):
-    """Dense attention (the reference, and the layer kind for short inputs).
+def full_visible_keys(q_length, k_length, causal, pad_mask, device):
+    """Which keys each query of dense attention sees: (batch or 1, 1, q_length, k_length) bool.
 
-    query: (batch, heads, q_length, d_head); key, value: (batch, heads, k_length, d_head).
     With `causal`, query i sees keys j <= i + (k_length - q_length), so a query block that
     continues a cached prefix lines up with its end.  pad_mask: (batch, k_length), True = padding.
+    """
+    visible = torch.ones(q_length, k_length, dtype=torch.bool, device=device)
+    if causal:
+        visible = visible.tril(diagonal=k_length - q_length)
+    visible = visible[None, None]
+    if pad_mask is not None:
+        visible = visible & ~pad_mask[:, None, None, :]
+    return visible
+
+
+def full_attention(query, key, value, *, causal=False, pad_mask=None, dropout_p=0.0, training=False):
+    """Dense attention written out: the reference for `full_attention_sdpa`, and the path for
+    callers that need the log-sum-exp.  It materialises (q_length x k_length) float32 logits.
+
+    query: (batch, heads, q_length, d_head); key, value: (batch, heads, k_length, d_head);
+    causal and pad_mask as in `full_visible_keys`.
     Returns out (batch, heads, q_length, d_head) and log-sum-exp (batch, heads, q_length).
     """
     q_length, k_length, d_head = query.shape[2], key.shape[2], query.shape[3]
     logits = attention_logits(query, key) / math.sqrt(d_head)
-    visible = torch.ones(q_length, k_length, dtype=torch.bool, device=query.device)
-    if causal:
-        visible = torch.ones_like(visible).tril(diagonal=k_length - q_length)
-    visible = visible[None, None]
-    if pad_mask is not None:
-        visible = visible & ~pad_mask[:, None, None, :]
+    visible = full_visible_keys(q_length, k_length, causal, pad_mask, query.device)
     logits = torch.where(visible, logits, MASK_VALUE)
     return _softmax_attend(logits, value, dropout_p, training)
+
+
+def full_attention_sdpa(query, key, value, *, causal=False, pad_mask=None, dropout_p=0.0, training=False):
+    """`full_attention`'s output through torch's scaled_dot_product_attention (FlashAttention,
+    cuDNN or memory-efficient kernels on a GPU), without the log-sum-exp, which no module reads.
+
+    Shapes, causal and pad_mask as in `full_attention`; returns out (batch, heads, q_length, d_head).
+    Without padding, a causal square block passes `is_causal` and no mask, so the flash kernel can
+    run; otherwise the visible keys go in as a boolean mask.  A query that sees no key at all gets
+    what the reference gives it (SDPA would give NaN or zero there): `unseen_key_weight` on every
+    value.  Under torch.compile with dropout active the reference runs instead: a reversible layer
+    rebuilt in the backward pass replays F.dropout's draws there (reformer_hf.replay), not SDPA's.
+    """
+    dropout_p = dropout_p if training else 0.0
+    if dropout_p > 0.0 and torch.compiler.is_compiling():
+        return full_attention(query, key, value, causal=causal, pad_mask=pad_mask, dropout_p=dropout_p,
+                              training=True)[0]
+    q_length, k_length = query.shape[2], key.shape[2]
+    if pad_mask is None and (not causal or q_length == k_length):
+        return nn.functional.scaled_dot_product_attention(query, key, value, dropout_p=dropout_p, is_causal=causal)
+    visible = full_visible_keys(q_length, k_length, causal, pad_mask, query.device)
+    sees_nothing = ~visible.any(dim=-1, keepdim=True)  # (batch or 1, 1, q_length, 1)
+    out = nn.functional.scaled_dot_product_attention(query, key, value, attn_mask=visible | sees_nothing,
+                                                     dropout_p=dropout_p)
+    logits_dtype = torch.float64 if query.dtype == torch.float64 else torch.float32  # as attention_logits gives
+    weight = unseen_key_weight(k_length, logits_dtype, query.device)
+    unseen = (weight * upcast(value).sum(dim=-2, keepdim=True)).to(out.dtype)  # (batch, heads, 1, d_head)
+    return torch.where(sees_nothing, unseen, out)
+
+
+def unseen_key_weight(k_length, logits_dtype, device):
+    """The weight the reference gives each of the k_length values for a query that sees no key.
+
+    Every logit of its row is MASK_VALUE, and `_softmax_attend` weighs a key by exp(logit - lse)
+    with lse = MASK_VALUE + log(k_length) rounded to the logits' dtype: 1 / k_length in float64,
+    but 1 in float32, where that sum rounds back to MASK_VALUE (the values are summed).
+    """
+    logits = torch.full((k_length,), MASK_VALUE, dtype=logits_dtype, device=device)
+    return torch.exp(logits[0] - torch.logsumexp(logits, dim=0))
 
 
 def lsh_decode_step(query_key, value, bucket_keys, bucket_values, bucket_valid, *, dropout_p=0.0, training=False):
@@ -621,15 +670,16 @@ class LocalSelfAttention(SeparateQKVAttention):
 
 
 class FullSelfAttention(SeparateQKVAttention):
-    """Dense self-attention."""
+    """Dense self-attention, through torch's scaled_dot_product_attention (`full_attention_sdpa`)."""
 
     kind = "full"
 
     def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
-        query, key, value = self.project(hidden)
+        query_key_value = packed_projection(hidden, (self.query, self.key, self.value))
+        query, key, value = unpack_heads(query_key_value, 3, self.n_heads)
         if layer_cache is not None:
             layer_cache.prefill(key, value, pad_mask)
-        out, _ = full_attention(
+        out = full_attention_sdpa(
             query,
             key,
             value,
@@ -644,7 +694,7 @@ class FullSelfAttention(SeparateQKVAttention):
         """One new position, hidden (batch, 1, hidden_size), against every earlier key in `layer_cache`."""
         query, key, value = self.project(hidden)
         layer_cache.append(key, value, is_pad)
-        out, _ = full_attention(
+        out = full_attention_sdpa(
             query,
             layer_cache.keys,
             layer_cache.values,

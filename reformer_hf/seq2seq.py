@@ -24,7 +24,7 @@ from transformers import GenerationMixin
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from . import compat
-from .attention import full_attention, merge_heads, split_heads
+from .attention import full_attention_sdpa, merge_heads, split_heads
 from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import position_embeddings
@@ -161,8 +161,8 @@ class CrossAttentionBlock(nn.Module):
     def forward(self, hidden, keys, values, context_mask):
         """hidden (batch, length, hidden_size); context_mask (batch, src), True = encoder padding."""
         query = split_heads(self.query(self.layer_norm(hidden)), self.n_heads, self.d_head)
-        out, _ = full_attention(query, keys, values, pad_mask=context_mask, dropout_p=self.dropout_p,
-                                training=self.training)
+        out = full_attention_sdpa(query, keys, values, pad_mask=context_mask, dropout_p=self.dropout_p,
+                                  training=self.training)
         return self.dropout(self.output(merge_heads(out)))
 
 

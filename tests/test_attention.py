@@ -9,10 +9,13 @@ from reformer_hf.attention import (
     MASK_VALUE,
     SELF_MASK_VALUE,
     buckets_for_length,
+    FullSelfAttention,
     full_attention,
+    full_attention_sdpa,
     hash_vectors,
     local_attention,
     lsh_attention,
+    merge_heads,
     normalize_keys,
     packed_projection,
     split_heads,
@@ -263,3 +266,160 @@ def test_packed_projection_is_the_projections_side_by_side_and_keeps_their_hooks
     assert calls == [torch.Size([2, 5, 6])]  # a hooked projection is called, and its hook's output used
     torch.testing.assert_close(hooked[..., 6:12], 2 * expected[..., 6:12])
     torch.testing.assert_close(split_heads(hooked[..., :6], 3, 2), unpack_heads(hooked, 3, 3)[0])
+
+
+# ---------------------------------------------------------------- full attention through SDPA
+
+def full_sdpa_cases():
+    """(q_length, k_length, causal, pad_mask) for batch 3: no padding, right padding, a row of
+    nothing but padding, left padding under causal (early queries see nothing), and query blocks
+    shorter than the keys (a block continuing a cached prefix) and longer (leading queries see nothing)."""
+    right = torch.zeros(3, 12, dtype=torch.bool)
+    right[0, 9:] = True
+    right[2, 5:] = True
+    all_pad = right.clone()
+    all_pad[1] = True
+    left = torch.zeros(3, 12, dtype=torch.bool)
+    left[1, :4] = True
+    cases = []
+    for causal in (False, True):
+        cases += [(12, 12, causal, None), (12, 12, causal, right), (12, 12, causal, all_pad), (5, 12, causal, None),
+                  (5, 12, causal, right), (1, 12, causal, all_pad)]
+    cases += [(12, 12, True, left), (12, 7, True, None), (12, 7, True, right[:, :7])]
+    return cases
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
+@pytest.mark.parametrize("q_length, k_length, causal, pad_mask", full_sdpa_cases())
+def test_full_sdpa_matches_the_reference_with_gradients(dtype, tolerance, q_length, k_length, causal, pad_mask):
+    generator = torch.Generator().manual_seed(q_length * 100 + k_length)
+    query = torch.randn(3, 2, q_length, 8, generator=generator, dtype=dtype, requires_grad=True)
+    key, value = (torch.randn(3, 2, k_length, 8, generator=generator, dtype=dtype, requires_grad=True) for _ in "kv")
+    grad_out = torch.randn(3, 2, q_length, 8, generator=generator, dtype=dtype)
+    expected, _ = full_attention(query, key, value, causal=causal, pad_mask=pad_mask)
+    expected_grads = torch.autograd.grad(expected, (query, key, value), grad_out)
+    out = full_attention_sdpa(query, key, value, causal=causal, pad_mask=pad_mask)
+    grads = torch.autograd.grad(out, (query, key, value), grad_out)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    torch.testing.assert_close(out, expected, atol=tolerance, rtol=0)
+    for grad, expected_grad in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected_grad, atol=tolerance, rtol=0)
+
+
+def test_full_sdpa_query_seeing_no_key_weighs_every_value_as_the_reference():
+    """The reference replaces every logit of such a row by MASK_VALUE and weighs each value by
+    exp(MASK_VALUE - logsumexp): 1 / k_length in float64 (an average, up to the rounding of
+    MASK_VALUE + log(k_length) to float64's spacing near 1e9, about 1e-7); in float32 that sum
+    rounds back to MASK_VALUE, so each weight is 1 (a sum)."""
+    for dtype, weight in ((torch.float64, 1 / 6), (torch.float32, 1.0)):
+        query, key, value = random_inputs(2, 2, 6, 4, dtype=dtype)
+        pad_mask = torch.zeros(2, 6, dtype=torch.bool)
+        pad_mask[1] = True
+        out = full_attention_sdpa(query, key, value, pad_mask=pad_mask)
+        expected = weight * value[1].sum(dim=1, keepdim=True).expand(2, 6, 4)
+        torch.testing.assert_close(out[1], expected, atol=0, rtol=2e-7)
+    query, key, value = random_inputs(2, 2, 6, 4)
+    causal_out = full_attention_sdpa(query[:, :, :4], key[:, :, :2], value[:, :, :2], causal=True)
+    # q_length 4 against 2 keys: query i sees keys j <= i - 2, so queries 0 and 1 see none
+    torch.testing.assert_close(causal_out[:, :, :2], value[:, :, :2].mean(dim=2, keepdim=True).expand(2, 2, 2, 4),
+                               atol=0, rtol=2e-7)
+    torch.testing.assert_close(causal_out[:, :, 2], value[:, :, 0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("q_length, pad, causal, expect_mask, expect_causal", [
+    (8, False, True, False, True),  # the flash kernel's case: no mask at all
+    (8, False, False, False, False),
+    (3, False, True, True, False),  # a block after a cached prefix: SDPA's is_causal would align it top-left
+    (8, True, True, True, False),
+    (8, True, False, True, False),
+])
+def test_full_sdpa_passes_a_mask_only_where_is_causal_cannot_say_it(monkeypatch, q_length, pad, causal, expect_mask,
+                                                                    expect_causal):
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(*args, **kwargs):
+        calls.append(kwargs)
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    query, key, value = random_inputs(2, 2, 8, 4)
+    pad_mask = right_padding(2, 8, 3) if pad else None
+    full_attention_sdpa(query[:, :, :q_length], key, value, causal=causal, pad_mask=pad_mask)
+    assert len(calls) == 1
+    assert (calls[0].get("attn_mask") is not None) == expect_mask
+    assert calls[0].get("is_causal", False) == expect_causal
+
+
+@pytest.mark.parametrize("causal, pad", [(False, False), (True, False), (True, True)])
+def test_full_sdpa_dropout_draws_the_references_mask(causal, pad):
+    """On the CPU, SDPA's math kernel drops the probabilities with the generator's next draws, as the
+    reference's F.dropout does: the same seed gives the same output.  In evaluation nothing drops."""
+    query, key, value = random_inputs(2, 3, 9, 8, dtype=torch.float32)
+    pad_mask = right_padding(2, 9, 4) if pad else None
+    no_dropout, _ = full_attention(query, key, value, causal=causal, pad_mask=pad_mask)
+    torch.manual_seed(5)
+    expected, _ = full_attention(query, key, value, causal=causal, pad_mask=pad_mask, dropout_p=0.4, training=True)
+    torch.manual_seed(5)
+    out = full_attention_sdpa(query, key, value, causal=causal, pad_mask=pad_mask, dropout_p=0.4, training=True)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert (out - no_dropout).abs().max() > 0.1
+    evaluated = full_attention_sdpa(query, key, value, causal=causal, pad_mask=pad_mask, dropout_p=0.4, training=False)
+    torch.testing.assert_close(evaluated, no_dropout, atol=1e-5, rtol=0)
+
+
+def test_full_sdpa_dropout_keeps_the_expected_output():
+    """Dropout scales kept probabilities by 1 / (1 - p): averaged over many draws the output is the
+    undropped one, and a fraction p of the weights is zeroed (the output of one value column shows it)."""
+    query, key, _ = random_inputs(1, 1, 4, 8, dtype=torch.float32)
+    value = torch.eye(16)[None, None]  # key j's value is the unit vector j: out holds the weights themselves
+    key = torch.cat([key, key, key, key], dim=2)
+    no_dropout = full_attention_sdpa(query, key, value)
+    torch.manual_seed(0)
+    draws = torch.stack([full_attention_sdpa(query, key, value, dropout_p=0.25, training=True) for _ in range(4000)])
+    zeroed = (draws == 0).float().mean()
+    assert abs(zeroed - 0.25) < 0.01
+    torch.testing.assert_close(draws.mean(dim=0), no_dropout, atol=0.01, rtol=0)
+
+
+def test_full_sdpa_under_compile_with_dropout_runs_the_reference(monkeypatch):
+    """A reversible layer rebuilt under torch.compile replays F.dropout's draws, not SDPA's."""
+    calls = []
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    query, key, value = random_inputs(1, 2, 6, 4)
+    torch.manual_seed(1)
+    expected, _ = full_attention(query, key, value, causal=True, dropout_p=0.3, training=True)
+    torch.manual_seed(1)
+    out = full_attention_sdpa(query, key, value, causal=True, dropout_p=0.3, training=True)
+    assert calls == []
+    torch.testing.assert_close(out, expected, atol=0, rtol=0)
+
+
+def test_full_sdpa_bfloat16_autocast_error_is_the_references():
+    """Under bf16 autocast SDPA runs in bf16; its error against float64 stays within a small
+    multiple of the reference's own error under the same autocast."""
+    query, key, value = random_inputs(2, 4, 64, 32, dtype=torch.float32)
+    pad_mask = right_padding(2, 64, 20)
+    exact, _ = full_attention(query.double(), key.double(), value.double(), causal=True, pad_mask=pad_mask)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        reference, _ = full_attention(query.bfloat16(), key.bfloat16(), value.bfloat16(), causal=True,
+                                      pad_mask=pad_mask)
+        out = full_attention_sdpa(query.bfloat16(), key.bfloat16(), value.bfloat16(), causal=True, pad_mask=pad_mask)
+    assert out.dtype == torch.bfloat16
+    reference_error = (reference.double() - exact).abs().max()
+    assert (out.double() - exact).abs().max() <= 3 * reference_error
+
+
+@pytest.mark.parametrize("is_decoder", [False, True])
+def test_full_layer_equals_the_reference_on_its_projections(is_decoder):
+    from reformer_hf import ReformerConfig
+
+    config = ReformerConfig(hidden_size=16, num_attention_heads=2, attention_head_size=8, attn_layers=["full"],
+                            axial_pos_embds=False, is_decoder=is_decoder)
+    layer = FullSelfAttention(config).double()
+    hidden = torch.randn(2, 7, 16, dtype=torch.float64)
+    pad_mask = right_padding(2, 7, 3)
+    query, key, value = layer.project(hidden)
+    expected, _ = full_attention(query, key, value, causal=is_decoder, pad_mask=pad_mask)
+    torch.testing.assert_close(layer(hidden, pad_mask), merge_heads(expected), atol=1e-12, rtol=0)
