@@ -65,14 +65,11 @@ class TokenClock:
         return intervals[0], intervals[1:]
 
 
-def cache_bytes(cache):
-    total = 0
-    for layer in cache.layers:
-        for name in ("keys", "values", "counts", "slot_positions", "real_length", "key_is_pad", "rotations"):
-            tensor = getattr(layer, name, None)
-            if tensor is not None:
-                total += tensor.numel() * tensor.element_size()
-    return total
+def dense_kv_mib(config, positions):
+    """A dense KV cache of the same model's width for `positions` (every layer a key and a value per
+    head and position, float32, batch 1): what a dense transformer of this size would hold."""
+    layers = len(config.attn_layers)
+    return 2 * layers * config.num_attention_heads * config.head_size * positions * 4 / 2**20
 
 
 def time_generation(model, prompt_length, new_tokens, use_cache):
@@ -91,7 +88,8 @@ def time_generation(model, prompt_length, new_tokens, use_cache):
         "median": statistics.median(steps),
         "mean": statistics.fmean(steps),
         "steps": len(steps),
-        "cache_mib": cache_bytes(cache) / 2**20 if cache is not None else None,
+        "cache_mib": cache.nbytes() / 2**20 if cache is not None else None,
+        "dense_kv_mib": dense_kv_mib(model.config, cache.get_seq_length()) if cache is not None else None,
         "n_buckets": cache.layers[model.config.attn_layers.index("lsh")].n_buckets
         if cache is not None and "lsh" in model.config.attn_layers else None,
     }
@@ -168,24 +166,25 @@ def main():
         "interval holds the prefill and is reported apart",
         "",
         "| prompt length | LSH buckets | prefill + 1st token, cached (s) | ms / token, cached | ms / token, no cache "
-        "| speed-up | cache size (MiB) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| speed-up | cache size (MiB) | dense KV cache, same positions (MiB) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for prompt_length, cached, uncached in rows:
         no_cache = f"{uncached['median'] * 1e3:.1f}" if uncached else "not run"
         speedup = f"{uncached['median'] / cached['median']:.1f}x" if uncached else ""
         lines.append(
             f"| {prompt_length} | {cached['n_buckets']} | {cached['first']:.2f} | {cached['median'] * 1e3:.2f} "
-            f"| {no_cache} | {speedup} | {cached['cache_mib']:.1f} |"
+            f"| {no_cache} | {speedup} | {cached['cache_mib']:.1f} | {cached['dense_kv_mib']:.1f} |"
         )
     lines += [
         "",
-        "The cache keeps, per LSH round and bucket, the last `lsh_num_chunks_before * lsh_attn_chunk_length` keys "
-        "(a step reads one bucket per round) and the last `(local_num_chunks_before + 1) * local_attn_chunk_length` "
-        "keys of each local layer, so the time per token does not grow with the prompt.  Its memory is "
-        "`n_hashes * n_buckets * window` keys and values per LSH layer: constant for a fixed `num_buckets`; with "
-        "`num_buckets=None` the count is fixed at the prefill's (about 2 * prompt / chunk length), so the LSH "
-        "rings hold about 2 * n_hashes slots per prompt position, half of them empty on average.",
+        "The cache keeps each local layer's last `(local_num_chunks_before + 1) * local_attn_chunk_length` "
+        "keys and values (a window) and each LSH layer's keys and values once per position, as a dense KV "
+        "cache does, with an int32 index per hash round and bucket of the last "
+        "`lsh_num_chunks_before * lsh_attn_chunk_length` positions that fell in it: a step reads one bucket "
+        "per round, so the time per token does not grow with the prompt.  Cache size is measured "
+        "(`ReformerCache.nbytes()`: every tensor it holds, as allocated); the dense column is what a dense "
+        "model of the same width and depth holds for the same positions.",
     ]
     report = "\n".join(lines) + "\n"
     print(report)

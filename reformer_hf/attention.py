@@ -694,11 +694,12 @@ class FullSelfAttention(SeparateQKVAttention):
         """One new position, hidden (batch, 1, hidden_size), against every earlier key in `layer_cache`."""
         query, key, value = self.project(hidden)
         layer_cache.append(key, value, is_pad)
+        keys, values, key_is_pad = layer_cache.attended()
         out = full_attention_sdpa(
             query,
-            layer_cache.keys,
-            layer_cache.values,
-            pad_mask=layer_cache.key_is_pad,
+            keys,
+            values,
+            pad_mask=key_is_pad,
             dropout_p=self.config.full_attention_probs_dropout,
             training=self.training,
         )
@@ -714,8 +715,9 @@ def _check_backend(backend):
 
 
 def _announce(message, level=logging.INFO):
-    """Log each distinct backend decision once per process."""
-    if message not in _ANNOUNCED:
+    """Log each distinct backend decision once per process; not while dynamo traces, where a
+    logging call would end the graph (the compiled model takes the decisions eager calls log)."""
+    if message not in _ANNOUNCED and not torch.compiler.is_compiling():
         _ANNOUNCED.add(message)
         logger.log(level, message)
 

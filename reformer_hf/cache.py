@@ -50,28 +50,104 @@ def _write(buffer, dim, index, source):
     return buffer.scatter_(dim, index, source)
 
 
-class FullLayerCache:
-    """Every key and value so far: keys, values (batch, heads, length, d_head), key_is_pad (batch, length)."""
+class PositionStore:
+    """The keys and values of every position so far, each stored once per layer as a dense KV cache
+    stores them: keys, values (batch, heads, capacity, d_head), positions 0..length-1 filled.
 
-    def __init__(self):
+    `capacity` positions are allocated at the prefill (generate() knows how many it will feed);
+    past them the buffers grow by an eighth of their size (at least `GROWTH_MIN` positions), so an
+    append copies nothing in the common case and the whole store about eight times over a long
+    generation, with at most an eighth of the allocation unused.
+    """
+
+    GROWTH_MIN = 64
+
+    def __init__(self, capacity=None):
+        self.capacity = capacity
+        self.keys = self.values = None
         self.length = 0
-        self.keys = self.values = self.key_is_pad = None
 
-    def prefill(self, keys, values, pad_mask):
-        """Keys and values of the (internally right-padded) prefill; positions past `length` are dropped."""
-        self.keys, self.values = keys[:, :, : self.length], values[:, :, : self.length]
-        self.key_is_pad = _pad_flags(pad_mask, keys, self.length)
+    def fill(self, keys, values, length):
+        """The first `length` positions of keys, values (batch, heads, >= length, d_head)."""
+        room = max(length, self.capacity or 0)
+        self.keys, self.values = (
+            torch.nn.functional.pad(tensor[:, :, :length], (0, 0, 0, room - length)) for tensor in (keys, values)
+        )
+        self.length = length
 
-    def append(self, key, value, is_pad):
-        """key, value: (batch, heads, 1, d_head); is_pad: (batch,)."""
-        self.keys = torch.cat([self.keys, key], dim=2)
-        self.values = torch.cat([self.values, value], dim=2)
-        self.key_is_pad = torch.cat([self.key_is_pad, is_pad[:, None]], dim=1)
+    def append(self, key, value):
+        """key, value: (batch, heads, 1, d_head) at sequence index `length`; returns that index."""
+        if self.length == self.keys.shape[2]:
+            extra = max(self.GROWTH_MIN, self.length // 8)
+            self.keys, self.values = (torch.nn.functional.pad(buffer, (0, 0, 0, extra)) for buffer in (self.keys, self.values))
+        position = self.length
+        self.keys = _write_position(self.keys, position, key)
+        self.values = _write_position(self.values, position, value)
         self.length += 1
+        return position
+
+    def filled(self):
+        """Views of the filled positions: keys, values (batch, heads, length, d_head)."""
+        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+
+    def gather(self, positions):
+        """keys, values at `positions` (batch, heads, *shape) of sequence indices -> (batch, heads, *shape, d_head)."""
+        batch, heads = positions.shape[:2]
+        flat = positions.reshape(batch, heads, -1, 1).expand(-1, -1, -1, self.keys.shape[-1])
+        shape = (*positions.shape, self.keys.shape[-1])
+        return self.keys.gather(2, flat).view(shape), self.values.gather(2, flat).view(shape)
 
     def reorder(self, batch_index):
         self.keys, self.values = self.keys[batch_index], self.values[batch_index]
+
+    def nbytes(self):
+        return sum(buffer.numel() * buffer.element_size() for buffer in (self.keys, self.values) if buffer is not None)
+
+
+def _write_position(buffer, position, source):
+    """`buffer[:, :, position] = source` (batch, heads, 1, d_head), out of place when autograd must see the
+    write; the position is a host integer, so the write needs no index tensor copied to the device."""
+    if torch.is_grad_enabled() and (buffer.requires_grad or source.requires_grad):
+        return torch.cat([buffer[:, :, :position], source.to(buffer.dtype), buffer[:, :, position + 1 :]], dim=2)
+    buffer[:, :, position : position + 1] = source
+    return buffer
+
+
+class FullLayerCache:
+    """Every key and value so far (a `PositionStore`) and whether each position is padding,
+    key_is_pad (batch, capacity)."""
+
+    def __init__(self, capacity=None):
+        self.length = 0
+        self.store = PositionStore(capacity)
+        self.key_is_pad = None
+
+    def prefill(self, keys, values, pad_mask):
+        """Keys and values of the (internally right-padded) prefill; positions past `length` are dropped."""
+        self.store.fill(keys, values, self.length)
+        self.key_is_pad = torch.nn.functional.pad(_pad_flags(pad_mask, keys, self.length),
+                                                  (0, self.store.keys.shape[2] - self.length), value=True)
+
+    def append(self, key, value, is_pad):
+        """key, value: (batch, heads, 1, d_head); is_pad: (batch,)."""
+        position = self.store.append(key, value)
+        if self.key_is_pad.shape[1] < self.store.keys.shape[2]:
+            grown = self.store.keys.shape[2] - self.key_is_pad.shape[1]
+            self.key_is_pad = torch.nn.functional.pad(self.key_is_pad, (0, grown), value=True)
+        self.key_is_pad[:, position] = is_pad
+        self.length += 1
+
+    def attended(self):
+        """keys, values (batch, heads, length, d_head) and key_is_pad (batch, length) so far."""
+        keys, values = self.store.filled()
+        return keys, values, self.key_is_pad[:, : self.length]
+
+    def reorder(self, batch_index):
+        self.store.reorder(batch_index)
         self.key_is_pad = self.key_is_pad[batch_index]
+
+    def nbytes(self):
+        return self.store.nbytes() + self.key_is_pad.numel() * self.key_is_pad.element_size()
 
 
 class LocalLayerCache:
@@ -129,23 +205,32 @@ class LocalLayerCache:
         self.keys, self.values = self.keys[batch_index], self.values[batch_index]
         self.slot_positions, self.real_length = self.slot_positions[batch_index], self.real_length[batch_index]
 
+    def nbytes(self):
+        held = (self.keys, self.values, self.slot_positions, self.real_length)
+        return sum(tensor.numel() * tensor.element_size() for tensor in held if tensor is not None)
+
 
 class LSHLayerCache:
-    """The prefill's hashing and, with `keep_buckets`, the latest `window` keys of every bucket.
+    """The prefill's hashing and, with `keep_buckets`, every position's key and value stored once
+    (a `PositionStore`) with, per hash round and bucket, the sequence indices of the latest `window`
+    real positions that fell in it.
 
     rotations: (heads, d_head, n_hashes, rotation_size); num_buckets: an int or a factor pair.
-    keys, values: (batch, heads, n_hashes, n_buckets * window + 1, d_head); bucket b of round r
-    keeps its j-th position (counting from 0 in position order) in slot b * window + j % window.
-    The one extra slot at the end takes the writes of padding positions and is never read.
-    counts: (batch, heads, n_hashes, n_buckets), positions that have fallen in each bucket.
+    ring: (batch, heads, n_hashes, n_buckets * window + 1) int32: bucket b of round r keeps the
+    sequence index of its j-th position (counting from 0 in position order) in slot b * window +
+    j % window, -1 where a slot holds none; the one extra slot at the end takes the writes of padding
+    positions and is never read.  counts: (batch, heads, n_hashes, n_buckets), real positions that
+    have fallen in each bucket.  The keys are the normalised shared query-keys, so the store holds
+    what a dense layer's KV cache holds; the ring adds 4 bytes per kept index.
     """
 
-    def __init__(self, window, keep_buckets):
+    def __init__(self, window, keep_buckets, capacity=None):
         self.window = window
         self.keep_buckets = keep_buckets
         self.length = 0
         self.rotations = self.num_buckets = self.n_buckets = None
-        self.keys = self.values = self.counts = None
+        self.store = PositionStore(capacity)
+        self.ring = self.counts = None
 
     def prefill(self, rotations, num_buckets, keys, values, bucket_ids, pad_mask):
         """keys: normalised (batch, heads, length, d_head); bucket_ids (batch, heads, n_hashes, length)."""
@@ -154,7 +239,7 @@ class LSHLayerCache:
         if not self.keep_buckets:
             return
         batch, heads, n_hashes, length = bucket_ids.shape
-        n_buckets, window, d_head = self.n_buckets, self.window, keys.shape[-1]
+        n_buckets, window = self.n_buckets, self.window
         sink = n_buckets * window
         # Positions past `length` (the internal right padding) and padding go to bucket n_buckets, never kept.
         is_pad = _pad_flags(pad_mask, keys, self.length)
@@ -170,44 +255,40 @@ class LSHLayerCache:
         rank_in_bucket = positions - bucket_starts.gather(-1, sorted_buckets)
         kept = (sorted_buckets < n_buckets) & (rank_in_bucket >= counts.gather(-1, sorted_buckets) - window)
         slots = torch.where(kept, sorted_buckets * window + rank_in_bucket % max(window, 1), sink)
-        slots = slots[..., None].expand(-1, -1, -1, -1, d_head)
-
-        def bucketed(tensor):
-            per_round = tensor[:, :, None].expand(-1, -1, n_hashes, -1, -1)
-            ordered = per_round.gather(3, sorted_positions[..., None].expand(-1, -1, -1, -1, d_head))
-            buffer = tensor.new_zeros(batch, heads, n_hashes, sink + 1, d_head)
-            return buffer.scatter_(3, slots, ordered)
-
-        self.keys, self.values = bucketed(keys), bucketed(values)
+        ring = torch.full((batch, heads, n_hashes, sink + 1), -1, dtype=torch.int32, device=keys.device)
+        self.ring = ring.scatter_(-1, slots, torch.where(kept, sorted_positions, -1).to(torch.int32))
+        self.ring[..., sink] = -1
         self.counts = counts[..., :n_buckets]
+        self.store.fill(keys, values, self.length)
 
     def bucket_window(self, bucket_ids):
         """Keys, values (batch, heads, n_hashes, window, d_head) and validity of each round's bucket."""
-        window, d_head = self.window, self.keys.shape[-1]
-        offsets = torch.arange(window, device=bucket_ids.device)
-        slots = bucket_ids[..., None] * window + offsets  # (batch, heads, n_hashes, window)
-        keys = self.keys.gather(3, slots[..., None].expand(-1, -1, -1, -1, d_head))
-        values = self.values.gather(3, slots[..., None].expand(-1, -1, -1, -1, d_head))
-        filled = self.counts.gather(-1, bucket_ids[..., None]).clamp(max=window)
-        return keys, values, offsets < filled
+        offsets = torch.arange(self.window, device=bucket_ids.device)
+        indices = self.ring.gather(-1, bucket_ids[..., None] * self.window + offsets)  # (b, h, n_hashes, window)
+        valid = indices >= 0
+        keys, values = self.store.gather(indices.clamp(min=0).long())
+        return keys, values, valid
 
     def append(self, key, value, bucket_ids, is_pad):
         """key (normalised), value: (batch, heads, 1, d_head); bucket_ids (batch, heads, n_hashes); is_pad (batch,)."""
-        n_hashes, d_head = bucket_ids.shape[2], key.shape[-1]
+        position = self.store.append(key, value)
         count = self.counts.gather(-1, bucket_ids[..., None])[..., 0]
         slot = bucket_ids * self.window + count % max(self.window, 1)
         slot = torch.where(is_pad[:, None, None] | (self.window == 0), self.n_buckets * self.window, slot)
-        index = slot[..., None, None].expand(-1, -1, -1, 1, d_head)
-        self.keys = _write(self.keys, 3, index, key[:, :, None].expand(-1, -1, n_hashes, -1, -1))
-        self.values = _write(self.values, 3, index, value[:, :, None].expand(-1, -1, n_hashes, -1, -1))
+        self.ring = self.ring.scatter(-1, slot[..., None], torch.full_like(slot[..., None], position, dtype=torch.int32))
+        self.ring[..., self.n_buckets * self.window] = -1
         added = (~is_pad).long()[:, None, None, None].expand(-1, *bucket_ids.shape[1:], 1)
         self.counts = self.counts.scatter_add(-1, bucket_ids[..., None], added)
         self.length += 1
 
     def reorder(self, batch_index):
-        if self.keys is not None:
-            self.keys, self.values = self.keys[batch_index], self.values[batch_index]
-            self.counts = self.counts[batch_index]
+        if self.ring is not None:
+            self.store.reorder(batch_index)
+            self.ring, self.counts = self.ring[batch_index], self.counts[batch_index]
+
+    def nbytes(self):
+        held = [tensor for tensor in (self.ring, self.counts, self.rotations) if tensor is not None]
+        return self.store.nbytes() + sum(tensor.numel() * tensor.element_size() for tensor in held)
 
 
 def _pad_flags(pad_mask, like, length):
@@ -220,16 +301,19 @@ def _pad_flags(pad_mask, like, length):
 class ReformerCache:
     """`past_key_values` of ReformerForCausalLM: one layer cache per attention layer.
 
-    Created empty by the model (or by the caller: `ReformerCache(config)`); the first forward pass
-    that receives it fills it (the prefill), later passes decode from it.  `generate()` uses it
-    through `get_seq_length` and, for beam search, `reorder_cache`.  It holds tensors of one
-    batch, device and dtype.  Pass `use_cache=False` to `generate` to recompute every step instead.
+    Created empty by generate() (sized for the positions it will feed), by the model, or by the
+    caller: `ReformerCache(config, max_length=None)`; `max_length` positions of every full and LSH
+    layer are allocated at the prefill, and the stores grow past it when needed.  The first forward
+    pass that receives it fills it (the prefill), later passes decode from it.  `generate()` uses it
+    through `get_seq_length` and, for beam search, `reorder_cache`.  It holds tensors of one batch,
+    device and dtype.  Pass `use_cache=False` to `generate` to recompute every step instead.
     """
 
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, config):
+    def __init__(self, config, max_length=None):
+        self.max_length = max_length
         self.recomputes = decoding_recomputes(config)
         self.seq_length = 0
         self.batch_size = None
@@ -240,12 +324,19 @@ class ReformerCache:
     def _layer_cache(self, config, kind):
         if kind == "lsh":
             window = config.lsh_num_chunks_before * config.lsh_attn_chunk_length
-            return LSHLayerCache(window, keep_buckets=not self.recomputes)
+            return LSHLayerCache(window, keep_buckets=not self.recomputes, capacity=self.max_length)
         if self.recomputes:
             return None
         if kind == "local":
             return LocalLayerCache(config.local_attn_chunk_length, config.local_num_chunks_before)
-        return FullLayerCache()
+        return FullLayerCache(self.max_length)
+
+    def nbytes(self):
+        """Bytes of the tensors the cache holds (allocated, as measured: every layer's store, rings,
+        counts and rotations, and a recomputing cache's embedded sequence)."""
+        total = sum(layer.nbytes() for layer in self.layers if layer is not None)
+        held = [tensor for tensor in (self.embedded, self.pad_mask) if tensor is not None]
+        return total + sum(tensor.numel() * tensor.element_size() for tensor in held)
 
     def __len__(self):
         return len(self.layers)

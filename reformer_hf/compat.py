@@ -3,11 +3,13 @@
 Tested on transformers 5.17 (the oldest supported, the GPU machine's) and 5.25 (the newest when
 written).  What moved between them:
 
-- The generation cache.  Up to at least 5.17 `generate()` hands the cache to the model as
-  `past_key_values=` and reads it back from the output field of that name; by 5.25 both are named
-  `cache` (the old name is still accepted as a deprecated alias on the way in, and output classes
-  keep a `past_key_values` property).  `CACHE_FIELD` is the installed version's name; the models
-  take both names as arguments and fill the installed version's field.
+- The generation cache.  ReformerForCausalLM creates its own in generate()'s
+  `_prepare_cache_for_generation` hook (same signature in 5.17 and 5.25).  Up to at least 5.17
+  `generate()` hands the cache to the model as `past_key_values=` and reads it back from the output
+  field of that name; by 5.25 both are named `cache` (the old name is still accepted as a deprecated
+  alias on the way in, and output classes keep a `past_key_values` property).  `CACHE_FIELD` is the
+  installed version's name; the models take both names as arguments and fill the installed
+  version's field.
 - transformers' own Reformer LM head.  5.0-5.24 save `lm_head.bias` and apply no bias; 5.25 adds a
   bias to `lm_head.decoder` (saved as `lm_head.decoder.bias`, applied) and keeps the unused
   `lm_head.bias`; transformers 4 tied the two.  `source_lm_head_bias` and `lm_head_bias_names`
@@ -32,6 +34,14 @@ GENERATION_ONLY_ARGUMENTS = frozenset({"cache_position", "is_first_iteration", "
 
 APPLIED_HEAD_BIAS = "lm_head.decoder.bias"  # transformers 4 (tied to lm_head.bias) and 5.25+
 LEGACY_HEAD_BIAS = "lm_head.bias"  # every version saves it; only transformers 4 applied it
+
+
+def install_generation_cache(model_kwargs, make_cache):
+    """In generate()'s `_prepare_cache_for_generation(generation_config, model_kwargs, generation_mode,
+    batch_size, max_cache_length)` hook (that signature in 5.17-5.25): put `make_cache()` where the
+    installed version passes the cache to the model, unless the caller gave one."""
+    if all(model_kwargs.get(name) is None for name in CACHE_ARGUMENTS):
+        model_kwargs[CACHE_FIELD] = make_cache()
 
 
 def merge_cache_arguments(owner, past_key_values, cache):

@@ -47,6 +47,7 @@ class ReformerLayerNorm(nn.LayerNorm):
         return (
             hidden.dim() == 3
             and hidden.dtype == torch.float32
+            and torch.amp.is_autocast_available(device_type)
             and torch.is_autocast_enabled(device_type)
             and torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16)
             and kernels_run(self.backend, hidden.shape[0] * hidden.shape[1], hidden.device)

@@ -59,7 +59,8 @@ def linear_relu(hidden, linear, backend="auto"):
         return torch.relu(linear(hidden))
     device_type = hidden.device.type
     dtype = hidden.dtype
-    if torch.is_autocast_enabled(device_type) and dtype != torch.float64:  # autocast leaves float64 alone
+    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    if autocast and dtype != torch.float64:  # autocast leaves float64 alone
         dtype = torch.get_autocast_dtype(device_type)
     fused_bias_grad = dtype != torch.float64 and layer_norm.kernels_run(backend, hidden.numel() // hidden.shape[-1],
                                                                         hidden.device)

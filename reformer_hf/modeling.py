@@ -258,16 +258,17 @@ class ReformerModel(ReformerPreTrainedModel):
     def _check_index_ranges(self, input_ids, position_ids, decoding):
         """input_ids in [0, vocab_size) and position_ids in [0, max_sequence_length), in one reduction.
 
-        The answer is read on the host (one synchronisation) except in a decoding step on a GPU (a pass
-        after a filled cache), where waiting for it would stall every token: there the device asserts
-        it instead, and a bad index stops the run with this message as a device-side assertion.
+        The answer is read on the host (one synchronisation) except in a decoding step off the CPU (a
+        pass after a filled cache, on a GPU), where waiting for it would stall every token: there the
+        device asserts it instead, and a bad index stops the run with this message as a device-side
+        assertion.
         """
         vocab_size, limit = self.config.vocab_size, self.config.max_sequence_length
         checks = [(position_ids.min() < 0) | (position_ids.max() >= limit)]
         if input_ids is not None:
             checks.append((input_ids.min() < 0) | (input_ids.max() >= vocab_size))
         out_of_range = torch.stack(checks)
-        if decoding and out_of_range.is_cuda:
+        if decoding and out_of_range.device.type != "cpu":
             torch._assert_async(~out_of_range.any(), f"ReformerModel: input_ids must lie in [0, {vocab_size}) and "
                                                      f"position_ids in [0, {limit})")
             return
@@ -311,7 +312,11 @@ class ReformerModel(ReformerPreTrainedModel):
             )
         if cache_position is not None:
             expected = torch.arange(past_length, past_length + length, device=cache_position.device)
-            if cache_position.shape != expected.shape or not torch.equal(cache_position, expected):
+            if cache_position.shape == expected.shape and cache_position.device.type != "cpu":
+                # Off the CPU a decoding step does not wait for the comparison (see _check_index_ranges).
+                torch._assert_async((cache_position == expected).all(),
+                                    f"ReformerModel: cache_position does not continue the cache at {past_length}")
+            elif cache_position.shape != expected.shape or not torch.equal(cache_position, expected):
                 raise ValueError(
                     f"ReformerModel: cache_position={cache_position.tolist()} does not continue the cache; expected "
                     f"positions {past_length}..{past_length + length - 1} (the cache already holds {past_length})."
@@ -534,6 +539,15 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
     def _supports_default_dynamic_cache(cls):
         """generate() must not create a DynamicCache: the model creates its own ReformerCache."""
         return False
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
+                                      max_cache_length):
+        """generate()'s cache hook (compat.install_generation_cache): an empty ReformerCache sized for every
+        position generate() will feed, where the caller passed none and the cache is on."""
+        super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
+                                              max_cache_length)
+        if generation_config.use_cache is not False:
+            compat.install_generation_cache(model_kwargs, lambda: ReformerCache(self.config, max_cache_length))
 
     def prepare_inputs_for_generation(
         self,

@@ -275,21 +275,70 @@ def test_reorder_cache_moves_every_row_with_its_beam():
     torch.testing.assert_close(reordered, fresh, **TOLERANCE)
 
 
-def test_decoding_state_does_not_grow_with_the_prefix_on_local_and_lsh_layers():
-    model = tiny_lm(attn_layers=["local", "lsh", "full"], max_position_embeddings=128)
-    sizes = {}
+def dense_kv_bytes(config, batch, positions, element_size=4):
+    """What a dense layer's KV cache holds for `positions`: a key and a value per head and position."""
+    return 2 * batch * config.num_attention_heads * positions * config.head_size * element_size
+
+
+def lsh_index_bytes(config, batch, n_buckets):
+    """An LSH layer's index: an int32 ring of window slots per round and bucket (plus one sink slot),
+    int64 counts per round and bucket, and the float32 rotations."""
+    window = config.lsh_num_chunks_before * config.lsh_attn_chunk_length
+    heads, rounds = config.num_attention_heads, config.num_hashes
+    ring = batch * heads * rounds * (n_buckets * window + 1) * 4
+    counts = batch * heads * rounds * n_buckets * 8
+    rotations = heads * config.head_size * rounds * (n_buckets // 2) * 4
+    return ring + counts + rotations
+
+
+@pytest.mark.parametrize("num_buckets", [4, None])
+def test_cache_bytes_grow_as_stated(num_buckets):
+    """Measured bytes: a local layer's window does not grow; an LSH layer stores each position's key and
+    value once (a dense layer's KV bytes) plus its index (fixed for a fixed num_buckets, about 2 *
+    n_hashes * window int32 per position with num_buckets=None); a full layer stores a dense KV cache."""
+    model = tiny_lm(attn_layers=["local", "lsh", "full"], max_position_embeddings=128, num_buckets=num_buckets)
+    config, batch = model.config, 2
+    local_bytes = []
     with torch.no_grad():
         for prompt in (16, 96):
-            input_ids = torch.randint(4, model.config.vocab_size, (1, prompt))
-            cache = model(input_ids).past_key_values
-            before = [cache.layers[0].keys.shape, cache.layers[1].keys.shape, cache.layers[2].keys.shape]
+            input_ids = torch.randint(4, config.vocab_size, (batch, prompt), generator=torch.Generator().manual_seed(prompt))
+            cache = ReformerCache(config, max_length=prompt + 5)
+            model(input_ids, past_key_values=cache)
             for _ in range(5):
-                cache = model(torch.tensor([[5]]), past_key_values=cache).past_key_values
-            after = [cache.layers[0].keys.shape, cache.layers[1].keys.shape, cache.layers[2].keys.shape]
-            assert after[:2] == before[:2]  # ring buffers: fixed size
-            assert after[2][2] == before[2][2] + 5  # full attention keeps every key
-            sizes[prompt] = after[:2]
-    assert sizes[16] == sizes[96]
+                model(torch.full((batch, 1), 5), past_key_values=cache)
+            local, lsh, full = cache.layers
+            n_buckets = lsh.n_buckets
+            padded = -(-prompt // padding_multiple(config)) * padding_multiple(config)
+            expected_buckets = num_buckets or buckets_for_length(padded, config.lsh_attn_chunk_length)
+            assert n_buckets == expected_buckets
+            assert lsh.store.nbytes() == dense_kv_bytes(config, batch, prompt + 5)
+            assert lsh.nbytes() == dense_kv_bytes(config, batch, prompt + 5) + lsh_index_bytes(config, batch, n_buckets)
+            assert full.store.nbytes() == dense_kv_bytes(config, batch, prompt + 5)
+            local_bytes.append(local.nbytes())
+            assert cache.nbytes() == sum(layer.nbytes() for layer in cache.layers)
+    assert local_bytes[0] == local_bytes[1]  # a window, whatever the prefix
+
+
+def test_generate_sizes_its_cache_for_the_positions_it_feeds():
+    model = tiny_lm(attn_layers=["local", "lsh", "full"], max_position_embeddings=128, eos_token_id=None)
+    input_ids = torch.randint(4, model.config.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    out = model.generate(input_ids, max_new_tokens=7, do_sample=False, return_dict_in_generate=True)
+    _, lsh, full = out.past_key_values.layers
+    fed = 20 + 7 - 1  # the last token is never fed back
+    assert lsh.store.keys.shape[2] == full.store.keys.shape[2] == fed
+    assert lsh.store.nbytes() == dense_kv_bytes(model.config, 2, fed)
+
+
+def test_stores_grow_by_an_eighth_past_their_capacity():
+    model = tiny_lm(attn_layers=["full"], max_position_embeddings=128)
+    with torch.no_grad():
+        cache = model(torch.randint(4, 40, (1, 8)), use_cache=True).past_key_values
+        capacities = []
+        for _ in range(70):
+            model(torch.full((1, 1), 5), past_key_values=cache)
+            capacities.append(cache.layers[0].store.keys.shape[2])
+    assert capacities[0] == 8 + 64 and capacities[-1] == 8 + 64 + 64
+    assert cache.layers[0].length == 78
 
 
 def test_gradients_flow_through_the_cache_as_through_a_full_pass():
@@ -333,3 +382,40 @@ def test_bad_cache_inputs_raise_naming_the_argument():
         with pytest.raises(ValueError, match="cache_position=\\[3\\] does not continue the cache"):
             model(input_ids[:, :1], past_key_values=cache, cache_position=torch.tensor([3]))
         assert cache.get_seq_length() == 9  # nothing was consumed by the refused calls
+
+
+def to_meta(cache):
+    """Every tensor the cache holds moved to the meta device (shapes only, no data)."""
+
+    def move(holder):
+        for name, value in vars(holder).items():
+            if isinstance(value, torch.Tensor):
+                setattr(holder, name, value.to("meta"))
+            elif hasattr(value, "__dict__") and not isinstance(value, type):
+                move(value)
+
+    for layer in cache.layers:
+        if layer is not None:
+            move(layer)
+    return cache
+
+
+@pytest.mark.parametrize("layers", [["local", "lsh", "full"], ["lsh", "lsh"]])
+def test_a_decoding_step_reads_no_tensor_on_the_host(layers):
+    """The CPU check for the GPU's sync-free decoding step: the same step on meta tensors, which hold no
+    data, so any host read of a value (.item(), bool(), int(), .tolist(), a comparison read in Python)
+    raises.  Prefill on the CPU, then one step of the generate() path (prepare_inputs_for_generation and
+    forward, left padding, batch 3) on the meta device."""
+    model = tiny_lm(attn_layers=layers)
+    input_ids, attention_mask = left_padded_batch((0, 5, 10), 20, model.config.vocab_size, seed=1)
+    with torch.no_grad():
+        cache = model(input_ids, attention_mask=attention_mask, use_cache=True).past_key_values
+        model.to("meta")
+        to_meta(cache)
+        sequence = torch.cat([input_ids, torch.full((3, 1), 5)], dim=1).to("meta")
+        mask = torch.cat([attention_mask, torch.ones(3, 1, dtype=torch.long)], dim=1).to("meta")
+        inputs = model.prepare_inputs_for_generation(sequence, past_key_values=cache, attention_mask=mask,
+                                                     use_cache=True)
+        logits = model(**inputs).logits
+    assert logits.device.type == "meta" and logits.shape == (3, 1, model.config.vocab_size)
+    assert cache.get_seq_length() == 21
