@@ -150,6 +150,21 @@ def refuse_unknown_keywords(model, keywords):
         )
 
 
+def check_labels_batch(model, labels, input_ids, inputs_embeds, per_position):
+    """Before any work: labels hold one row per example (and, per_position, one entry per input
+    position: (batch, length)); ValueError naming their shape and the expected one."""
+    inputs = input_ids if input_ids is not None else inputs_embeds
+    if labels is None or inputs is None:
+        return
+    batch, length = inputs.shape[:2]
+    if per_position and tuple(labels.shape) != (batch, length):
+        raise ValueError(f"{type(model).__name__}: labels has shape {tuple(labels.shape)}; expected {(batch, length)}, "
+                         "one token id (or -100) per input position.")
+    if not per_position and (labels.dim() == 0 or labels.shape[0] != batch):
+        raise ValueError(f"{type(model).__name__}: labels has shape {tuple(labels.shape)}; expected {batch} rows, one "
+                         f"per example: class ids ({batch},) or targets ({batch}, num_labels).")
+
+
 # Every head is the shared stack plus a small projection, so a folder saved from any head loads as any head.
 REMOTE_CODE_AUTO_MAP = {
     "AutoModel": "ReformerModel",
@@ -642,6 +657,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         and no use_cache, no cache is built (scoring a text does not continue it).
         """
         refuse_unknown_keywords(self, kwargs)
+        check_labels_batch(self, labels, input_ids, inputs_embeds, per_position=True)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         past_key_values = compat.merge_cache_arguments("ReformerForCausalLM", past_key_values, cache)
         if labels is not None and use_cache is None:
@@ -662,8 +678,6 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
             return_residual_streams=True,
         )
         y1, y2 = outputs.residual_streams
-        if labels is not None and tuple(labels.shape) != tuple(y1.shape[:2]):
-            raise ValueError(f"labels has shape {tuple(labels.shape)}; expected {tuple(y1.shape[:2])}.")
 
         def head(y1, y2):
             return self.lm_head(self.reformer.head_input(y1, y2))
@@ -774,6 +788,7 @@ class ReformerForSequenceClassification(ReformerPreTrainedModel):
         not -100, every target value); `num_items_in_batch` (Trainer, gradient accumulation) replaces
         that count with the step's."""
         refuse_unknown_keywords(self, kwargs)
+        check_labels_batch(self, labels, input_ids, inputs_embeds, per_position=False)
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         outputs = self.reformer(
             input_ids=input_ids,

@@ -560,3 +560,22 @@ def test_unknown_keywords_are_refused_naming_them_before_any_work(head, keyword)
             reference = model(input_ids=input_ids)[0]
             passed = model(input_ids=input_ids, **{name: None for name in compat.GENERATION_ONLY_ARGUMENTS})[0]
         torch.testing.assert_close(passed, reference, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("head, labels, message", [
+    ("causal_lm", torch.zeros(3, 7, dtype=torch.long), r"labels has shape \(3, 7\); expected \(2, 7\), one token id"),
+    ("causal_lm", torch.zeros(2, 6, dtype=torch.long), r"labels has shape \(2, 6\); expected \(2, 7\)"),
+    ("classification", torch.zeros(3, dtype=torch.long), r"labels has shape \(3,\); expected 2 rows, one per example"),
+    ("classification", torch.tensor(1), r"labels has shape \(\); expected 2 rows"),
+])
+def test_labels_of_another_batch_are_refused_before_any_work(head, labels, message):
+    """The causal LM checked its labels only after the stack had run; the classifier gave torch's
+    'Expected input batch_size (2) to match target batch_size (3)'."""
+    torch.manual_seed(0)
+    config = tiny_config(is_decoder=head == "causal_lm", num_labels=3)
+    model = (ReformerForCausalLM if head == "causal_lm" else ReformerForSequenceClassification)(config)
+    embedding_calls = []
+    model.get_input_embeddings().register_forward_pre_hook(lambda *args: embedding_calls.append(1))
+    with pytest.raises(ValueError, match=message):
+        model(input_ids=torch.randint(0, 40, (2, 7)), labels=labels)
+    assert not embedding_calls
