@@ -1452,9 +1452,10 @@ def lsh_attention_packed(query_key_value, bucket_ids, *, n_heads, n_buckets, chu
 
 
 def _lsh_attention(function, operands, query_key, value, bucket_ids, n_buckets, chunk_length, n_chunks_before,
-                   n_chunks_after, causal, window_mode, pad_mask, dropout_p, training):
+                   n_chunks_after, causal, window_mode, pad_mask, dropout_p, training, sort=None):
     """Checks, sorting, and `function` (LSHAttentionFunction or its packed twin) applied to
-    `operands` (what it takes in place of query_key and value)."""
+    `operands` (what it takes in place of query_key and value).  sort: `sort_by_bucket` or a
+    function of its signature (kernel_ops.py's operator)."""
     attention.check_lsh_arguments(query_key, value, bucket_ids, chunk_length, window_mode)
     batch, heads, length, d_head = query_key.shape
     _refuse_dropout("lsh_attention", dropout_p, training)
@@ -1465,8 +1466,8 @@ def _lsh_attention(function, operands, query_key, value, bucket_ids, n_buckets, 
         # so the rounds are n_hashes copies of dense shared-QK attention, each key shown once.
         out, lse = function.apply(*operands, None, None, pad, length, 0, 0, causal, "chunk")
         return out, lse + math.log(bucket_ids.shape[2])
-    sorted_positions, sorted_buckets = sort_by_bucket(bucket_ids, n_buckets, pad,
-                                                      with_buckets=window_mode == "bucket_window")
+    sorted_positions, sorted_buckets = (sort or sort_by_bucket)(bucket_ids, n_buckets, pad,
+                                                                with_buckets=window_mode == "bucket_window")
     return function.apply(*operands, sorted_positions, sorted_buckets, pad, chunk_length, n_chunks_before,
                           n_chunks_after, causal, window_mode)
 
