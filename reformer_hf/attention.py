@@ -387,8 +387,8 @@ def full_attention_sdpa(query, key, value, *, causal=False, pad_mask=None, dropo
     Without padding, a causal square block passes `is_causal` and no mask, so the flash kernel can
     run; otherwise the visible keys go in as a boolean mask.  A query that sees no key at all gets
     what the reference gives it (SDPA would give NaN or zero there): `unseen_key_weight` on every
-    value.  Under torch.compile with dropout active the reference runs instead: a reversible layer
-    rebuilt in the backward pass replays F.dropout's draws there (reformer_hf.replay), not SDPA's.
+    value.  Under torch.compile with dropout active the reference runs instead: a compiled sub-layer
+    draws its dropout masks through reformer_hf.replay, which replays F.dropout's draws, not SDPA's.
     """
     dropout_p = dropout_p if training else 0.0
     if dropout_p > 0.0 and torch.compiler.is_compiling():

@@ -423,3 +423,35 @@ def test_full_layer_equals_the_reference_on_its_projections(is_decoder):
     query, key, value = layer.project(hidden)
     expected, _ = full_attention(query, key, value, causal=is_decoder, pad_mask=pad_mask)
     torch.testing.assert_close(layer(hidden, pad_mask), merge_heads(expected), atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("reversible", [False, True])
+def test_full_layer_with_dropout_compiles_to_the_eager_step(reversible):
+    """A full layer with attention dropout under torch.compile: loss and gradients equal the eager
+    step's (float64), the reversible stack's rebuilt layer included."""
+    import copy
+
+    from reformer_hf import ReformerForCausalLM
+    from tiny_models import tiny_config
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    config = tiny_config(attn_layers=["full", "local"], full_attention_probs_dropout=0.2, hidden_dropout_prob=0.1,
+                         axial_pos_shape=[4, 12], max_position_embeddings=48, reversible=reversible)
+    model = ReformerForCausalLM(config).to(torch.float64).train()
+    compiled = torch.compile(copy.deepcopy(model), backend="aot_eager")
+    input_ids = torch.randint(0, 40, (2, 48), generator=torch.Generator().manual_seed(1))
+
+    def step(module, seed):
+        torch.manual_seed(seed)
+        loss = module(input_ids=input_ids, labels=input_ids).loss
+        module.zero_grad()
+        loss.backward()
+        return loss.detach(), {name.removeprefix("_orig_mod."): p.grad.clone() for name, p in module.named_parameters()}
+
+    loss, grads = step(model, 5)
+    compiled_loss, compiled_grads = step(compiled, 5)
+    torch.testing.assert_close(compiled_loss, loss, atol=1e-12, rtol=0)
+    for name, grad in grads.items():
+        torch.testing.assert_close(compiled_grads[name], grad, atol=1e-12, rtol=0, msg=name)
+    assert abs(step(model, 6)[0] - loss) > 1e-6  # dropout is on
