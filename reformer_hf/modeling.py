@@ -245,8 +245,8 @@ class ReformerModel(ReformerPreTrainedModel):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("ReformerModel: pass exactly one of input_ids and inputs_embeds.")
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        if len(shape) != 2 or shape[1] == 0:
-            raise ValueError(f"ReformerModel: expected inputs of shape (batch, length >= 1), got {tuple(shape)}.")
+        if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
+            raise ValueError(f"ReformerModel: expected inputs of shape (batch >= 1, length >= 1), got {tuple(shape)}.")
         if inputs_embeds is not None and inputs_embeds.shape[-1] != self.config.hidden_size:
             raise ValueError(
                 f"ReformerModel: inputs_embeds has last dimension {inputs_embeds.shape[-1]}; "

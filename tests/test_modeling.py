@@ -190,6 +190,8 @@ def test_a_decoding_step_checks_its_indices_without_reading_them_on_the_host():
         (dict(input_ids=torch.zeros(1, 4, dtype=torch.long), inputs_embeds=torch.zeros(1, 4, 16)), "exactly one"),
         (dict(input_ids=torch.zeros(1, 4, dtype=torch.long), attention_mask=torch.ones(1, 5)), "attention_mask has shape"),
         (dict(inputs_embeds=torch.zeros(1, 4, 8)), "inputs_embeds has last dimension 8"),
+        (dict(input_ids=torch.zeros(0, 4, dtype=torch.long)), r"shape \(batch >= 1, length >= 1\), got \(0, 4\)"),
+        (dict(input_ids=torch.zeros(2, 0, dtype=torch.long)), r"shape \(batch >= 1, length >= 1\), got \(2, 0\)"),
         (dict(input_ids=torch.zeros(1, 4, dtype=torch.long), output_attentions=True), "output_attentions"),
         (dict(input_ids=torch.zeros(1, 4, dtype=torch.long), labels=torch.zeros(1, 5, dtype=torch.long)), "labels has shape"),
     ],
