@@ -1,7 +1,7 @@
 """Byte-level LM quality per GPU-second: this package's Reformer against a dense model of the same size.
 
     # on the GPU: each model trains --budget seconds, back to back, on the same byte stream in the same order
-    PYTHONPATH=. python bench/lm_quality.py --corpus-archive data_cache/lm_quality/corpus.tar.xz \
+    PYTHONPATH=. python bench/lm_quality.py --corpus-archive data_cache/lm_quality/corpus.tar.xz \\
         --seq-len 16384 --models reformer,llama --budget 480 --out DIR
     PYTHONPATH=. python bench/lm_quality.py --smoke --out DIR     # toy sizes on the CPU (tests this script)
 

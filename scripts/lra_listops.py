@@ -1,8 +1,8 @@
 """Long Range Arena ListOps: train ReformerForSequenceClassification with Trainer, test accuracy.
 
     # the LRA-size Reformer (6 layers, d_model 512, 8 heads, d_ff 2048), LRA's data (96K/2K/2K)
-    python scripts/lra_listops.py --output_dir runs/listops --bf16 --per_device_train_batch_size 32 \
-        --learning_rate 1.6e-3 --lr_scheduler_type inverse_sqrt --warmup_steps 1000 --weight_decay 0.1 \
+    python scripts/lra_listops.py --output_dir runs/listops --bf16 --per_device_train_batch_size 32 \\
+        --learning_rate 1.6e-3 --lr_scheduler_type inverse_sqrt --warmup_steps 1000 --weight_decay 0.1 \\
         --max_steps 5000 --time-budget 420
     # the same-size dense model: the same model with every layer "full" (SDPA), same recipe
     python scripts/lra_listops.py --dense --output_dir runs/listops_dense ...
