@@ -108,6 +108,8 @@ class ReplayedDraws(TorchFunctionMode):
             raise RuntimeError(f"{func.__name__} draws from the global generator inside a reversible layer under "
                                "torch.compile, where only F.dropout and torch.randn are replayed (reformer_hf.replay); "
                                "pass it a torch.Generator or compile without it")
+        if isinstance(func, torch._ops.OpOverload):  # an operator, e.g. the kernels' (kernel_ops.py)
+            return func(*args, **kwargs)
         if args and isinstance(args[0], torch.Tensor) and getattr(torch.Tensor, func.__name__, None) is func:
             # A tensor method by name: dynamo traces that as the method itself, where inlining the
             # Python body of some (Tensor.unflatten's `super()` call) ends the graph.
