@@ -14,6 +14,7 @@ import math
 import torch
 from torch import nn
 
+from . import replay
 from .configuration import ATTENTION_BACKENDS
 
 logger = logging.getLogger(__name__)
@@ -536,7 +537,7 @@ class LSHSelfAttention(nn.Module):
         """
         shape = (self.n_heads, self.d_head, self.config.num_hashes, rotation_size(num_buckets))
         if self.config.hash_seed is None:
-            return torch.randn(shape, device=device, dtype=dtype)
+            return replay.randn(shape, device=device, dtype=dtype)  # replayed under torch.compile too
         # The same seed always gives the same rotations: draw them (on the CPU, then copy to the
         # device) once, not on every forward pass of every layer.
         key = (self.config.hash_seed, shape, torch.device(device), dtype)
@@ -722,10 +723,13 @@ def _announce(message, level=logging.INFO):
         logger.log(level, message)
 
 
-@functools.cache
 def _triton_installed():
-    """Looked up once per process, not on every attention call."""
-    return importlib.util.find_spec("triton") is not None
+    """Looked up once per process (at import), not on every attention call; a constant, not a
+    functools.cache, which torch 2.11's dynamo ends the graph at."""
+    return _TRITON_INSTALLED
+
+
+_TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 
 
 def kernels_module():

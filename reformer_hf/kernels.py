@@ -72,11 +72,14 @@ def triton_unusable_reason(*tensors, max_width=MAX_D_HEAD, width_name="d_head"):
     return None
 
 
-@functools.cache
 def _interpreting():
-    """Whether Triton runs kernels in its interpreter: read once, as Triton reads it when the
-    kernels below are decorated."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether Triton runs kernels in its interpreter: read once, at import, as Triton reads it
+    when the kernels below are decorated (a constant: torch 2.11's dynamo ends the graph at a
+    functools.cache)."""
+    return _INTERPRETING
+
+
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def _require_kernels(name, *tensors, **limits):

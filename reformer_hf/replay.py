@@ -60,6 +60,18 @@ def _draw_seeds(n_layers: int) -> torch.Tensor:
     return torch.randint(0, 2**62, (n_layers, 2))
 
 
+def randn(size, *, device, dtype):
+    """torch.randn(size, device=device, dtype=dtype), for a sub-layer's draws (the hash rotations):
+    under torch.compile a seeded sub-layer replays it.  Dynamo shows torch.randn itself to the
+    replay's function mode in some versions only (2.13, not 2.11); this function reaches the mode
+    as F.dropout does, through `handle_torch_function`, with an empty tensor as the argument that
+    dynamo (2.11 too) checks for a mode."""
+    anchor = torch.empty(0, device=device)
+    if torch.overrides.has_torch_function((anchor,)):
+        return torch.overrides.handle_torch_function(randn, (anchor,), size, device=device, dtype=dtype)
+    return torch.randn(size, device=device, dtype=dtype)
+
+
 def autocast_state(device_type):
     return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_enabled(device_type)
 
@@ -102,7 +114,7 @@ class ReplayedDraws(TorchFunctionMode):
         kwargs = kwargs or {}
         if func is F.dropout:
             return self.dropout(*args, **kwargs)
-        if func is torch.randn and kwargs.get("generator") is None and kwargs.get("out") is None:
+        if func is randn or (func is torch.randn and kwargs.get("generator") is None and kwargs.get("out") is None):
             return self.randn(*args, **kwargs)
         if func in UNREPLAYED_DRAWS and kwargs.get("generator") is None:
             raise RuntimeError(f"{func.__name__} draws from the global generator inside a reversible layer under "
@@ -134,7 +146,7 @@ class ReplayedDraws(TorchFunctionMode):
     def randn(self, *size, dtype=None, device=None, layout=None, requires_grad=False, **others):
         if len(size) == 1 and isinstance(size[0], Sequence):
             size = size[0]
-        device = torch.device(device) if device is not None else torch.get_default_device()
+        device = torch.device(device) if device is not None else torch.empty(0).device  # the default device
         dtype = dtype if dtype is not None else torch.get_default_dtype()
         if layout not in (None, torch.strided) or requires_grad or any(others.values()):
             raise RuntimeError(f"torch.randn(layout={layout}, requires_grad={requires_grad}, {others}) inside a "
