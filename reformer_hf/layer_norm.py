@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .attention import _triton_installed, kernels_module
+from .replay import autocast_available
 
 # batch x length from which the kernel runs.  On one H100 (bench/results/model_h100.md, 12 layers,
 # d_model 1024) it took a training step at 64K tokens from 245 to 211 ms (1M: 4.54 -> 3.78 s); at
@@ -47,7 +48,7 @@ class ReformerLayerNorm(nn.LayerNorm):
         return (
             hidden.dim() == 3
             and hidden.dtype == torch.float32
-            and torch.amp.is_autocast_available(device_type)
+            and autocast_available(device_type)
             and torch.is_autocast_enabled(device_type)
             and torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16)
             and kernels_run(self.backend, hidden.shape[0] * hidden.shape[1], hidden.device)

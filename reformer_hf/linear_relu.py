@@ -18,6 +18,7 @@ import torch
 
 from . import layer_norm
 from .attention import is_plain_linear, kernels_module
+from .replay import autocast_available
 
 
 class LinearReLUFunction(torch.autograd.Function):
@@ -59,7 +60,7 @@ def linear_relu(hidden, linear, backend="auto"):
         return torch.relu(linear(hidden))
     device_type = hidden.device.type
     dtype = hidden.dtype
-    autocast = torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+    autocast = autocast_available(device_type) and torch.is_autocast_enabled(device_type)
     if autocast and dtype != torch.float64:  # autocast leaves float64 alone
         dtype = torch.get_autocast_dtype(device_type)
     fused_bias_grad = dtype != torch.float64 and layer_norm.kernels_run(backend, hidden.numel() // hidden.shape[-1],

@@ -274,16 +274,16 @@ class ReformerModel(ReformerPreTrainedModel):
         """input_ids in [0, vocab_size) and position_ids in [0, max_sequence_length), in one reduction.
 
         The answer is read on the host (one synchronisation) except in a decoding step off the CPU (a
-        pass after a filled cache, on a GPU), where waiting for it would stall every token: there the
-        device asserts it instead, and a bad index stops the run with this message as a device-side
-        assertion.
+        pass after a filled cache, on a GPU), where waiting for it would stall every token, and under
+        torch.compile, where reading it would end the graph: there the device asserts it instead, and
+        a bad index stops the run with this message as an assertion.
         """
         vocab_size, limit = self.config.vocab_size, self.config.max_sequence_length
         checks = [(position_ids.min() < 0) | (position_ids.max() >= limit)]
         if input_ids is not None:
             checks.append((input_ids.min() < 0) | (input_ids.max() >= vocab_size))
         out_of_range = torch.stack(checks)
-        if decoding and out_of_range.device.type != "cpu":
+        if torch.compiler.is_compiling() or (decoding and out_of_range.device.type != "cpu"):
             torch._assert_async(~out_of_range.any(), f"ReformerModel: input_ids must lie in [0, {vocab_size}) and "
                                                      f"position_ids in [0, {limit})")
             return
@@ -443,7 +443,7 @@ def run_padded_stack(stack, config, hidden, pad_mask, layer_caches, output_hidde
         if pad_mask is None:
             pad_mask = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
         pad_mask = nn.functional.pad(pad_mask, (0, padded_length - length), value=True)
-    if pad_mask is not None and not pad_mask.any():
+    if pad_mask is not None and not torch.compiler.is_compiling() and not pad_mask.any():
         pad_mask = None
     y1, y2, all_hidden = stack(hidden, pad_mask, output_hidden_states, layer_caches, context, context_mask,
                                kept_length=length)
@@ -465,8 +465,12 @@ def default_position_ids(attention_mask, past_length, batch, length, device):
 
 def real_positions_first(pad_mask):
     """(batch, length) padding flags -> (batch, length) indices that put each row's real positions first,
-    in order, and its padding after them; None where no row has padding before a real position."""
-    if pad_mask is None or not bool((pad_mask[:, :-1] & ~pad_mask[:, 1:]).any()):
+    in order, and its padding after them; None where no row has padding before a real position (not
+    asked under torch.compile, where reading the answer would end the graph: the indices are then
+    built whatever the padding)."""
+    if pad_mask is None:
+        return None
+    if not torch.compiler.is_compiling() and not bool((pad_mask[:, :-1] & ~pad_mask[:, 1:]).any()):
         return None
     return torch.sort(pad_mask.to(torch.uint8), dim=1, stable=True).indices
 

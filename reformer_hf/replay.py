@@ -72,6 +72,12 @@ def randn(size, *, device, dtype):
     return torch.randn(size, device=device, dtype=dtype)
 
 
+def autocast_available(device_type):
+    """Whether autocast exists for `device_type` (it does not for "meta"); under torch.compile, where
+    torch 2.11 cannot trace the question, the traced devices (CPU, CUDA) always have it."""
+    return torch.compiler.is_compiling() or torch.amp.is_autocast_available(device_type)
+
+
 def autocast_state(device_type):
     return device_type, torch.get_autocast_dtype(device_type), torch.is_autocast_enabled(device_type)
 

@@ -217,3 +217,23 @@ def test_nan_in_a_later_embedding_reaches_earlier_positions_only_through_masked_
         assert torch.equal(poisoned[:30], clean[:30])
     else:
         assert poisoned[:30].isnan().all()
+
+
+@pytest.mark.parametrize("reversible", [False, True])
+def test_a_padded_batch_compiles_into_one_graph_with_the_eager_logits(reversible):
+    """The padding and index checks read nothing back under torch.compile (they would end the graph):
+    a left-padded batch through local, LSH and full layers is one graph, with eager's logits."""
+    model = causal_lm("mixed", reversible=reversible, hash_seed=None).eval()
+    input_ids = torch.randint(4, 40, (2, 24), generator=torch.Generator().manual_seed(0))
+    attention_mask = torch.ones(2, 24, dtype=torch.long)
+    attention_mask[1, :5] = 0
+    with torch.no_grad():
+        torch.manual_seed(3)
+        eager = model(input_ids, attention_mask=attention_mask, use_cache=False).logits
+        explained = torch._dynamo.explain(model)(input_ids, attention_mask=attention_mask, use_cache=False)
+        torch.manual_seed(3)
+        compiled = torch.compile(model, backend="aot_eager")(input_ids, attention_mask=attention_mask,
+                                                             use_cache=False).logits
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+    real = attention_mask.bool()
+    torch.testing.assert_close(compiled[real], eager[real], **TOLERANCE)
