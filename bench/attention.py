@@ -52,7 +52,7 @@ from common import (  # noqa: E402
     read_json_lines,
 )
 
-from reformer_hf import attention, kernels  # noqa: E402
+from reformer_hf import attention, kernels, kernels_hashing, kernels_launch  # noqa: E402
 from reformer_hf.configuration import ReformerConfig  # noqa: E402
 
 HEADS, D_HEAD, CHUNK = 8, 64, 64
@@ -194,7 +194,7 @@ TUNE_CHOICES = {
 
 
 def run_tune(log, length=2**16, n_hashes=4):
-    """Times each kernel's launch choices (kernels.LAUNCH) at 64K tokens and keeps the fastest."""
+    """Times each kernel's launch choices (kernels_launch.LAUNCH) at 64K tokens and keeps the fastest."""
     length = length if DEVICE == "cuda" else 256
     print(f"== tune at {length_label(length)} tokens, n_hashes {n_hashes}", flush=True)
     query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes)
@@ -212,18 +212,18 @@ def run_tune(log, length=2**16, n_hashes=4):
         "backward": lambda: torch.autograd.grad(apply()[0], (query_key, value), grad_out),
     }
     chosen = {}
-    default = {phase: dict(settings) for phase, settings in kernels.LAUNCH.items()}  # what a choice leaves out
+    default = {phase: dict(settings) for phase, settings in kernels_launch.LAUNCH.items()}  # what a choice leaves out
     for phase, step in steps.items():
         timings = []
         for choice in TUNE_CHOICES[phase]:
-            kernels.LAUNCH[phase] = {**default[phase], **choice}
+            kernels_launch.LAUNCH[phase] = {**default[phase], **choice}
             result = measure(step)
             log.write(section="tune", part=phase, launch=choice, length=length, n_hashes=n_hashes, **result)
             print(phase, choice, result, flush=True)
             if result["status"] == "ok":
                 timings.append((result["median_ms"], choice))
         chosen[phase] = min(timings, key=lambda item: item[0])[1] if timings else TUNE_CHOICES[phase][0]
-        kernels.LAUNCH[phase] = {**default[phase], **chosen[phase]}
+        kernels_launch.LAUNCH[phase] = {**default[phase], **chosen[phase]}
     log.write(section="tune", part="chosen", launch=chosen)
     print("chosen", chosen, flush=True)
 
@@ -265,9 +265,9 @@ def profile_length(log, length, n_hashes):
         result = measure(step)
         log.write(section="profile_order", length=length, n_hashes=n_hashes, order=order_name, **result)
         print(length_label(length), "attention fwd+bwd,", order_name, "order:", result, flush=True)
-    default_precision = kernels.HASH_PRECISION
+    default_precision = kernels_hashing.HASH_PRECISION
     for precision in ("ieee", "tf32x3", "bf16x3"):
-        kernels.HASH_PRECISION = precision
+        kernels_hashing.HASH_PRECISION = precision
         result = measure(lambda: kernels.hash_vectors(query_key.detach(), rotations, num_buckets))
         mismatch = None
         if length <= 2**18:  # the torch path stores x @ R: 32 GiB at 1M
@@ -277,7 +277,7 @@ def profile_length(log, length, n_hashes):
         log.write(section="profile_hash", length=length, n_hashes=n_hashes, precision=precision,
                   mismatch_vs_torch=mismatch, **result)
         print(length_label(length), "hash", precision, result, "mismatch", mismatch, flush=True)
-    kernels.HASH_PRECISION = default_precision
+    kernels_hashing.HASH_PRECISION = default_precision
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,10 +3,11 @@
 The math lives in pure tensor functions on `(batch, heads, length, d_head)` tensors that return
 `(out, logsumexp)`; the modules at the bottom only project, hash, call them and merge heads.
 These functions are the reference path that the fused kernels in `kernels.py` are tested
-against, and they never build a length x length tensor on the LSH and local paths.
+against, and they never build a length x length tensor on the LSH and local paths.  What both
+sides must agree on (masking constants, argument checks, the heads' layout) is in
+`attention_rules.py`; the kernels are imported only where one is about to run (`kernels_module`).
 """
 
-import functools
 import importlib.util
 import logging
 import math
@@ -15,18 +16,22 @@ import torch
 from torch import nn
 
 from . import replay
+from .attention_rules import (
+    KEY_NORM_EPS,
+    MASK_VALUE,
+    SELF_MASK_VALUE,
+    bucket_factors,
+    check_local_arguments,
+    check_lsh_arguments,
+    head_rows,
+    merge_heads,
+    split_heads,
+    unpack_heads,
+)
 from .configuration import ATTENTION_BACKENDS
 
 logger = logging.getLogger(__name__)
 _ANNOUNCED = set()
-
-# Masked logits are *replaced* by these values (not added to), in float32.  A finite value
-# instead of -inf keeps a row whose keys are all masked finite (a uniform average instead of
-# NaN), and lets a query fall back to itself: the self logit sits at -1e5, far below any real
-# logit but far above a masked one.
-MASK_VALUE = -1e9
-SELF_MASK_VALUE = -1e5
-KEY_NORM_EPS = 1e-6
 
 
 def upcast(tensor):
@@ -47,11 +52,6 @@ def normalize_keys(query_key):
     d_head = query_key.shape[-1]
     variance = upcast(query_key).pow(2).mean(dim=-1, keepdim=True)
     return (upcast(query_key) * torch.rsqrt(variance + KEY_NORM_EPS) / math.sqrt(d_head)).to(query_key.dtype)
-
-
-def bucket_factors(num_buckets):
-    """`num_buckets` as a list of even factors: 8 -> [8]; [4, 8] -> [4, 8] (32 buckets in all)."""
-    return list(num_buckets) if isinstance(num_buckets, (list, tuple)) else [num_buckets]
 
 
 def rotation_size(num_buckets):
@@ -157,30 +157,6 @@ def sort_by_bucket(bucket_ids, n_buckets, pad_mask=None):
     round_buckets = (bucket_ids + offsets.view(1, 1, n_hashes, 1)).flatten(2)
     sorted_buckets, sorted_order = torch.sort(round_buckets, dim=-1, stable=True)
     return sorted_order, sorted_buckets
-
-
-def check_lsh_arguments(query_key, value, bucket_ids, chunk_length, window_mode):
-    """`lsh_attention`'s argument checks, shared with the fused kernels (kernels.py)."""
-    batch, heads, length, _ = query_key.shape
-    if length % chunk_length:
-        raise ValueError(f"lsh_attention: length={length} must be a multiple of chunk_length={chunk_length}")
-    if window_mode not in ("chunk", "bucket_window"):
-        raise ValueError(f"lsh_attention: window_mode={window_mode!r}; expected 'chunk' or 'bucket_window'")
-    if tuple(value.shape) != tuple(query_key.shape):
-        raise ValueError(f"lsh_attention: value has shape {tuple(value.shape)}; expected {tuple(query_key.shape)}")
-    if bucket_ids.dim() != 4 or tuple(bucket_ids.shape[:2]) != (batch, heads) or bucket_ids.shape[3] != length:
-        raise ValueError(f"lsh_attention: bucket_ids has shape {tuple(bucket_ids.shape)}; "
-                         f"expected (batch, heads, n_hashes, length) = ({batch}, {heads}, n_hashes, {length})")
-
-
-def check_local_arguments(query, key, value, chunk_length):
-    """`local_attention`'s argument checks, shared with the fused kernel (kernels.py)."""
-    length = query.shape[2]
-    if length % chunk_length:
-        raise ValueError(f"local_attention: length={length} must be a multiple of chunk_length={chunk_length}")
-    for name, tensor in (("key", key), ("value", value)):
-        if tuple(tensor.shape) != tuple(query.shape):
-            raise ValueError(f"local_attention: {name} has shape {tuple(tensor.shape)}; expected {tuple(query.shape)}")
 
 
 def lsh_attention(
@@ -462,35 +438,6 @@ def local_decode_step(
     )
 
 
-def split_heads(hidden, n_heads, d_head):
-    """(batch, length, n_heads * d_head) -> (batch, n_heads, length, d_head)."""
-    batch, length = hidden.shape[:2]
-    return hidden.view(batch, length, n_heads, d_head).transpose(1, 2)
-
-
-def merge_heads(hidden):
-    """(batch, n_heads, length, d_head) -> (batch, length, n_heads * d_head)."""
-    batch, n_heads, length, d_head = hidden.shape
-    return hidden.transpose(1, 2).reshape(batch, length, n_heads * d_head)
-
-
-def unpack_heads(packed, n_parts, n_heads):
-    """One projection's output holding `n_parts` projections side by side, (batch, length,
-    n_parts * n_heads * d_head) -> n_parts views (batch, n_heads, length, d_head), which share one
-    set of strides."""
-    parts = _head_rows(packed, n_parts, n_heads).unflatten(2, (n_parts, n_heads))
-    return tuple(parts[:, :, part].transpose(1, 2) for part in range(n_parts))
-
-
-def _head_rows(packed, n_parts, n_heads):
-    """A packed projection's output, its shape checked, viewed as (batch, length, n_parts * n_heads,
-    d_head)."""
-    if packed.dim() != 3 or packed.shape[-1] % (n_parts * n_heads):
-        raise ValueError(f"packed projections have shape {tuple(packed.shape)}; expected (batch, length, "
-                         f"{n_parts} * n_heads * d_head) with n_heads={n_heads}")
-    return packed.unflatten(-1, (n_parts * n_heads, packed.shape[-1] // (n_parts * n_heads)))
-
-
 def is_plain_linear(module):
     """Whether `module` is exactly nn.Linear with no forward hook (its own or global): only then may a
     fused path read its weight and bias instead of calling it.  An adapter (PEFT's LoRA), a quantised
@@ -735,14 +682,16 @@ _TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 def kernels_module():
     """kernels.py, imported (with triton) only where a kernel is about to run; while dynamo
     traces, kernel_ops.py: the same entry points as custom operators, which a compiled graph
-    calls where it would otherwise end at the kernel's launch."""
+    calls where it would otherwise end at the kernel's launch.  Each is imported by a name it
+    defines (`from .module import name`): save_pretrained copies into a saved folder only the
+    modules named that way, and `from . import module` is not one of them."""
     if torch.compiler.is_compiling():
-        from . import kernel_ops
+        from .kernel_ops import ENTRY_POINTS
 
-        return kernel_ops
-    from . import kernels
+        return ENTRY_POINTS
+    from .kernels import ENTRY_POINTS
 
-    return kernels
+    return ENTRY_POINTS
 
 
 def _runs_kernel(backend, kind, tensors, dropout_p=0.0, training=False):
@@ -802,7 +751,7 @@ def _dispatch(backend, kind, reference, kernel_name, n_tensors=None, n_parts=Non
         if n_parts is None:
             operands = arguments[:n_tensors]
         else:
-            operands = (_head_rows(arguments[0], n_parts, options["n_heads"]),)
+            operands = (head_rows(arguments[0], n_parts, options["n_heads"]),)
         if _runs_kernel(backend, kind, operands, options.get("dropout_p", 0.0), options.get("training", False)):
             return getattr(kernels_module(), kernel_name)(*arguments, **options)
         return reference(*arguments, **options)

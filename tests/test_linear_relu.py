@@ -68,11 +68,11 @@ def test_kernel_backward_equals_threshold_backward_and_sum(monkeypatch):
     kernel (`kernels.relu_bias_grad`); on a machine without a GPU under Triton's interpreter,
     with the length floor lowered to these sizes."""
     pytest.importorskip("triton", reason="the kernel needs triton")
-    from reformer_hf import kernels, layer_norm
+    from reformer_hf import kernels, kernels_norm, layer_norm
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     monkeypatch.setattr(layer_norm, "FUSED_FROM_ROWS", 1)
-    monkeypatch.setattr(kernels, "RELU_GRAD_ROWS_PER_PROGRAM", 64)  # several row programs at 150 rows
+    monkeypatch.setattr(kernels_norm, "RELU_GRAD_ROWS_PER_PROGRAM", 64)  # several row programs at 150 rows
     torch.manual_seed(0)
     linear = nn.Linear(24, 300).to(device)  # three column blocks, the last one partial
     hidden = torch.randn(3, 50, 24, device=device)

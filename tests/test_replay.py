@@ -10,12 +10,14 @@ which inductor shares; bench/compile_check.py measures inductor on the GPU.
 
 import contextlib
 import copy
+from pathlib import Path
 
 import pytest
 import torch
 from tiny_models import tiny_config
 from torch.nn import functional as F
 
+import reformer_hf
 from reformer_hf import ReformerForCausalLM, replay
 
 
@@ -91,7 +93,8 @@ def compile_config(reversible, **overrides):
 
 
 INPUT_IDS = torch.randint(0, 40, (2, 48), generator=torch.Generator().manual_seed(1))
-OWN_FILES = ("replay.py", "reversible.py", "fused_stack.py", "attention.py", "kernels.py", "kernel_ops.py")
+OWN_FILES = ("replay.py", "reversible.py", "fused_stack.py", "attention.py", "attention_rules.py", "kernel_ops.py",
+             *(path.name for path in Path(reformer_hf.__file__).parent.glob("kernels*.py")))
 
 
 @pytest.mark.parametrize("reversible, mode", [(False, "train"), (True, "no_grad"), (True, "train")])
