@@ -468,7 +468,12 @@ class LSHSelfAttention(nn.Module):
         inner = self.n_heads * self.d_head
         self.query_key = nn.Linear(config.hidden_size, inner, bias=False)
         self.value = nn.Linear(config.hidden_size, inner, bias=False)
-        self._seeded_rotations = (None, None)  # (key, rotations) drawn from hash_seed, reused
+        # Rotations drawn from hash_seed: (seed, shape) -> float32 CPU draw, and (seed, shape, device,
+        # dtype) -> its copy there; drawn here already for a fixed num_buckets, so that a model compiled
+        # before its first call creates no generator inside the traced code.
+        self._seeded_draws, self._seeded_copies = {}, {}
+        if config.hash_seed is not None and config.num_buckets is not None:
+            self.draw_rotations(config.num_buckets, "cpu", torch.float32)
 
     def num_buckets_for(self, length):
         if self.config.num_buckets is None:
@@ -487,12 +492,14 @@ class LSHSelfAttention(nn.Module):
             return replay.randn(shape, device=device, dtype=dtype)  # replayed under torch.compile too
         # The same seed always gives the same rotations: draw them (on the CPU, then copy to the
         # device) once, not on every forward pass of every layer.
-        key = (self.config.hash_seed, shape, torch.device(device), dtype)
-        if self._seeded_rotations[0] != key:
+        draw_key = (self.config.hash_seed, shape)
+        if draw_key not in self._seeded_draws:
             generator = torch.Generator().manual_seed(self.config.hash_seed)
-            rotations = torch.randn(shape, generator=generator, dtype=torch.float32).to(device=device, dtype=dtype)
-            self._seeded_rotations = (key, rotations)
-        return self._seeded_rotations[1]
+            self._seeded_draws[draw_key] = torch.randn(shape, generator=generator, dtype=torch.float32, device="cpu")
+        copy_key = (*draw_key, torch.device(device), dtype)
+        if copy_key not in self._seeded_copies:
+            self._seeded_copies[copy_key] = self._seeded_draws[draw_key].to(device=device, dtype=dtype)
+        return self._seeded_copies[copy_key]
 
     def forward(self, hidden, pad_mask=None, rotations=None, layer_cache=None):
         """hidden (batch, length, hidden_size) -> (batch, length, heads * d_head).

@@ -219,18 +219,20 @@ def test_nan_in_a_later_embedding_reaches_earlier_positions_only_through_masked_
         assert poisoned[:30].isnan().all()
 
 
+@pytest.mark.parametrize("hash_seed", [None, 7])
 @pytest.mark.parametrize("reversible", [False, True])
-def test_a_padded_batch_compiles_into_one_graph_with_the_eager_logits(reversible):
-    """The padding and index checks read nothing back under torch.compile (they would end the graph):
-    a left-padded batch through local, LSH and full layers is one graph, with eager's logits."""
-    model = causal_lm("mixed", reversible=reversible, hash_seed=None).eval()
+def test_a_padded_batch_compiles_into_one_graph_with_the_eager_logits(reversible, hash_seed):
+    """The padding and index checks read nothing back under torch.compile (they would end the graph),
+    and seeded rotations are drawn before any tracing: a left-padded batch through local, LSH and full
+    layers of a model compiled before its first call is one graph, with eager's logits."""
+    model = causal_lm("mixed", reversible=reversible, hash_seed=hash_seed).eval()
     input_ids = torch.randint(4, 40, (2, 24), generator=torch.Generator().manual_seed(0))
     attention_mask = torch.ones(2, 24, dtype=torch.long)
     attention_mask[1, :5] = 0
     with torch.no_grad():
+        explained = torch._dynamo.explain(model)(input_ids, attention_mask=attention_mask, use_cache=False)
         torch.manual_seed(3)
         eager = model(input_ids, attention_mask=attention_mask, use_cache=False).logits
-        explained = torch._dynamo.explain(model)(input_ids, attention_mask=attention_mask, use_cache=False)
         torch.manual_seed(3)
         compiled = torch.compile(model, backend="aot_eager")(input_ids, attention_mask=attention_mask,
                                                              use_cache=False).logits
