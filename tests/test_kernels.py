@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from kernel_helpers import DEVICE, kernel_module_names, lsh_inputs, packed_inputs, relative_error
+from package_refusal import REFUSE_REFORMER_HF
 from tiny_models import tiny_config
 
 pytest.importorskip("triton", reason="the fused kernels need triton (the torch path is tested without it)")
@@ -139,18 +140,10 @@ def test_no_kernels_module_imports_attention_and_none_is_over_600_lines():
     assert "attention" not in relative_imports(PACKAGE_DIR / "attention_rules.py")
 
 
-# A fresh interpreter whose import system refuses `reformer_hf` (as in test_remote_code.py): the
+# A fresh interpreter whose import system refuses `reformer_hf` (package_refusal.py): the
 # model, and the kernels it runs, can only come from the saved folder's code.
-REMOTE_KERNELS = r"""
-import importlib, importlib.abc, json, sys
-
-class RefuseReformerHF(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "reformer_hf" or name.startswith("reformer_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)", name=name)
-        return None
-
-sys.meta_path.insert(0, RefuseReformerHF())
+REMOTE_KERNELS = REFUSE_REFORMER_HF + r"""
+import importlib, json
 import torch
 from transformers import AutoModelForCausalLM
 

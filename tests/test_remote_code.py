@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from package_refusal import REFUSE_REFORMER_HF
 from tiny_models import tiny_config
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline
 
@@ -16,19 +17,10 @@ from reformer_hf import ReformerByteTokenizer, ReformerForCausalLM
 PROMPTS = ["The Reformer", "LSH"]
 PACKAGE_DIR = Path(reformer_hf.__file__).parent
 
-# Runs in a fresh interpreter (`python -I`: no PYTHONPATH, no user site, no cwd on sys.path) whose
-# import system refuses `reformer_hf` however it is installed (the editable install puts a finder
-# on sys.meta_path that -I alone does not remove), so everything must come from the folder.
-REMOTE_SCRIPT = r'''
-import importlib.abc, json, sys
-
-class RefuseReformerHF(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "reformer_hf" or name.startswith("reformer_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (refused by the test)", name=name)
-        return None
-
-sys.meta_path.insert(0, RefuseReformerHF())
+# Runs in a fresh interpreter (`python -I`: no PYTHONPATH, no user site, no cwd on sys.path) that
+# refuses `reformer_hf` (package_refusal.py), so everything must come from the folder.
+REMOTE_SCRIPT = REFUSE_REFORMER_HF + r'''
+import json
 try:
     import reformer_hf
     package_importable = True

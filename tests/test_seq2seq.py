@@ -10,6 +10,7 @@ import sys
 import datasets
 import pytest
 import torch
+from package_refusal import REFUSE_REFORMER_HF
 from transformers import (
     AutoModelForSeq2SeqLM,
     DataCollatorForSeq2Seq,
@@ -262,15 +263,8 @@ def test_save_load_auto_class_and_translation_pipeline(tmp_path, bpe_tokenizer):
 
 
 # A fresh interpreter whose import system refuses `reformer_hf`: the folder's own code must do everything.
-REMOTE_SCRIPT = r'''
-import importlib.abc, json, sys
-
-class RefuseReformerHF(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "reformer_hf" or name.startswith("reformer_hf."):
-            raise ModuleNotFoundError(f"No module named {name!r} (refused)", name=name)
-
-sys.meta_path.insert(0, RefuseReformerHF())
+REMOTE_SCRIPT = REFUSE_REFORMER_HF + r'''
+import json
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
 
 folder, sources = sys.argv[1], json.loads(sys.argv[2])
