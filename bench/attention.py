@@ -52,7 +52,8 @@ from common import (  # noqa: E402
     read_json_lines,
 )
 
-from reformer_hf import attention, kernels, kernels_hashing, kernels_launch  # noqa: E402
+from reformer_hf import attention, attention_dispatch, attention_functions, attention_rules  # noqa: E402
+from reformer_hf import kernels, kernels_hashing, kernels_launch  # noqa: E402
 from reformer_hf.configuration import ReformerConfig  # noqa: E402
 
 HEADS, D_HEAD, CHUNK = 8, 64, 64
@@ -65,7 +66,7 @@ def relative_error(actual, expected):
 
 
 def total_buckets(num_buckets):
-    return math.prod(attention.bucket_factors(num_buckets))
+    return math.prod(attention_rules.bucket_factors(num_buckets))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -115,19 +116,19 @@ def run_check(case):
     if kind == "lsh":
         query_key, value = randn(*shape).to(dtype), randn(*shape).to(dtype)
         num_buckets = lsh_buckets(length, CHUNK)
-        rotations = randn(heads, d_head, n_hashes, attention.rotation_size(num_buckets))
-        bucket_ids = attention.hash_vectors(query_key.float(), rotations, num_buckets)
+        rotations = randn(heads, d_head, n_hashes, attention_functions.rotation_size(num_buckets))
+        bucket_ids = attention_functions.hash_vectors(query_key.float(), rotations, num_buckets)
         fused_ids = kernels.hash_vectors(query_key, rotations, num_buckets)
         options = dict(n_buckets=total_buckets(num_buckets), chunk_length=CHUNK, n_chunks_before=before,
                        n_chunks_after=after, causal=causal, window_mode=mode, pad_mask=pad_mask)
-        inputs, args, reference, fused = [query_key, value], [bucket_ids], attention.lsh_attention, kernels.lsh_attention
+        inputs, args, reference, fused = [query_key, value], [bucket_ids], attention_functions.lsh_attention, kernels.lsh_attention
         names = ("out", "lse", "d query_key", "d value")
         extra = {"hash_mismatch": (fused_ids != bucket_ids).float().mean().item()}
     else:
         inputs = [randn(*shape).to(dtype) for _ in range(3)]
         options = dict(chunk_length=CHUNK, n_chunks_before=before, n_chunks_after=after, causal=causal,
                        wrap_around=mode == "wrap", pad_mask=pad_mask)
-        args, reference, fused = [], attention.local_attention, kernels.local_attention
+        args, reference, fused = [], attention_functions.local_attention, kernels.local_attention
         names = ("out", "lse", "dq", "dk", "dv")
         extra = {}
     grads = (grad_out, grad_lse)
@@ -180,7 +181,7 @@ def lsh_tensors(length, n_hashes, requires_grad=True):
     value = torch.randn(shape, generator=generator, device=DEVICE, dtype=torch.bfloat16)
     grad_out = torch.randn(shape, generator=generator, device=DEVICE, dtype=torch.bfloat16)
     num_buckets = lsh_buckets(length, CHUNK)
-    rotations = torch.randn(HEADS, D_HEAD, n_hashes, attention.rotation_size(num_buckets), generator=generator,
+    rotations = torch.randn(HEADS, D_HEAD, n_hashes, attention_functions.rotation_size(num_buckets), generator=generator,
                             device=DEVICE)
     return query_key.requires_grad_(requires_grad), value.requires_grad_(requires_grad), grad_out, rotations, num_buckets
 
@@ -272,7 +273,7 @@ def profile_length(log, length, n_hashes):
         mismatch = None
         if length <= 2**18:  # the torch path stores x @ R: 32 GiB at 1M
             mismatch = (kernels.hash_vectors(query_key.detach(), rotations, num_buckets)
-                        != attention.hash_vectors(query_key.detach().float(), rotations, num_buckets)
+                        != attention_functions.hash_vectors(query_key.detach().float(), rotations, num_buckets)
                         ).float().mean().item()
         log.write(section="profile_hash", length=length, n_hashes=n_hashes, precision=precision,
                   mismatch_vs_torch=mismatch, **result)
@@ -304,8 +305,8 @@ def sdpa_case(length):
 def lsh_op_case(length, n_hashes, mode, backend):
     query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes)
     options = dict(n_buckets=total_buckets(num_buckets), chunk_length=CHUNK, causal=True, window_mode=mode)
-    hash_function = attention.hash_vectors_dispatch(backend)
-    function = attention.lsh_attention_dispatch(backend)
+    hash_function = attention_dispatch.hash_vectors_dispatch(backend)
+    function = attention_dispatch.lsh_attention_dispatch(backend)
 
     def step():
         bucket_ids = hash_function(query_key.detach(), rotations, num_buckets)

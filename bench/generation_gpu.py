@@ -462,7 +462,8 @@ def _llama_summary(config):
 
 
 class BackendLog(logging.Handler):
-    """Collects the package's attention-path decisions (logged once per process by reformer_hf.attention)."""
+    """Collects the package's attention-path decisions (logged once per process by
+    reformer_hf.attention_dispatch)."""
 
     def __init__(self):
         super().__init__(logging.INFO)
@@ -584,7 +585,7 @@ def sync_free_step(model, input_ids, attention_mask, setup):
 
 def run_exactness(log, setup):
     handler = BackendLog()
-    attention_logger = logging.getLogger("reformer_hf.attention")
+    attention_logger = logging.getLogger("reformer_hf.attention_dispatch")
     attention_logger.addHandler(handler)
     attention_logger.setLevel(logging.INFO)
     config = exactness_config(setup)

@@ -1,4 +1,4 @@
-"""What the torch reference (attention.py) and the fused kernels (kernels*.py) must agree on.
+"""What the torch reference (attention_functions.py) and the fused kernels (kernels*.py) must agree on.
 
 The masking constants, the bucket factors of a bucket count, the argument checks of LSH and local
 attention, and the head layout of a projection's output.  Both sides import them from here, so

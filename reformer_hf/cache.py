@@ -37,7 +37,7 @@ import math
 
 import torch
 
-from .attention import bucket_factors
+from .attention_rules import bucket_factors
 
 
 def decoding_recomputes(config):
@@ -159,7 +159,7 @@ class LocalLayerCache:
     (non-padding) positions, real position r in slot r % slots.
 
     Local attention counts its chunks over a row's real positions (the model moves padding behind
-    them, modeling.real_positions_first), so the cache does too: a real position r in chunk
+    them, stack_running.real_positions_first), so the cache does too: a real position r in chunk
     r // chunk_length sees every real position from the start of chunk r // chunk_length -
     n_chunks_before, at most `n_chunks_before * chunk_length + chunk_length - 1` positions back:
     they all fit.  Padding is never stored: its writes go to one extra slot at the end that is

@@ -332,8 +332,8 @@ def max_output_difference(source_model, model, length=None, batch_size=2, seed=0
     copies of both models with hash_seed=0, and with the bucket count this length gets here where
     num_buckets is None; nothing else changes.
     """
-    from .modeling import padding_multiple
-    from .attention import buckets_for_length
+    from .attention_functions import buckets_for_length
+    from .stack_running import padding_multiple
 
     config = model.config
     if length is None:

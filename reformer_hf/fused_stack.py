@@ -30,7 +30,7 @@ streams passes between layers (no cross-attention context).
 
 import torch
 
-from .attention import kernels_module
+from .attention_dispatch import kernels_module
 from .replay import autocast_state, seeded, uncached_autocast
 
 

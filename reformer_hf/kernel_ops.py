@@ -8,7 +8,7 @@ outputs' shapes, dtypes and strides, and the differentiable ones carry their bac
 the kernels modules' own passes, so a compiled model computes what the eager one does.
 
 This module offers the entry points of kernels.py that the model reaches through
-`attention.kernels_module()`, with their signatures; that function returns it in place of
+`attention_dispatch.kernels_module()`, with their signatures; that function returns it in place of
 kernels.py while dynamo traces.  The operators live in the package's namespace
 (`replay.OPERATOR_NAMESPACE`, e.g. `torch.ops.reformer_hf.lsh_forward`).
 """
@@ -19,7 +19,7 @@ import torch
 
 from .attention_rules import bucket_factors, merge_heads, unpack_heads
 from .kernels_hashing import hash_vectors as kernel_hash_vectors
-from .kernels_launch import (  # noqa: F401  (read through attention.kernels_module(), as from kernels.py)
+from .kernels_launch import (  # noqa: F401  (read through attention_dispatch.kernels_module(), as from kernels.py)
     _interpreting,
     _require_kernels,
     _rows_contiguous,
@@ -29,7 +29,7 @@ from .kernels_local import _local_attention
 from .kernels_local import _local_window as kernel_local_window
 from .kernels_lsh import _lsh_attention, _lsh_forward
 from .kernels_lsh import _lsh_window as kernel_lsh_window
-from .kernels_norm import (  # noqa: F401  (read through attention.kernels_module(), as from kernels.py)
+from .kernels_norm import (  # noqa: F401  (read through attention_dispatch.kernels_module(), as from kernels.py)
     LAYER_NORM_MAX_WIDTH,
     layer_norm_backward,
     layer_norm_forward,
@@ -338,6 +338,6 @@ def relu_bias_grad(grad_out, out):
     return _RELU_BIAS_GRAD(grad_out, out)
 
 
-# This module, as `attention.kernels_module()` imports it while dynamo traces (by a name, so that
+# This module, as `attention_dispatch.kernels_module()` imports it while dynamo traces (by a name, so that
 # save_pretrained copies this file into a saved folder).
 ENTRY_POINTS = sys.modules[__name__]

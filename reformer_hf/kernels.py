@@ -1,6 +1,6 @@
-"""The fused Triton kernels' entry points, as `attention.kernels_module()` hands them out.
+"""The fused Triton kernels' entry points, as `attention_dispatch.kernels_module()` hands them out.
 
-The kernels compute what their torch references in attention.py compute (`lsh_attention`,
+The kernels compute what their torch references in attention_functions.py compute (`lsh_attention`,
 `local_attention`, `hash_vectors`, `sort_by_bucket`), and `layer_norm` is torch's layer norm
 written in another dtype (see `layer_norm.py`).  What the attention kernels do differently is
 where the work happens:
@@ -26,7 +26,7 @@ takes only the modules that a module imports by `from .module import name`):
 - kernels_launch.py: Triton's presence, the interpreter flag, launch settings and the launch cache.
 
 What they share with the torch reference (masking constants, argument checks, the heads'
-layout) is in attention_rules.py; no kernels module imports attention.py.
+layout) is in attention_rules.py; no kernels module imports the attention modules.
 """
 
 import sys
@@ -64,6 +64,6 @@ __all__ = [
     "triton_unusable_reason",
 ]
 
-# This module, as `attention.kernels_module()` imports it (by a name, so that save_pretrained
+# This module, as `attention_dispatch.kernels_module()` imports it (by a name, so that save_pretrained
 # copies this file and, through its imports, every kernels module into a saved folder).
 ENTRY_POINTS = sys.modules[__name__]

@@ -4,7 +4,7 @@ Grid (position blocks, batch x heads): a program reads BLOCK_L rows of one head 
 BLOCK_D wide; BLOCK_L at most 128 and the tile at most 32 KB) once and hashes them for every
 round, taking each factor's rotation BLOCK_H (at most 64) columns at a time and keeping only the
 running maximum and minimum and their columns.  The rotation's product has float32 accuracy
-(HASH_PRECISION), as the reference (`attention.hash_vectors`) has for float32 inputs.
+(HASH_PRECISION), as the reference (`attention_functions.hash_vectors`) has for float32 inputs.
 """
 
 import functools
@@ -25,7 +25,7 @@ HASH_PRECISION = "bf16x3"
 
 
 def hash_vectors(vectors, rotations, num_buckets):
-    """`attention.hash_vectors` fused: the rotated vectors are never stored.
+    """`attention_functions.hash_vectors` fused: the rotated vectors are never stored.
 
     vectors (batch, heads, length, d_head) of any supported dtype are rotated at float32 accuracy
     (HASH_PRECISION), as the reference does for float32 inputs; one program hashes its rows for

@@ -6,7 +6,7 @@ Nothing here runs on the device.  `_launch` keys a compiled kernel on the device
 settings, the constants, each tensor's dtype and 16-byte alignment and every other argument's
 type and value, and relaunches it straight through its runner (`_Launcher`).  Triton is
 imported in a `try` block so that every kernels module imports (and is copied into saved model
-folders) on machines without it; the torch path in attention.py needs nothing from them.
+folders) on machines without it; the torch path in attention_functions.py needs nothing from them.
 """
 
 import functools
@@ -19,7 +19,7 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # the torch path in attention.py needs nothing from this module
+except ImportError:  # the torch path in attention_functions.py needs nothing from this module
     triton = None
     tl = SimpleNamespace(constexpr=None)  # lets the kernel signatures below be defined
 
@@ -76,7 +76,7 @@ def _refuse_dropout(name, dropout_p, training):
     if dropout_p > 0.0 and training:
         raise ValueError(
             f"kernels.{name}: dropout_p={dropout_p} in training is not implemented by the Triton kernel; "
-            "use the torch path (attention.lsh_attention_dispatch does so automatically)."
+            "use the torch path (attention_dispatch.lsh_attention_dispatch does so automatically)."
         )
 
 

@@ -1,11 +1,11 @@
 """Chunk-aligned sliding-window (local) attention through the window kernels.
 
 `local_attention` and its packed twin have the arguments and results (out, lse) of
-`attention.local_attention`.  Positions are read in sequence order (no slot map), keys are K's
+`attention_functions.local_attention`.  Positions are read in sequence order (no slot map), keys are K's
 rows, and a query chunk attends to its own and its neighbouring chunks: the window kernels of
 kernels_window_forward.py and kernels_window_backward.py, one round, one block of a chunk's
 query rows per program (grid and tiling described there).  No attention dropout (see
-`attention.local_attention_dispatch`).
+`attention_dispatch.local_attention_dispatch`).
 """
 
 import functools
@@ -34,7 +34,7 @@ def local_attention(
     dropout_p=0.0,
     training=False,
 ):
-    """`attention.local_attention` as a fused kernel: same arguments, same results (out, lse)."""
+    """`attention_functions.local_attention` as a fused kernel: same arguments, same results (out, lse)."""
     return _local_attention(LocalAttentionFunction, _common_layout(query, key, value), query, key, value,
                             chunk_length, n_chunks_before, n_chunks_after, causal, wrap_around, pad_mask, dropout_p,
                             training)
@@ -42,7 +42,7 @@ def local_attention(
 
 def local_attention_packed(query_key_value, *, n_heads, chunk_length, n_chunks_before=1, n_chunks_after=0,
                            causal=False, wrap_around=False, pad_mask=None, dropout_p=0.0, training=False):
-    """`attention.local_attention_packed` as a fused kernel: the gradient of query_key_value is
+    """`attention_functions.local_attention_packed` as a fused kernel: the gradient of query_key_value is
     written by the backward kernel as one tensor."""
     query_key_value = query_key_value.contiguous()
     query, key, value = unpack_heads(query_key_value, 3, n_heads)

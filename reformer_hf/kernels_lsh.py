@@ -1,12 +1,12 @@
 """Shared-QK LSH attention through the window kernels: `lsh_attention` and its packed twin.
 
-Same arguments and results (out, lse) as `attention.lsh_attention`; the arguments are checked by
+Same arguments and results (out, lse) as `attention_functions.lsh_attention`; the arguments are checked by
 the same function (attention_rules.py).  The positions are sorted by bucket per round
 (kernels_sorting.py), and the window kernels (kernels_window_forward.py,
 kernels_window_backward.py) read rows through the sorted slot -> position map, normalising the
 keys from the queries, with one query chunk per program and its window of neighbouring chunks
 (the grid and tiling are described there).  Attention dropout is not implemented here:
-`attention.lsh_attention_dispatch` sends a call with `dropout_p > 0` in training to the torch path.
+`attention_dispatch.lsh_attention_dispatch` sends a call with `dropout_p > 0` in training to the torch path.
 """
 
 import functools
@@ -37,7 +37,7 @@ def lsh_attention(
     dropout_p=0.0,
     training=False,
 ):
-    """`attention.lsh_attention` as fused kernels: same arguments, same results (out, lse)."""
+    """`attention_functions.lsh_attention` as fused kernels: same arguments, same results (out, lse)."""
     return _lsh_attention(LSHAttentionFunction, _common_layout(query_key, value), query_key, value, bucket_ids,
                           n_buckets, chunk_length, n_chunks_before, n_chunks_after, causal, window_mode, pad_mask,
                           dropout_p, training)
@@ -46,7 +46,7 @@ def lsh_attention(
 def lsh_attention_packed(query_key_value, bucket_ids, *, n_heads, n_buckets, chunk_length, n_chunks_before=1,
                          n_chunks_after=0, causal=False, window_mode="bucket_window", pad_mask=None, dropout_p=0.0,
                          training=False):
-    """`attention.lsh_attention_packed` as fused kernels: the gradient of query_key_value is
+    """`attention_functions.lsh_attention_packed` as fused kernels: the gradient of query_key_value is
     written by the backward kernel as one tensor."""
     query_key_value = query_key_value.contiguous()
     query_key, value = unpack_heads(query_key_value, 2, n_heads)
@@ -125,7 +125,7 @@ class LSHAttentionFunction(torch.autograd.Function):
 class PackedLSHAttentionFunction(torch.autograd.Function):
     """`LSHAttentionFunction` over one projection's output: query_key_value (batch, length,
     2 * n_heads * d_head), the query-keys then the values of every position side by side, given
-    with its two heads-split views (`attention.unpack_heads`).  Its gradient comes back as one
+    with its two heads-split views (`attention_rules.unpack_heads`).  Its gradient comes back as one
     tensor of that shape, written by the kernel in place, so the projection's backward is one
     product, with no sum of two input gradients and no copy."""
 

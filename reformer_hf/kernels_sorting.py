@@ -14,7 +14,7 @@ from .kernels_window import _pad_bytes
 
 
 def sort_by_bucket(bucket_ids, n_buckets, pad_mask=None, with_buckets=True):
-    """`attention.sort_by_bucket` as the kernels read it: the sorted slot -> position map and the
+    """`attention_functions.sort_by_bucket` as the kernels read it: the sorted slot -> position map and the
     slots' buckets offset by round * (n_buckets + 1) (None unless `with_buckets`: only the
     "bucket_window" mode reads them), both (batch, heads, n_hashes * length) int32.  pad_mask:
     (batch, length), bool or int8 (nonzero: padding), or None.

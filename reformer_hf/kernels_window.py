@@ -10,7 +10,7 @@ BLOCK_D = d_head rounded up to a power of two, per row.
 
 The device functions below read a tile of rows through the slot -> position map (no sorted copy
 of queries, keys or values is ever built), normalise shared-QK keys on the fly, and mask logits
-exactly as the torch reference (`attention.lsh_attention`, `attention.local_attention`) does,
+exactly as the torch reference (`attention_functions.lsh_attention`, `attention_functions.local_attention`) does,
 with its constants from attention_rules.py.  The host helpers bring operands into one memory
 layout and padding masks into int8.
 """

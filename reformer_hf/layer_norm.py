@@ -12,7 +12,7 @@ it is `nn.LayerNorm`.
 import torch
 from torch import nn
 
-from .attention import _triton_installed, kernels_module
+from .attention_dispatch import _triton_installed, kernels_module
 from .replay import autocast_available
 
 # batch x length from which the kernel runs.  On one H100 (bench/results/model_h100.md, 12 layers,

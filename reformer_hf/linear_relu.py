@@ -17,7 +17,8 @@ value.
 import torch
 
 from . import layer_norm
-from .attention import is_plain_linear, kernels_module
+from .attention import is_plain_linear
+from .attention_dispatch import kernels_module
 from .replay import autocast_available
 
 

@@ -1,125 +1,25 @@
 """ReformerPreTrainedModel, ReformerModel and the task heads."""
 
-import inspect
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
-from transformers.activations import ACT2FN
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast, SequenceClassifierOutput
 from transformers.utils import logging
 
 from . import compat
-from .attention import SELF_ATTENTION_CLASSES, is_plain_linear
+from .blocks import AttentionBlock, FeedForwardBlock
 from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import AxialPositionEmbeddings, ReformerEmbeddings
+from .forward_checks import check_labels_batch, refuse_unknown_keywords
 from .layer_norm import ReformerLayerNorm
-from .linear_relu import linear_relu
+from .losses import chunked_lm_loss, mean_over_items, shifted_token_losses
 from .reversible import ReformerStack, ReversibleLayer
+from .stack_running import continue_from_cache, default_position_ids, run_padded_stack
 
 logger = logging.get_logger(__name__)
-
-
-class AttentionBlock(nn.Module):
-    """F of a reversible layer: layer norm -> self-attention -> output projection -> dropout."""
-
-    def __init__(self, config, kind):
-        super().__init__()
-        self.kind = kind
-        self.layer_norm = ReformerLayerNorm(config.hidden_size, eps=config.layer_norm_eps, backend=config.attn_backend)
-        self.self_attention = SELF_ATTENTION_CLASSES[kind](config)
-        inner = config.num_attention_heads * config.head_size
-        self.output = nn.Linear(inner, config.hidden_size, bias=False)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, hidden, pad_mask=None, layer_cache=None):
-        return self.body(self.layer_norm(hidden), pad_mask, layer_cache)
-
-    def body(self, normed, pad_mask=None, layer_cache=None):
-        """The block after its layer norm, on the normalised hidden states."""
-        return self.dropout(self.output(self.self_attention(normed, pad_mask, layer_cache=layer_cache)))
-
-    def fused_body(self, hidden, pad_mask):
-        """normed -> the block's output on `hidden` once normalised, for a stack that runs the
-        layer norm kernel itself (see fused_stack.py); None where that kernel does not run."""
-        if not self.layer_norm.runs_kernel(hidden):
-            return None
-        return lambda normed: self.body(normed, pad_mask)
-
-    def decode_step(self, hidden, layer_cache, is_pad):
-        """One new position (batch, 1, hidden_size) attending through its generation cache."""
-        return self.dropout(self.output(self.self_attention.decode_step(self.layer_norm(hidden), layer_cache, is_pad)))
-
-
-class FeedForwardBlock(nn.Module):
-    """G of a reversible layer: layer norm -> dense -> dropout -> activation -> dense -> dropout.
-
-    Applied to `chunk_size_feed_forward` positions at a time when that is set: every position
-    is independent, so the chunks give exactly the unchunked result with a smaller peak.  With
-    ReLU the first dense layer applies it as it writes its product (`linear_relu`), before the
-    dropout: the same values, one pass over the (positions, feed_forward_size) tensor fewer.
-    """
-
-    def __init__(self, config):
-        super().__init__()
-        self.chunk_size = config.chunk_size_feed_forward
-        self.backend = config.attn_backend
-        self.layer_norm = ReformerLayerNorm(config.hidden_size, eps=config.layer_norm_eps, backend=config.attn_backend)
-        self.dense_in = nn.Linear(config.hidden_size, config.feed_forward_size)
-        self.activation = ACT2FN[config.hidden_act]
-        self.fused_relu = config.hidden_act == "relu"
-        self.dense_out = nn.Linear(config.feed_forward_size, config.hidden_size)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def transform(self, hidden):
-        return self.body(self.layer_norm(hidden))
-
-    def body(self, normed):
-        """The block after its layer norm, on normalised positions."""
-        if self.fused_relu:
-            hidden = self.dropout(linear_relu(normed, self.dense_in, self.backend))
-        else:
-            hidden = self.activation(self.dropout(self.dense_in(normed)))
-        return self.dropout(self.dense_out(hidden))
-
-    def forward(self, hidden):
-        if not self._chunks(hidden):
-            return self.transform(hidden)
-        return torch.cat([self.transform(part) for part in hidden.split(self.chunk_size, dim=1)], dim=1)
-
-    def fused_body(self, hidden, pad_mask):
-        """normed -> the block's output, as AttentionBlock.fused_body; None also where the block
-        runs in chunks (whose point is not to hold a normalised copy of every position)."""
-        if self._chunks(hidden) or not self.layer_norm.runs_kernel(hidden):
-            return None
-        return self.body
-
-    def fused_output_bias(self):
-        """dense_out's bias, which the body adds to its output last, for a stack that takes its
-        gradient as the output gradient's column sums (fused_stack.py); None while dropout scales
-        the output after it, or where dense_out is not a plain nn.Linear (an adapter, a hook)."""
-        if not is_plain_linear(self.dense_out):
-            return None
-        bias = self.dense_out.bias
-        if bias is None or not bias.requires_grad or (self.training and self.dropout.p > 0):
-            return None
-        return bias
-
-    def _chunks(self, hidden):
-        return bool(self.chunk_size) and hidden.shape[1] > self.chunk_size
-
-
-def padding_multiple(config):
-    """Inputs are padded to a multiple of every chunk length the stack uses."""
-    multiple = 1
-    if "lsh" in config.attn_layers:
-        multiple = math.lcm(multiple, config.lsh_attn_chunk_length)
-    if "local" in config.attn_layers:
-        multiple = math.lcm(multiple, config.local_attn_chunk_length)
-    return multiple
 
 
 @dataclass
@@ -135,34 +35,6 @@ class ReformerModelOutput(BaseModelOutputWithPast):
 
 class ReformerCausalLMOutput(CausalLMOutputWithPast):
     """transformers' causal LM output; the cache as in ReformerModelOutput."""
-
-
-def refuse_unknown_keywords(model, keywords):
-    """A forward's **kwargs may hold only what transformers' generate() passes besides the named
-    parameters (compat.GENERATION_ONLY_ARGUMENTS); any other keyword, misspelt or meant for another
-    model, would be ignored without a word: ValueError naming it and what the forward takes."""
-    unknown = sorted(set(keywords) - compat.GENERATION_ONLY_ARGUMENTS)
-    if unknown:
-        named = [name for name in inspect.signature(model.forward).parameters if name != "kwargs"]
-        raise ValueError(
-            f"{type(model).__name__}.forward got unexpected keyword argument(s) {unknown}; it takes {named}, and "
-            f"the generation keywords {sorted(compat.GENERATION_ONLY_ARGUMENTS)}."
-        )
-
-
-def check_labels_batch(model, labels, input_ids, inputs_embeds, per_position):
-    """Before any work: labels hold one row per example (and, per_position, one entry per input
-    position: (batch, length)); ValueError naming their shape and the expected one."""
-    inputs = input_ids if input_ids is not None else inputs_embeds
-    if labels is None or inputs is None:
-        return
-    batch, length = inputs.shape[:2]
-    if per_position and tuple(labels.shape) != (batch, length):
-        raise ValueError(f"{type(model).__name__}: labels has shape {tuple(labels.shape)}; expected {(batch, length)}, "
-                         "one token id (or -100) per input position.")
-    if not per_position and (labels.dim() == 0 or labels.shape[0] != batch):
-        raise ValueError(f"{type(model).__name__}: labels has shape {tuple(labels.shape)}; expected {batch} rows, one "
-                         f"per example: class ids ({batch},) or targets ({batch}, num_labels).")
 
 
 # Every head is the shared stack plus a small projection, so a folder saved from any head loads as any head.
@@ -422,115 +294,6 @@ class ReformerModel(ReformerPreTrainedModel):
         return self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1)))
 
 
-def run_padded_stack(stack, config, hidden, pad_mask, layer_caches, output_hidden_states, context=None,
-                     context_mask=None):
-    """`stack` (a ReformerStack) over whole sequences, padded internally to the chunk multiple and stripped again.
-
-    Padding anywhere in a row is first moved behind the row's real positions (`real_positions_first`)
-    and the outputs moved back, so local attention's chunks count real positions: every real position
-    gets the outputs it gets without the padding, whether a batch pads on the left, on the right or
-    not at all.  (LSH and full attention do not depend on where padding sits.)
-    """
-    batch, length = hidden.shape[:2]
-    order = real_positions_first(pad_mask)
-    if order is not None:
-        hidden = hidden.gather(1, order[..., None].expand_as(hidden))
-        pad_mask = pad_mask.gather(1, order)
-    multiple = padding_multiple(config)
-    padded_length = -(-length // multiple) * multiple
-    if padded_length != length:
-        hidden = nn.functional.pad(hidden, (0, 0, 0, padded_length - length))
-        if pad_mask is None:
-            pad_mask = torch.zeros(batch, length, dtype=torch.bool, device=hidden.device)
-        pad_mask = nn.functional.pad(pad_mask, (0, padded_length - length), value=True)
-    if pad_mask is not None and not torch.compiler.is_compiling() and not pad_mask.any():
-        pad_mask = None
-    y1, y2, all_hidden = stack(hidden, pad_mask, output_hidden_states, layer_caches, context, context_mask,
-                               kept_length=length)
-    y1, y2 = y1[:, :length], y2[:, :length]
-    if order is not None:
-        y1, y2 = restore_order(y1, order), restore_order(y2, order)
-        all_hidden = None if all_hidden is None else tuple(restore_order(h, order) for h in all_hidden)
-    return y1, y2, all_hidden
-
-
-def default_position_ids(attention_mask, past_length, batch, length, device):
-    """(batch, length) position ids of the new positions: with a mask (covering the cached and the new
-    positions) the count of real positions before each, so padding shifts no real position (padding
-    gets the position of the real one before it, 0 at the front); without one, the sequence indices."""
-    if attention_mask is None:
-        return torch.arange(past_length, past_length + length, device=device).expand(batch, length)
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
-
-
-def real_positions_first(pad_mask):
-    """(batch, length) padding flags -> (batch, length) indices that put each row's real positions first,
-    in order, and its padding after them; None where no row has padding before a real position (not
-    asked under torch.compile, where reading the answer would end the graph: the indices are then
-    built whatever the padding)."""
-    if pad_mask is None:
-        return None
-    if not torch.compiler.is_compiling() and not bool((pad_mask[:, :-1] & ~pad_mask[:, 1:]).any()):
-        return None
-    return torch.sort(pad_mask.to(torch.uint8), dim=1, stable=True).indices
-
-
-def restore_order(tensor, order):
-    """(batch, length, ...) rows gathered by `order` -> the rows in their original order."""
-    index = order.view(*order.shape, *([1] * (tensor.dim() - 2))).expand_as(tensor)
-    return torch.empty_like(tensor).scatter(1, index, tensor)
-
-
-def continue_from_cache(stack, config, hidden, new_is_pad, self_cache, layer_caches, output_hidden_states,
-                        context=None, context_mask=None):
-    """The positions after a filled ReformerCache `self_cache`: one at a time through every layer's
-    cache, or, for a cache that recomputes (cache.py says when), the whole sequence again keeping
-    the new part.  layer_caches: what the stack's layers read (`self_cache.layers`, or per-layer
-    caches that hold them); context is only read by a recomputing pass."""
-    length = hidden.shape[1]
-    if self_cache.recomputes:
-        sequence, pad_mask = self_cache.extend_sequence(hidden, new_is_pad)
-        y1, y2, all_hidden = run_padded_stack(stack, config, sequence, pad_mask, layer_caches, output_hidden_states,
-                                              context, context_mask)
-        if all_hidden is not None:
-            all_hidden = tuple(h[:, -length:] for h in all_hidden)
-        return y1[:, -length:], y2[:, -length:], all_hidden
-    steps = [stack.decode_step(hidden[:, t : t + 1], layer_caches, new_is_pad[:, t], output_hidden_states)
-             for t in range(length)]
-    return join_decode_steps(steps, output_hidden_states)
-
-
-def join_decode_steps(steps, output_hidden_states):
-    """Per-position (y1, y2, hidden states per layer) decode steps -> the same along the sequence."""
-    y1 = torch.cat([step[0] for step in steps], dim=1)
-    y2 = torch.cat([step[1] for step in steps], dim=1)
-    all_hidden = None
-    if output_hidden_states:
-        all_hidden = tuple(torch.cat(per_layer, dim=1) for per_layer in zip(*(step[2] for step in steps)))
-    return y1, y2, all_hidden
-
-
-def shifted_token_losses(logits, labels):
-    """Summed next-token cross-entropy (float32) and the number of counted targets.
-
-    logits (batch, length, vocab) predict labels (batch, length) shifted by one; -100 is ignored.
-    """
-    targets = labels[:, 1:]
-    loss_sum = nn.functional.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="sum"
-    )
-    return loss_sum, (targets != -100).sum()
-
-
-def mean_over_items(loss_sum, count, num_items_in_batch=None):
-    """A summed loss over its number of items: `count`, this batch's, or `num_items_in_batch`, which
-    transformers' Trainer counts over every micro-batch of a step under gradient accumulation (the
-    labels that are not -100), so that the micro-batches' gradients add up to the step's mean.
-    No item gives NaN (0 / 0), as transformers' own heads do with every label -100."""
-    denominator = num_items_in_batch if num_items_in_batch is not None else count
-    return loss_sum / torch.as_tensor(denominator, device=loss_sum.device)
-
-
 class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
     """Reformer with a language-modelling head over the concatenated residual streams."""
 
@@ -703,29 +466,6 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         return ReformerCausalLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, **compat.cache_output(cache)
         )
-
-
-def chunked_lm_loss(head, inputs, labels, chunk_size):
-    """Summed shifted cross-entropy over position chunks without keeping any chunk's logits.
-
-    head maps chunks of `inputs` (tensors of shape (batch, length, ...)) to logits.  Each chunk's
-    head and logits are recomputed in the backward pass (activation checkpointing), so the peak
-    holds one chunk's head activations and (chunk_size, vocab) logits instead of the sequence's.
-    The inputs are split (not sliced chunk by chunk), so their gradient is assembled once.
-    """
-    targets = nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
-
-    def chunk_loss(target_chunk, *input_chunks):
-        logits = head(*input_chunks).float()
-        return nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), target_chunk.reshape(-1), ignore_index=-100, reduction="sum"
-        )
-
-    loss_sum = inputs[0].new_zeros((), dtype=torch.float32)
-    input_chunks = [tensor.split(chunk_size, dim=1) for tensor in inputs]
-    for target_chunk, *chunks in zip(targets.split(chunk_size, dim=1), *input_chunks):
-        loss_sum = loss_sum + torch.utils.checkpoint.checkpoint(chunk_loss, target_chunk, *chunks, use_reentrant=False)
-    return loss_sum, (targets != -100).sum()
 
 
 class ReformerClassificationHead(nn.Module):

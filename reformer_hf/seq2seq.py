@@ -24,24 +24,18 @@ from transformers import GenerationMixin
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
 from . import compat
-from .attention import full_attention_sdpa, merge_heads, split_heads
+from .attention_functions import full_attention_sdpa
+from .attention_rules import merge_heads, split_heads
+from .blocks import AttentionBlock, FeedForwardBlock
 from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import position_embeddings
+from .forward_checks import refuse_unknown_keywords
 from .layer_norm import ReformerLayerNorm
-from .modeling import (
-    AttentionBlock,
-    FeedForwardBlock,
-    ReformerModel,
-    ReformerModelOutput,
-    ReformerPreTrainedModel,
-    continue_from_cache,
-    mean_over_items,
-    default_position_ids,
-    refuse_unknown_keywords,
-    run_padded_stack,
-)
+from .losses import mean_over_items
+from .modeling import ReformerModel, ReformerModelOutput, ReformerPreTrainedModel
 from .reversible import ReformerStack, ReversibleLayer
+from .stack_running import continue_from_cache, default_position_ids, run_padded_stack
 from .translation_pipeline import TRANSLATION_CUSTOM_PIPELINES
 
 # ------------------------------------------------------------------------------------ presets
@@ -417,10 +411,10 @@ class ReformerForConditionalGeneration(ReformerPreTrainedModel, GenerationMixin)
         decoder_input_ids / decoder_inputs_embeds (batch, length): the target positions after those
         in `past_key_values`; decoder_attention_mask covers the cached and the new ones (batch,
         past + length); decoder_position_ids default to the count of real positions before each
-        (modeling.default_position_ids).
+        (stack_running.default_position_ids).
         use_cache: return a ReformerSeq2SeqCache (default: config.use_cache in eval mode).
         `logits_to_keep=n` computes logits for the last n positions only.
-        kwargs: only what generate() passes besides these (modeling.refuse_unknown_keywords).
+        kwargs: only what generate() passes besides these (forward_checks.refuse_unknown_keywords).
         """
         refuse_unknown_keywords(self, kwargs)
         self._check_batch_sizes(input_ids=input_ids, inputs_embeds=inputs_embeds, encoder_outputs=encoder_outputs,

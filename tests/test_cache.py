@@ -5,7 +5,7 @@ import torch
 from tiny_models import tiny_config
 
 from reformer_hf import ReformerCache, ReformerForCausalLM, ReformerModel
-from reformer_hf.attention import (
+from reformer_hf.attention_functions import (
     buckets_for_length,
     local_attention,
     local_decode_step,
@@ -14,7 +14,7 @@ from reformer_hf.attention import (
     normalize_keys,
 )
 from reformer_hf.cache import LocalLayerCache, LSHLayerCache
-from reformer_hf.modeling import padding_multiple
+from reformer_hf.stack_running import padding_multiple
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 

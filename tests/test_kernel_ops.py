@@ -16,7 +16,7 @@ if not torch.cuda.is_available():
 
 pytest.importorskip("triton", reason="the fused kernels need triton (the torch path is tested without it)")
 
-from reformer_hf import ReformerForCausalLM, attention, kernel_ops, layer_norm  # noqa: E402
+from reformer_hf import ReformerForCausalLM, attention_functions, kernel_ops, layer_norm  # noqa: E402
 from reformer_hf.replay import OPERATOR_NAMESPACE  # noqa: E402
 from test_replay import OWN_FILES  # noqa: E402
 from tiny_models import tiny_config  # noqa: E402
@@ -71,7 +71,7 @@ def test_lsh_operator_gradient_is_the_torch_paths():
     options = dict(n_heads=2, n_buckets=4, chunk_length=4, causal=True)
     grad_out = randn(1, 2, 16, 16, seed=13)
     results = []
-    for function in (kernel_ops.lsh_attention_packed, attention.lsh_attention_packed):
+    for function in (kernel_ops.lsh_attention_packed, attention_functions.lsh_attention_packed):
         inputs = query_key_value.detach().requires_grad_(True)
         out, lse = function(inputs, bucket_ids, **options)
         (grad,) = torch.autograd.grad([out, lse], inputs, [grad_out, torch.ones_like(lse)])

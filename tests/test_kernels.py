@@ -1,5 +1,5 @@
-"""The kernels' entry points (kernels.py) as attention.py's dispatcher reaches them, and the layout
-of the kernels modules: no import cycle with attention.py, no module over 600 lines, and a saved
+"""The kernels' entry points (kernels.py) as attention_dispatch.py reaches them, and the layout
+of the kernels modules: no import cycle with the attention modules, no module over 600 lines, and a saved
 folder that carries every kernels module and loads the kernels from itself."""
 
 import ast
@@ -18,7 +18,7 @@ from tiny_models import tiny_config
 pytest.importorskip("triton", reason="the fused kernels need triton (the torch path is tested without it)")
 
 import reformer_hf  # noqa: E402
-from reformer_hf import ReformerForCausalLM, attention, kernels  # noqa: E402
+from reformer_hf import ReformerForCausalLM, attention, attention_dispatch, attention_functions, kernels  # noqa: E402
 from reformer_hf.configuration import ReformerConfig  # noqa: E402
 
 PACKAGE_DIR = Path(reformer_hf.__file__).parent
@@ -50,14 +50,14 @@ def test_triton_backend_layer_equals_torch_backend_layer():
 
 
 def test_dispatcher_uses_the_torch_path_for_dropout_in_training(caplog):
-    function = attention.lsh_attention_dispatch("triton")
+    function = attention_dispatch.lsh_attention_dispatch("triton")
     query_key, value, bucket_ids, _ = lsh_inputs(1, 2, 16, 16, 2, 4, 0, seed=13)
     options = dict(n_buckets=4, chunk_length=8, causal=True, dropout_p=0.5, training=True)
-    with caplog.at_level(logging.INFO, logger="reformer_hf.attention"):
+    with caplog.at_level(logging.INFO, logger="reformer_hf.attention_dispatch"):
         torch.manual_seed(14)
         got, _ = function(query_key.float(), value.float(), bucket_ids, **options)
     torch.manual_seed(14)
-    want, _ = attention.lsh_attention(query_key.float(), value.float(), bucket_ids, **options)
+    want, _ = attention_functions.lsh_attention(query_key.float(), value.float(), bucket_ids, **options)
     assert torch.equal(got, want)
     assert "dropout" in caplog.text
 
@@ -65,7 +65,7 @@ def test_dispatcher_uses_the_torch_path_for_dropout_in_training(caplog):
 
 def test_dispatcher_refuses_an_unsupported_input_for_the_triton_backend():
     query_key, value, bucket_ids, _ = lsh_inputs(1, 2, 16, 16, 1, 4, 0, seed=15)
-    function = attention.lsh_attention_dispatch("triton")
+    function = attention_dispatch.lsh_attention_dispatch("triton")
     with pytest.raises(RuntimeError, match="float64"):
         function(query_key, value, bucket_ids, n_buckets=4, chunk_length=8)
 
@@ -76,18 +76,18 @@ def test_dispatcher_auto_takes_the_kernel_only_on_cuda(monkeypatch):
     monkeypatch.setattr(kernels, "lsh_attention", lambda *args, **kwargs: calls.append(args) or (None, None))
     query_key, value, bucket_ids, _ = lsh_inputs(1, 1, 16, 16, 1, 4, 0, seed=16)
     query_key, value = query_key.float(), value.float()
-    got, _ = attention.lsh_attention_dispatch("auto")(query_key, value, bucket_ids, n_buckets=4, chunk_length=8)
+    got, _ = attention_dispatch.lsh_attention_dispatch("auto")(query_key, value, bucket_ids, n_buckets=4, chunk_length=8)
     if DEVICE == "cuda":
         assert len(calls) == 1
     else:
-        want, _ = attention.lsh_attention(query_key, value, bucket_ids, n_buckets=4, chunk_length=8)
+        want, _ = attention_functions.lsh_attention(query_key, value, bucket_ids, n_buckets=4, chunk_length=8)
         assert not calls and torch.equal(got, want)
 
 
 
 def test_dispatcher_refuses_an_unknown_backend():
     with pytest.raises(ValueError, match="attn_backend='cuda'"):
-        attention.lsh_attention_dispatch("cuda")
+        attention_dispatch.lsh_attention_dispatch("cuda")
 
 
 
@@ -97,17 +97,18 @@ def test_packed_dispatcher_checks_the_heads_not_the_packed_width():
     packed = packed_inputs(2, 1, heads, length, d_head, seed=25)
     _, _, bucket_ids, _ = lsh_inputs(1, heads, length, d_head, 1, 2, 0, seed=26)
     options = dict(n_heads=heads, n_buckets=2, chunk_length=4, causal=True)
-    got, _ = attention.lsh_attention_dispatch("triton", packed=True)(packed, bucket_ids, **options)
-    want, _ = attention.lsh_attention_packed(packed, bucket_ids, **options)
+    got, _ = attention_dispatch.lsh_attention_dispatch("triton", packed=True)(packed, bucket_ids, **options)
+    want, _ = attention_functions.lsh_attention_packed(packed, bucket_ids, **options)
     assert relative_error(got, want) < 1e-5
     with pytest.raises(ValueError, match=r"packed projections have shape \(1, 8, 498\)"):
-        attention.lsh_attention_dispatch("triton", packed=True)(packed[..., :498], bucket_ids, **options)
+        attention_dispatch.lsh_attention_dispatch("triton", packed=True)(packed[..., :498], bucket_ids, **options)
 
 
 
 def test_attention_imports_no_kernels_module():
-    """attention.py imports the kernels only where one is about to run (`kernels_module`)."""
-    script = ("import json, sys, reformer_hf.attention; "
+    """The attention modules import the kernels only where one is about to run (`kernels_module`)."""
+    modules = "reformer_hf.attention, reformer_hf.attention_dispatch, reformer_hf.attention_functions"
+    script = (f"import json, sys, {modules}; "
               "print(json.dumps(sorted(name for name in sys.modules if name.startswith('reformer_hf.kernel'))))")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -134,10 +135,11 @@ def test_no_kernels_module_imports_attention_and_none_is_over_600_lines():
     for name in names:
         path = PACKAGE_DIR / f"{name}.py"
         imported = relative_imports(path)
-        assert "attention" not in imported, name
+        assert not {module for module in imported if module.startswith("attention")} - {"attention_rules"}, name
         assert imported <= set(names) | {"attention_rules", "replay"}, (name, imported)
         assert len(path.read_text().splitlines()) <= 600, name
-    assert "attention" not in relative_imports(PACKAGE_DIR / "attention_rules.py")
+    rules_imports = relative_imports(PACKAGE_DIR / "attention_rules.py")
+    assert not {module for module in rules_imports if module.startswith("attention")}
 
 
 # A fresh interpreter whose import system refuses `reformer_hf` (package_refusal.py): the

@@ -1,4 +1,4 @@
-"""The hashing kernel (kernels_hashing.py) against the reference's buckets, attention.hash_vectors."""
+"""The hashing kernel (kernels_hashing.py) against the reference's buckets, attention_functions.hash_vectors."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from kernel_helpers import DEVICE
 
 pytest.importorskip("triton", reason="the fused kernels need triton (the torch path is tested without it)")
 
-from reformer_hf import attention, kernels_hashing  # noqa: E402
+from reformer_hf import attention_functions, attention_rules, kernels_hashing  # noqa: E402
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -16,13 +16,13 @@ def test_hash_kernel_equals_reference_buckets(num_buckets, dtype):
     rotation's split (HASH_PRECISION "bf16x3"); both against the reference's float32 hashing."""
     generator = torch.Generator().manual_seed(10)
     vectors = torch.randn(2, 3, 40, 16, generator=generator).to(dtype).float()
-    rotations = torch.randn(3, 16, 2, attention.rotation_size(num_buckets), generator=generator)
-    expected = attention.hash_vectors(vectors, rotations, num_buckets)
+    rotations = torch.randn(3, 16, 2, attention_functions.rotation_size(num_buckets), generator=generator)
+    expected = attention_functions.hash_vectors(vectors, rotations, num_buckets)
     actual = kernels_hashing.hash_vectors(vectors.to(DEVICE, dtype), rotations.to(DEVICE), num_buckets)
     assert actual.dtype == torch.long
     # float32 sums in another order can only flip an argmax that is a near tie
     rotated = torch.einsum("bhld,hdnr->bhnlr", vectors, rotations)
-    factors = attention.bucket_factors(num_buckets)
+    factors = attention_rules.bucket_factors(num_buckets)
     margins = []
     column = 0
     for factor in factors:

@@ -1,4 +1,4 @@
-"""The LSH attention kernels (kernels_lsh.py) against the torch reference, attention.lsh_attention
+"""The LSH attention kernels (kernels_lsh.py) against the torch reference, attention_functions.lsh_attention
 (tolerances: see kernel_helpers.py)."""
 
 import pytest
@@ -7,7 +7,7 @@ from kernel_helpers import DEVICE, forward_backward, lsh_inputs, packed_inputs, 
 
 pytest.importorskip("triton", reason="the fused kernels need triton (the torch path is tested without it)")
 
-from reformer_hf import attention, kernels_lsh  # noqa: E402
+from reformer_hf import attention_functions, kernels_lsh  # noqa: E402
 
 LSH_CASES = [
     # (window_mode, causal, n_chunks_before, n_chunks_after, n_hashes, batch, heads, length, chunk, n_pad, d_head)
@@ -35,7 +35,7 @@ def test_lsh_kernel_equals_torch_path_in_float32(mode, causal, before, after, n_
     grad_out = torch.randn(query_key.shape, generator=generator).to(DEVICE)
     grad_lse = torch.randn(query_key.shape[:3], generator=generator).to(DEVICE)
     inputs = [query_key.float(), value.float()]
-    expected = forward_backward(attention.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    expected = forward_backward(attention_functions.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     actual = forward_backward(kernels_lsh.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     for name, got, want in zip(("out", "lse", "d query_key", "d value"), actual, expected):
         assert relative_error(got, want) < 1e-5, name
@@ -51,7 +51,7 @@ def test_lsh_kernel_keeps_a_bucket_of_one_round_apart_from_the_same_bucket_of_th
     options = dict(n_buckets=4, chunk_length=4, causal=False, window_mode="bucket_window", pad_mask=pad_mask)
     grad_out, grad_lse = upstream_grads(query_key.shape, pad_mask, seed=10)
     inputs = [query_key.float(), value.float()]
-    expected = forward_backward(attention.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    expected = forward_backward(attention_functions.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     actual = forward_backward(kernels_lsh.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     for name, got, want in zip(("out", "lse", "d query_key", "d value"), actual, expected):
         assert relative_error(got, want) < 1e-5, name
@@ -68,9 +68,9 @@ def test_lsh_kernel_half_precision_error_is_within_twice_the_torch_paths(dtype, 
     options = dict(n_buckets=4, chunk_length=4, causal=True, window_mode=mode, pad_mask=pad_mask)
     grad_out, grad_lse = upstream_grads(query_key.shape, pad_mask, seed=4)
     low = [query_key.to(dtype), value.to(dtype)]
-    exact = forward_backward(attention.lsh_attention, [t.double() for t in low], grad_out, grad_lse.double(),
+    exact = forward_backward(attention_functions.lsh_attention, [t.double() for t in low], grad_out, grad_lse.double(),
                              bucket_ids, **options)
-    torch_low = forward_backward(attention.lsh_attention, low, grad_out, grad_lse, bucket_ids, **options)
+    torch_low = forward_backward(attention_functions.lsh_attention, low, grad_out, grad_lse, bucket_ids, **options)
     kernel_low = forward_backward(kernels_lsh.lsh_attention, low, grad_out, grad_lse, bucket_ids, **options)
     real = (~pad_mask)[:, None, :].expand(query_key.shape[:3])  # the model strips padding queries' outputs
     for index, name in enumerate(("out", "lse", "d query_key", "d value")):
@@ -87,7 +87,7 @@ def test_lsh_kernel_single_chunk_is_dense_like_the_reference():
     options = dict(n_buckets=4, chunk_length=16, causal=True, window_mode="chunk", pad_mask=pad_mask)
     grad_out, grad_lse = upstream_grads(query_key.shape, None, seed=6)
     inputs = [query_key.float(), value.float()]
-    expected = forward_backward(attention.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    expected = forward_backward(attention_functions.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     actual = forward_backward(kernels_lsh.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     for got, want in zip(actual, expected):
         assert relative_error(got, want) < 1e-5
@@ -106,7 +106,7 @@ def test_gradients_when_only_one_output_is_used():
         used, upstream = (out, grad_out.float()) if use_out else (lse, grad_lse)
         got = torch.autograd.grad(used, inputs, upstream)
         zeros = (grad_out, torch.zeros_like(grad_lse)) if use_out else (torch.zeros_like(grad_out), grad_lse)
-        want = forward_backward(attention.lsh_attention, [t.detach() for t in inputs], *zeros, bucket_ids, **options)
+        want = forward_backward(attention_functions.lsh_attention, [t.detach() for t in inputs], *zeros, bucket_ids, **options)
         for actual, expected in zip(got, want[2:]):  # d value is exactly zero when only lse is used
             torch.testing.assert_close(actual, expected.to(actual.dtype), atol=1e-6, rtol=1e-5)
 
@@ -127,7 +127,7 @@ def test_packed_lsh_kernel_gradient_is_the_torch_paths_through_the_views(mode, c
     grad_out, grad_lse = upstream_grads((2, heads, length, d_head), pad_mask, seed=22)
     grad_out = grad_out.transpose(1, 2).contiguous().transpose(1, 2)
     options = dict(n_heads=heads, n_buckets=4, chunk_length=4, causal=causal, window_mode=mode, pad_mask=pad_mask)
-    expected = forward_backward(attention.lsh_attention_packed, [packed], grad_out, grad_lse, bucket_ids, **options)
+    expected = forward_backward(attention_functions.lsh_attention_packed, [packed], grad_out, grad_lse, bucket_ids, **options)
     actual = forward_backward(kernels_lsh.lsh_attention_packed, [packed], grad_out, grad_lse, bucket_ids, **options)
     for name, got, want in zip(("out", "lse", "d query_key_value"), actual, expected):
         assert got.shape == want.shape, name

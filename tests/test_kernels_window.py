@@ -7,7 +7,7 @@ from kernel_helpers import forward_backward, lsh_inputs, relative_error, upstrea
 
 pytest.importorskip("triton", reason="the fused kernels need triton (the torch path is tested without it)")
 
-from reformer_hf import attention, kernels_launch, kernels_local, kernels_lsh  # noqa: E402
+from reformer_hf import attention_functions, kernels_launch, kernels_local, kernels_lsh  # noqa: E402
 
 
 @pytest.mark.parametrize("mode", ["bucket_window", "chunk"])
@@ -20,13 +20,13 @@ def test_narrower_key_tiles_give_the_same_results(monkeypatch, mode):
     grad_out, grad_lse = upstream_grads(query_key.shape, None, seed=9)
     options = dict(n_buckets=4, chunk_length=64, causal=True, window_mode=mode, pad_mask=pad_mask)
     inputs = [query_key.float(), value.float()]
-    expected = forward_backward(attention.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
+    expected = forward_backward(attention_functions.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     actual = forward_backward(kernels_lsh.lsh_attention, inputs, grad_out, grad_lse, bucket_ids, **options)
     for name, got, want in zip(("out", "lse", "d query_key", "d value"), actual, expected):
         assert relative_error(got, want) < 1e-5, name
     local_inputs = [query_key.float(), value.float(), grad_out.float()]
     local_options = dict(chunk_length=64, causal=True, pad_mask=pad_mask)
-    expected = forward_backward(attention.local_attention, local_inputs, grad_out, grad_lse, **local_options)
+    expected = forward_backward(attention_functions.local_attention, local_inputs, grad_out, grad_lse, **local_options)
     actual = forward_backward(kernels_local.local_attention, local_inputs, grad_out, grad_lse, **local_options)
     for name, got, want in zip(("out", "lse", "dq", "dk", "dv"), actual, expected):
         assert relative_error(got, want) < 1e-5, name
@@ -49,7 +49,7 @@ def test_operands_in_different_memory_layouts():
         torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
     local = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in (inputs[0], inputs[1], grad_out.float())]
     local_options = dict(chunk_length=4, causal=True, pad_mask=pad_mask)
-    expected = forward_backward(attention.local_attention, [inputs[0], inputs[1], grad_out.float()], grad_out,
+    expected = forward_backward(attention_functions.local_attention, [inputs[0], inputs[1], grad_out.float()], grad_out,
                                 grad_lse, **local_options)
     actual = forward_backward(kernels_local.local_attention, [local[0], inputs[1], local[2]], grad_out, grad_lse,
                               **local_options)

@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
+from reformer_hf.blocks import FeedForwardBlock
 from reformer_hf.linear_relu import linear_relu
-from reformer_hf.modeling import FeedForwardBlock
 from tiny_models import tiny_config
 
 

@@ -10,7 +10,6 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from reformer_hf import ReformerForCausalLM, ReformerForSequenceClassification, ReformerModel
-from reformer_hf.modeling import FeedForwardBlock
 from tiny_models import tiny_config
 
 
@@ -51,16 +50,6 @@ def test_chunk_window_lets_later_tokens_change_earlier_outputs():
             perturbed[0, 31] = 3 * torch.randn(16, generator=generator)
             leaked |= not torch.allclose(model(inputs_embeds=perturbed).logits[:, :31], reference[:, :31], atol=1e-6)
     assert leaked
-
-
-def test_chunked_feed_forward_equals_unchunked():
-    torch.manual_seed(0)
-    block = FeedForwardBlock(tiny_config(chunk_size_feed_forward=0))
-    chunked = FeedForwardBlock(tiny_config(chunk_size_feed_forward=5))
-    chunked.load_state_dict(block.state_dict())
-    assert (block.chunk_size, chunked.chunk_size) == (0, 5)
-    hidden = torch.randn(2, 23, 16)
-    torch.testing.assert_close(chunked(hidden), block(hidden), atol=0, rtol=0)
 
 
 def test_chunked_loss_normalises_chunk_by_chunk():

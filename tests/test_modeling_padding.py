@@ -13,7 +13,6 @@ from reformer_hf import (
     ReformerForSequenceClassification,
     ReformerModel,
 )
-from reformer_hf.modeling import real_positions_first, restore_order
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
 PROMPT_LENGTHS = [13, 9, 4]
@@ -148,18 +147,6 @@ def test_cached_decoding_of_a_left_padded_batch_equals_each_row_alone(kind):
         for index, row in enumerate(rows):
             alone = model(torch.cat([row, continuation[index]])[None], use_cache=False).logits[0, len(row):]
             torch.testing.assert_close(torch.stack(steps, dim=1)[index], alone, **TOLERANCE, msg=f"row {index}")
-
-
-def test_real_positions_first_moves_padding_behind_and_restore_order_undoes_it():
-    pad_mask = torch.tensor([[True, True, False, False, False], [False, True, False, True, False],
-                             [False, False, False, True, True]])
-    order = real_positions_first(pad_mask)
-    assert order.tolist() == [[2, 3, 4, 0, 1], [0, 2, 4, 1, 3], [0, 1, 2, 3, 4]]
-    values = torch.arange(15.0).view(3, 5, 1)
-    moved = values.gather(1, order[..., None])
-    assert torch.equal(restore_order(moved, order), values)
-    assert real_positions_first(pad_mask[2:]) is None  # right padding stays where it is
-    assert real_positions_first(None) is None
 
 
 @pytest.mark.parametrize("kind", sorted(LAYER_KINDS))

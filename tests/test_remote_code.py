@@ -78,7 +78,8 @@ def test_saved_folder_carries_the_code_and_names_every_auto_class(saved_folder):
     }
     tokenizer_config = json.loads((saved_folder / "tokenizer_config.json").read_text())
     assert tokenizer_config["auto_map"] == {"AutoTokenizer": ["tokenization.ReformerByteTokenizer", None]}
-    for module in ("configuration", "modeling", "attention", "cache", "embeddings", "reversible", "tokenization"):
+    for module in ("configuration", "modeling", "attention", "attention_functions", "attention_dispatch", "blocks",
+                   "stack_running", "losses", "forward_checks", "cache", "embeddings", "reversible", "tokenization"):
         copied = saved_folder / f"{module}.py"
         assert copied.read_bytes() == (PACKAGE_DIR / f"{module}.py").read_bytes(), module
 

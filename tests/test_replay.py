@@ -93,7 +93,8 @@ def compile_config(reversible, **overrides):
 
 
 INPUT_IDS = torch.randint(0, 40, (2, 48), generator=torch.Generator().manual_seed(1))
-OWN_FILES = ("replay.py", "reversible.py", "fused_stack.py", "attention.py", "attention_rules.py", "kernel_ops.py",
+OWN_FILES = ("replay.py", "reversible.py", "fused_stack.py", "attention.py", "attention_functions.py",
+             "attention_dispatch.py", "attention_rules.py", "kernel_ops.py",
              *(path.name for path in Path(reformer_hf.__file__).parent.glob("kernels*.py")))
 
 

@@ -11,7 +11,7 @@ import torch
 from transformers import DataCollatorForLanguageModeling, DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
 from reformer_hf import ReformerForCausalLM, ReformerForSequenceClassification
-from reformer_hf.attention import normalize_keys
+from reformer_hf.attention_functions import normalize_keys
 from reformer_hf.data import chunk_byte_stream
 from reformer_hf.tokenization import ReformerByteTokenizer
 from reformer_hf.training import (
