@@ -11,12 +11,19 @@ width, depth, heads, d_ff and vocabulary, `attn_implementation="sdpa"`.
 
 --decode      greedy `generate()` of --new-tokens tokens (eos off) after prompts of random bytes of
               each --prompts length, at each of --batches, for each of --variants:
-                reformer              ours, with its own cache (ReformerCache)
+                reformer              ours, with its own cache (ReformerCache), decoding eagerly
+                                      (`disable_compile=True`: the cache generate() makes is
+                                      compileable, so generate() would compile on a GPU by itself)
                 llama-dynamic         Llama, transformers' default dynamic cache
                 llama-static-compile  Llama, `cache_implementation="static"` and a CompileConfig
                                       (torch.compile, mode "reduce-overhead", of each decoding step)
-                reformer-compile      ours with the same CompileConfig (not run by default;
-                                      generate() compiles only for a cache that says it can be)
+                reformer-compile      ours with transformers' default CompileConfig (inductor, mode
+                                      "reduce-overhead": fused kernels in CUDA graphs), what
+                                      generate() does on a GPU when not told otherwise (not run by
+                                      default here; bench/decode_graph_check.py runs it)
+                reformer-graph        ours with CompileConfig(backend="cudagraphs"): the eager
+                                      step's kernels replayed from CUDA graphs, no inductor
+                                      (compiles in seconds; not run by default)
               Timing: a streamer notes the time of every token generate() hands it, after a
               torch.cuda.synchronize (generate() already waits for each token on a GPU: its stop
               check reads the token on the host).  The first interval is the prefill (and the first
@@ -98,7 +105,7 @@ SMOKE_SIZES = dict(hidden_size=64, num_attention_heads=2, attention_head_size=32
                    attn_layers=["local", "local", "lsh", "local"], lsh_attn_chunk_length=16,
                    local_attn_chunk_length=16, axial_pos_embds_dim=[16, 48])
 FEED_FORWARD_CHUNK = 2**14
-VARIANTS = ("reformer", "llama-dynamic", "llama-static-compile", "reformer-compile")
+VARIANTS = ("reformer", "llama-dynamic", "llama-static-compile", "reformer-compile", "reformer-graph")
 DEFAULT_VARIANTS = VARIANTS[:3]
 RUN_ID = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S") + f"-{os.getpid()}"
 # bf16 logits: a cached step's largest error against the float32 cache-free reference may be at most
@@ -274,13 +281,29 @@ def forget_static_cache_length(model):
         del model._previous_max_cache_length
 
 
-def generate_arguments(variant):
+def reformer_compile_config(variant, setup):
+    """The CompileConfig of a compiled variant of ours: "reformer-compile" transformers' default (inductor,
+    mode "reduce-overhead"), "reformer-graph" the cudagraphs backend (no inductor).  On the CPU (--smoke)
+    both trace with "aot_eager" (no CUDA graphs there), made to compile on the CPU (compat)."""
+    from transformers import CompileConfig
+
+    if setup.device.type != "cuda":
+        return compat.compile_on_every_device(CompileConfig(backend="aot_eager"))
+    return CompileConfig(backend="cudagraphs") if variant == "reformer-graph" else CompileConfig()
+
+
+def generate_arguments(variant, setup):
     from transformers import CompileConfig
 
     if variant == "llama-static-compile":
-        return dict(cache_implementation="static", compile_config=CompileConfig(mode="reduce-overhead"))
-    if variant == "reformer-compile":
-        return dict(compile_config=CompileConfig(mode="reduce-overhead"))
+        compile_config = CompileConfig(mode="reduce-overhead")
+        if setup.device.type != "cuda":
+            compile_config = compat.compile_on_every_device(CompileConfig(backend="aot_eager"))
+        return dict(cache_implementation="static", compile_config=compile_config)
+    if variant in ("reformer-compile", "reformer-graph"):
+        return dict(compile_config=reformer_compile_config(variant, setup))
+    if variant == "reformer":
+        return dict(disable_compile=True)
     return {}
 
 
@@ -300,7 +323,7 @@ def timed_generate(model, variant, input_ids, new_tokens, setup, watch):
     started = time.perf_counter()
     output = model.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
                             do_sample=False, streamer=clock, return_dict_in_generate=True,
-                            **generate_arguments(variant))
+                            **generate_arguments(variant, setup))
     setup.sync()
     return output, clock.times, time.perf_counter() - started, watch.calls > compiled_calls
 
@@ -511,18 +534,21 @@ def cache_free_step_logits(model, sequences, attention_mask, prompt_width):
     return logits[:, prompt_width - 1:-1].float().transpose(0, 1)
 
 
-def generate_pair(model, input_ids, attention_mask, **kwargs):
+def generate_pair(model, input_ids, attention_mask, cached_options=None, **kwargs):
+    """generate() with the cache (and `cached_options`: how to decode, e.g. eagerly or compiled) and without."""
     outputs = []
-    for use_cache in (True, False):
+    for use_cache, options in ((True, cached_options or dict(disable_compile=True)), (False, {})):
         outputs.append(model.generate(input_ids, attention_mask=attention_mask, use_cache=use_cache, do_sample=False,
-                                      return_dict_in_generate=True, **kwargs))
+                                      return_dict_in_generate=True, **options, **kwargs))
     return outputs
 
 
-def greedy_check(models, dtype_name, input_ids, attention_mask, new_tokens):
-    """Cached vs cache-free greedy decoding of models[dtype_name]; logits against float32's cache-free pass."""
+def greedy_check(models, dtype_name, input_ids, attention_mask, new_tokens, cached_options=None):
+    """Cached vs cache-free greedy decoding of models[dtype_name]; logits against float32's cache-free pass.
+    cached_options: generate() options of the cached run (default: eager decoding)."""
     model, reference = models[dtype_name], models["float32"]
-    cached, uncached = generate_pair(model, input_ids, attention_mask, max_new_tokens=new_tokens, output_logits=True)
+    cached, uncached = generate_pair(model, input_ids, attention_mask, cached_options, max_new_tokens=new_tokens,
+                                     output_logits=True)
     width = input_ids.shape[1]
     agree = (cached.sequences[:, width:] == uncached.sequences[:, width:]).float().mean().item()
     cached_logits = torch.stack(cached.logits).float()  # (new tokens, batch, vocab)
@@ -568,11 +594,12 @@ def sync_free_step(model, input_ids, attention_mask, setup):
         logits = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True).logits
         sequence = torch.cat([input_ids, logits[:, -1:].argmax(-1)], dim=1)
         mask = torch.nn.functional.pad(attention_mask, (0, 1), value=1)
-        inputs = model.prepare_inputs_for_generation(sequence, past_key_values=cache, attention_mask=mask,
-                                                     use_cache=True)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
+            # As generate() does it: told that the step feeds one position, the step asks the device nothing.
+            inputs = model.prepare_inputs_for_generation(sequence, past_key_values=cache, attention_mask=mask,
+                                                         use_cache=True, next_sequence_length=1)
             model(**inputs)
             outcome = None
         except RuntimeError as error:
@@ -700,6 +727,7 @@ def ratio(numerator, denominator):
 VARIANT_LABELS = {  # (model, cache) as the report names them
     "reformer": ("reformer_hf", "ReformerCache"),
     "reformer-compile": ("reformer_hf", "ReformerCache + compile"),
+    "reformer-graph": ("reformer_hf", "ReformerCache + CUDA graphs"),
     "llama-dynamic": ("Llama", "dynamic"),
     "llama-static-compile": ("Llama", "static + compile"),
 }

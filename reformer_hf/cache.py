@@ -24,6 +24,15 @@ keys and values at d_head 128 in bf16); a local layer's is its window.  Reversib
 no special state: without a backward pass, decoding runs each layer forward on the new
 position's two residual streams.
 
+A decoding step reads no number on the host that changes from step to step: the sequence index
+of the next position is a device tensor (`SequenceIndex`), and every write goes into the
+existing buffers in place (index_copy_ / scatter_) at indices computed on the device.  A cache
+of fixed capacity (`ReformerCache(config, max_length)`, what generate() creates) allocates all of
+its buffers at the prefill and never again, so one compiled or CUDA-graph-captured step serves
+every position: it is `is_compileable`, and generate() compiles its decoding step (CUDA, or any
+device with an explicit `compile_config`).  A cache without `max_length` tracks its length on the
+host and grows its stores when they fill.
+
 Two configurations cannot be decoded from such state, because a position's attention there
 depends on later positions: LSH in "chunk" mode (the paper's; later tokens move the sorted
 chunk boundaries, so earlier positions' views change) and local attention with
@@ -47,52 +56,115 @@ def decoding_recomputes(config):
     return chunk_lsh or wrapped_local
 
 
+def _autograd_sees(buffer, source):
+    """Whether a write of `source` into `buffer` must be out of place, for autograd to follow it."""
+    return torch.is_grad_enabled() and (buffer.requires_grad or source.requires_grad)
+
+
 def _write(buffer, dim, index, source):
     """`buffer.scatter_(dim, index, source)`, out of place when autograd must see the write."""
-    if torch.is_grad_enabled() and (buffer.requires_grad or source.requires_grad):
+    if _autograd_sees(buffer, source):
         return buffer.scatter(dim, index, source)
     return buffer.scatter_(dim, index, source)
+
+
+def _write_at(buffer, dim, index, source):
+    """`buffer.index_copy_(dim, index, source)`: source written at the indices `index` (a device tensor)
+    along `dim`; out of place when autograd must see the write (which keeps a copy of the index: the
+    cache's own moves on in place)."""
+    source = source.to(buffer.dtype)
+    if _autograd_sees(buffer, source):
+        return buffer.index_copy(dim, index.clone(), source)
+    return buffer.index_copy_(dim, index, source)
+
+
+def _select_rows(buffer, batch_index):
+    """Rows `batch_index` of `buffer`, copied into its own storage when the batch keeps its size, so that
+    a compiled step goes on reading the same buffers after beam search reorders them."""
+    chosen = buffer.index_select(0, batch_index)
+    return buffer.copy_(chosen) if chosen.shape == buffer.shape else chosen
+
+
+class SequenceIndex:
+    """The sequence index of the next position, shared by every layer of one ReformerCache.
+
+    next: (1,) long tensor on the cache's device, advanced in place after each pass.  host: the same
+    as an int for a growing cache (its stores reallocate when full, which the host decides); None
+    for a cache of fixed capacity, which keeps it on the device only, so that no step reads a
+    Python number that changes (a compiled step would be specialised on it).
+    """
+
+    def __init__(self, fixed):
+        self.fixed = fixed
+        self.next = None
+        self.host = None if fixed else 0
+
+    def start(self, device):
+        self.next = keep_address(torch.zeros(1, dtype=torch.long, device=device), self.fixed)
+
+    def advance(self, new_positions):
+        self.next.add_(new_positions)
+        if self.host is not None:
+            self.host += new_positions
+
+    def length(self):
+        """Positions so far as an int (read from the device for a fixed-capacity cache: one synchronisation)."""
+        if self.host is not None or self.next is None:
+            return self.host or 0
+        return int(self.next.item())
+
+
+def keep_address(tensor, fixed):
+    """Mark a fixed-capacity cache's buffer as living at one address for its whole life, so that a
+    CUDA-graph-compiled step reads and writes it in place instead of copying it in on every replay
+    (torch._dynamo.mark_static_address, as transformers' StaticCache does)."""
+    if fixed and not torch.compiler.is_compiling():
+        torch._dynamo.mark_static_address(tensor)
+    return tensor
 
 
 class PositionStore:
     """The keys and values of every position so far, each stored once per layer as a dense KV cache
     stores them: keys, values (batch, heads, capacity, d_head), positions 0..length-1 filled.
 
-    `capacity` positions are allocated at the prefill (generate() knows how many it will feed);
-    past them the buffers grow by an eighth of their size (at least `GROWTH_MIN` positions), so an
-    append copies nothing in the common case and the whole store about eight times over a long
-    generation, with at most an eighth of the allocation unused.
+    A fixed-capacity cache allocates `capacity` positions at the prefill and writes each new
+    position at the device index `index.next`.  A growing cache (capacity None) allocates the
+    prefill's positions and, past them, grows the buffers by an eighth of their size (at least
+    `GROWTH_MIN` positions), so an append copies nothing in the common case and the whole store
+    about eight times over a long generation, with at most an eighth of the allocation unused.
     """
 
     GROWTH_MIN = 64
 
-    def __init__(self, capacity=None):
+    def __init__(self, index, capacity=None):
+        self.index = index
         self.capacity = capacity
         self.keys = self.values = None
-        self.length = 0
 
     def fill(self, keys, values, length):
         """The first `length` positions of keys, values (batch, heads, >= length, d_head)."""
         room = max(length, self.capacity or 0)
         self.keys, self.values = (
-            torch.nn.functional.pad(tensor[:, :, :length], (0, 0, 0, room - length)) for tensor in (keys, values)
+            keep_address(torch.nn.functional.pad(tensor[:, :, :length], (0, 0, 0, room - length)), self.index.fixed)
+            for tensor in (keys, values)
         )
-        self.length = length
+
+    def reserve(self, capacity):
+        """Room for `capacity` positions (a fixed-capacity cache asked for more: new buffers, once)."""
+        self.capacity = capacity
+        if self.keys is not None and self.keys.shape[2] < capacity:
+            extra = capacity - self.keys.shape[2]
+            self.keys, self.values = (keep_address(torch.nn.functional.pad(buffer, (0, 0, 0, extra)), self.index.fixed)
+                                      for buffer in (self.keys, self.values))
 
     def append(self, key, value):
-        """key, value: (batch, heads, 1, d_head) at sequence index `length`; returns that index."""
-        if self.length == self.keys.shape[2]:
-            extra = max(self.GROWTH_MIN, self.length // 8)
+        """key, value: (batch, heads, 1, d_head) at the next sequence index; returns that index (1,)."""
+        if self.index.host is not None and self.index.host == self.keys.shape[2]:
+            extra = max(self.GROWTH_MIN, self.index.host // 8)
             self.keys, self.values = (torch.nn.functional.pad(buffer, (0, 0, 0, extra)) for buffer in (self.keys, self.values))
-        position = self.length
-        self.keys = _write_position(self.keys, position, key)
-        self.values = _write_position(self.values, position, value)
-        self.length += 1
-        return position
-
-    def filled(self):
-        """Views of the filled positions: keys, values (batch, heads, length, d_head)."""
-        return self.keys[:, :, : self.length], self.values[:, :, : self.length]
+        self.keys = _write_at(self.keys, 2, self.index.next, key)
+        self.values = _write_at(self.values, 2, self.index.next, value)
+        return self.index.next
 
     def gather(self, positions):
         """keys, values at `positions` (batch, heads, *shape) of sequence indices -> (batch, heads, *shape, d_head)."""
@@ -102,35 +174,29 @@ class PositionStore:
         return self.keys.gather(2, flat).view(shape), self.values.gather(2, flat).view(shape)
 
     def reorder(self, batch_index):
-        self.keys, self.values = self.keys[batch_index], self.values[batch_index]
+        self.keys, self.values = _select_rows(self.keys, batch_index), _select_rows(self.values, batch_index)
 
     def nbytes(self):
         return sum(buffer.numel() * buffer.element_size() for buffer in (self.keys, self.values) if buffer is not None)
 
 
-def _write_position(buffer, position, source):
-    """`buffer[:, :, position] = source` (batch, heads, 1, d_head), out of place when autograd must see the
-    write; the position is a host integer, so the write needs no index tensor copied to the device."""
-    if torch.is_grad_enabled() and (buffer.requires_grad or source.requires_grad):
-        return torch.cat([buffer[:, :, :position], source.to(buffer.dtype), buffer[:, :, position + 1 :]], dim=2)
-    buffer[:, :, position : position + 1] = source
-    return buffer
-
-
 class FullLayerCache:
     """Every key and value so far (a `PositionStore`) and whether each position is padding,
-    key_is_pad (batch, capacity)."""
+    key_is_pad (batch, capacity): True also for the positions not yet written, so that a step
+    attends over the whole allocation and its shapes do not change from step to step."""
 
-    def __init__(self, capacity=None):
-        self.length = 0
-        self.store = PositionStore(capacity)
+    def __init__(self, index, capacity=None):
+        self.prefill_length = 0
+        self.store = PositionStore(index, capacity)
         self.key_is_pad = None
 
     def prefill(self, keys, values, pad_mask):
-        """Keys and values of the (internally right-padded) prefill; positions past `length` are dropped."""
-        self.store.fill(keys, values, self.length)
-        self.key_is_pad = torch.nn.functional.pad(_pad_flags(pad_mask, keys, self.length),
-                                                  (0, self.store.keys.shape[2] - self.length), value=True)
+        """Keys and values of the (internally right-padded) prefill; positions past `prefill_length` are dropped."""
+        length = self.prefill_length
+        self.store.fill(keys, values, length)
+        flags = torch.nn.functional.pad(_pad_flags(pad_mask, keys, length), (0, self.store.keys.shape[2] - length),
+                                        value=True)
+        self.key_is_pad = keep_address(flags, self.store.index.fixed)
 
     def append(self, key, value, is_pad):
         """key, value: (batch, heads, 1, d_head); is_pad: (batch,)."""
@@ -138,17 +204,22 @@ class FullLayerCache:
         if self.key_is_pad.shape[1] < self.store.keys.shape[2]:
             grown = self.store.keys.shape[2] - self.key_is_pad.shape[1]
             self.key_is_pad = torch.nn.functional.pad(self.key_is_pad, (0, grown), value=True)
-        self.key_is_pad[:, position] = is_pad
-        self.length += 1
+        self.key_is_pad.index_copy_(1, position, is_pad[:, None])
+
+    def reserve(self, capacity):
+        self.store.reserve(capacity)
+        if self.key_is_pad is not None and self.key_is_pad.shape[1] < capacity:
+            grown = torch.nn.functional.pad(self.key_is_pad, (0, capacity - self.key_is_pad.shape[1]), value=True)
+            self.key_is_pad = keep_address(grown, self.store.index.fixed)
 
     def attended(self):
-        """keys, values (batch, heads, length, d_head) and key_is_pad (batch, length) so far."""
-        keys, values = self.store.filled()
-        return keys, values, self.key_is_pad[:, : self.length]
+        """keys, values (batch, heads, capacity, d_head) and key_is_pad (batch, capacity), True past the
+        positions written so far."""
+        return self.store.keys, self.store.values, self.key_is_pad
 
     def reorder(self, batch_index):
         self.store.reorder(batch_index)
-        self.key_is_pad = self.key_is_pad[batch_index]
+        self.key_is_pad = _select_rows(self.key_is_pad, batch_index)
 
     def nbytes(self):
         return self.store.nbytes() + self.key_is_pad.numel() * self.key_is_pad.element_size()
@@ -168,46 +239,52 @@ class LocalLayerCache:
     position a slot holds, -1 where it holds none; real_length: (batch,), real positions so far.
     """
 
-    def __init__(self, chunk_length, n_chunks_before):
+    def __init__(self, chunk_length, n_chunks_before, fixed=False):
         self.slots = (n_chunks_before + 1) * chunk_length
-        self.length = 0
+        self.fixed = fixed
+        self.prefill_length = 0
         self.keys = self.values = self.slot_positions = self.real_length = None
 
     def prefill(self, keys, values, pad_mask):
         """keys, values (batch, heads, padded length, d_head) of a prefill whose real positions come first
         in every row, in order; pad_mask (batch, padded length) or None."""
         batch, heads, _, d_head = keys.shape
-        is_real = ~_pad_flags(pad_mask, keys, self.length)
-        real_index = torch.arange(self.length, device=keys.device).expand(batch, -1)
-        self.real_length = is_real.sum(dim=1)
-        kept = is_real & (real_index >= self.real_length[:, None] - self.slots)
+        length = self.prefill_length
+        is_real = ~_pad_flags(pad_mask, keys, length)
+        real_index = torch.arange(length, device=keys.device).expand(batch, -1)
+        real_length = is_real.sum(dim=1)
+        kept = is_real & (real_index >= real_length[:, None] - self.slots)
         slot = torch.where(kept, real_index % self.slots, self.slots)  # (batch, length)
         index = slot[:, None, :, None].expand(-1, heads, -1, d_head)
-        self.keys = keys.new_zeros(batch, heads, self.slots + 1, d_head).scatter_(2, index, keys[:, :, : self.length])
-        self.values = values.new_zeros(batch, heads, self.slots + 1, d_head).scatter_(
-            2, index, values[:, :, : self.length]
-        )
+        window_keys = keys.new_zeros(batch, heads, self.slots + 1, d_head).scatter_(2, index, keys[:, :, :length])
+        window_values = values.new_zeros(batch, heads, self.slots + 1, d_head).scatter_(2, index, values[:, :, :length])
         positions = torch.full((batch, self.slots + 1), -1, dtype=torch.long, device=keys.device)
-        self.slot_positions = positions.scatter_(1, slot, torch.where(kept, real_index, -1))
-        self.slot_positions[:, self.slots] = -1
+        positions = positions.scatter_(1, slot, torch.where(kept, real_index, -1))
+        positions[:, self.slots] = -1
+        self.keys, self.values, self.slot_positions, self.real_length = (
+            keep_address(tensor, self.fixed) for tensor in (window_keys, window_values, positions, real_length)
+        )
 
     def append(self, key, value, is_pad):
         """key, value: (batch, heads, 1, d_head); is_pad: (batch,).  Returns the new position's real
         position per row (batch,), the one it attends from."""
         batch, heads, _, d_head = key.shape
-        position = self.real_length
+        position = self.real_length.clone()
         slot = torch.where(is_pad, self.slots, position % self.slots)  # (batch,)
         index = slot[:, None, None, None].expand(-1, heads, 1, d_head)
         self.keys = _write(self.keys, 2, index, key)
         self.values = _write(self.values, 2, index, value)
-        self.slot_positions = self.slot_positions.scatter(1, slot[:, None], torch.where(is_pad, -1, position)[:, None])
-        self.real_length = position + (~is_pad).long()
-        self.length += 1
+        self.slot_positions.scatter_(1, slot[:, None], torch.where(is_pad, -1, position)[:, None])
+        self.real_length.add_((~is_pad).long())
         return position
 
+    def reserve(self, capacity):
+        """A window: nothing grows with the sequence."""
+
     def reorder(self, batch_index):
-        self.keys, self.values = self.keys[batch_index], self.values[batch_index]
-        self.slot_positions, self.real_length = self.slot_positions[batch_index], self.real_length[batch_index]
+        self.keys, self.values = _select_rows(self.keys, batch_index), _select_rows(self.values, batch_index)
+        self.slot_positions = _select_rows(self.slot_positions, batch_index)
+        self.real_length = _select_rows(self.real_length, batch_index)
 
     def nbytes(self):
         held = (self.keys, self.values, self.slot_positions, self.real_length)
@@ -228,26 +305,27 @@ class LSHLayerCache:
     what a dense layer's KV cache holds; the ring adds 4 bytes per kept index.
     """
 
-    def __init__(self, window, keep_buckets, capacity=None):
+    def __init__(self, window, keep_buckets, index, capacity=None):
         self.window = window
         self.keep_buckets = keep_buckets
-        self.length = 0
+        self.prefill_length = 0
         self.rotations = self.num_buckets = self.n_buckets = None
-        self.store = PositionStore(capacity)
+        self.store = PositionStore(index, capacity)
         self.ring = self.counts = None
 
     def prefill(self, rotations, num_buckets, keys, values, bucket_ids, pad_mask):
         """keys: normalised (batch, heads, length, d_head); bucket_ids (batch, heads, n_hashes, length)."""
-        self.rotations, self.num_buckets = rotations, num_buckets
+        fixed = self.store.index.fixed
+        self.rotations, self.num_buckets = keep_address(rotations, fixed), num_buckets
         self.n_buckets = math.prod(bucket_factors(num_buckets))
         if not self.keep_buckets:
             return
         batch, heads, n_hashes, length = bucket_ids.shape
-        n_buckets, window = self.n_buckets, self.window
+        n_buckets, window, kept_length = self.n_buckets, self.window, self.prefill_length
         sink = n_buckets * window
-        # Positions past `length` (the internal right padding) and padding go to bucket n_buckets, never kept.
-        is_pad = _pad_flags(pad_mask, keys, self.length)
-        is_pad = torch.nn.functional.pad(is_pad, (0, length - self.length), value=True)
+        # Positions past `prefill_length` (the internal right padding) and padding go to bucket n_buckets, never kept.
+        is_pad = _pad_flags(pad_mask, keys, kept_length)
+        is_pad = torch.nn.functional.pad(is_pad, (0, length - kept_length), value=True)
         bucket_ids = bucket_ids.masked_fill(is_pad[:, None, None, :], n_buckets)
 
         positions = torch.arange(length, device=keys.device)
@@ -260,10 +338,11 @@ class LSHLayerCache:
         kept = (sorted_buckets < n_buckets) & (rank_in_bucket >= counts.gather(-1, sorted_buckets) - window)
         slots = torch.where(kept, sorted_buckets * window + rank_in_bucket % max(window, 1), sink)
         ring = torch.full((batch, heads, n_hashes, sink + 1), -1, dtype=torch.int32, device=keys.device)
-        self.ring = ring.scatter_(-1, slots, torch.where(kept, sorted_positions, -1).to(torch.int32))
-        self.ring[..., sink] = -1
-        self.counts = counts[..., :n_buckets]
-        self.store.fill(keys, values, self.length)
+        ring = ring.scatter_(-1, slots, torch.where(kept, sorted_positions, -1).to(torch.int32))
+        ring[..., sink] = -1
+        self.ring = keep_address(ring, fixed)
+        self.counts = keep_address(counts[..., :n_buckets].contiguous(), fixed)
+        self.store.fill(keys, values, kept_length)
 
     def bucket_window(self, bucket_ids):
         """Keys, values (batch, heads, n_hashes, window, d_head) and validity of each round's bucket."""
@@ -279,16 +358,18 @@ class LSHLayerCache:
         count = self.counts.gather(-1, bucket_ids[..., None])[..., 0]
         slot = bucket_ids * self.window + count % max(self.window, 1)
         slot = torch.where(is_pad[:, None, None] | (self.window == 0), self.n_buckets * self.window, slot)
-        self.ring = self.ring.scatter(-1, slot[..., None], torch.full_like(slot[..., None], position, dtype=torch.int32))
+        self.ring.scatter_(-1, slot[..., None], position.to(torch.int32).expand_as(slot)[..., None])
         self.ring[..., self.n_buckets * self.window] = -1
         added = (~is_pad).long()[:, None, None, None].expand(-1, *bucket_ids.shape[1:], 1)
-        self.counts = self.counts.scatter_add(-1, bucket_ids[..., None], added)
-        self.length += 1
+        self.counts.scatter_add_(-1, bucket_ids[..., None], added)
+
+    def reserve(self, capacity):
+        self.store.reserve(capacity)
 
     def reorder(self, batch_index):
         if self.ring is not None:
             self.store.reorder(batch_index)
-            self.ring, self.counts = self.ring[batch_index], self.counts[batch_index]
+            self.ring, self.counts = _select_rows(self.ring, batch_index), _select_rows(self.counts, batch_index)
 
     def nbytes(self):
         held = [tensor for tensor in (self.ring, self.counts, self.rotations) if tensor is not None]
@@ -305,21 +386,28 @@ def _pad_flags(pad_mask, like, length):
 class ReformerCache:
     """`past_key_values` of ReformerForCausalLM: one layer cache per attention layer.
 
-    Created empty by generate() (sized for the positions it will feed), by the model, or by the
-    caller: `ReformerCache(config, max_length=None)`; `max_length` positions of every full and LSH
-    layer are allocated at the prefill, and the stores grow past it when needed.  The first forward
-    pass that receives it fills it (the prefill), later passes decode from it.  `generate()` uses it
-    through `get_seq_length` and, for beam search, `reorder_cache`.  It holds tensors of one batch,
-    device and dtype.  Pass `use_cache=False` to `generate` to recompute every step instead.
+    `ReformerCache(config, max_length=None)`.  With `max_length` (what generate() creates, sized for
+    every position it will feed) every full and LSH layer allocates that many positions at the
+    prefill and nothing more: the cache has a fixed capacity, keeps its length on the device, and
+    a decoding step is compileable (static shapes, in-place writes, no host read).  Without it the
+    cache counts on the host and its stores grow when full.  The first forward pass that receives
+    it fills it (the prefill), later passes decode from it.  `generate()` uses it through
+    `get_seq_length`, `is_compileable` and, for beam search, `reorder_cache` (in place).  It holds
+    tensors of one batch, device and dtype.  Pass `use_cache=False` to `generate` to recompute
+    every step instead.
     """
 
-    is_compileable = False
     is_croppable = False
 
     def __init__(self, config, max_length=None):
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
+                                       or max_length < 1):
+            raise ValueError(f"ReformerCache: max_length must be a positive int or None (a growing cache), "
+                             f"got {max_length!r}.")
         self.max_length = max_length
         self.recomputes = decoding_recomputes(config)
-        self.seq_length = 0
+        self.index = SequenceIndex(fixed=max_length is not None)
+        self.is_filled = False
         self.batch_size = None
         # Recomputing caches keep the embedded sequence (batch, length, hidden_size) and its padding.
         self.embedded = self.pad_mask = None
@@ -328,37 +416,115 @@ class ReformerCache:
     def _layer_cache(self, config, kind):
         if kind == "lsh":
             window = config.lsh_num_chunks_before * config.lsh_attn_chunk_length
-            return LSHLayerCache(window, keep_buckets=not self.recomputes, capacity=self.max_length)
+            return LSHLayerCache(window, keep_buckets=not self.recomputes, index=self.index, capacity=self.max_length)
         if self.recomputes:
             return None
         if kind == "local":
-            return LocalLayerCache(config.local_attn_chunk_length, config.local_num_chunks_before)
-        return FullLayerCache(self.max_length)
+            return LocalLayerCache(config.local_attn_chunk_length, config.local_num_chunks_before, self.index.fixed)
+        return FullLayerCache(self.index, self.max_length)
+
+    @property
+    def is_compileable(self):
+        """Whether a decoding step may be compiled into one static graph (transformers' generate() reads
+        it): a fixed capacity, and layers that decode from their state rather than recompute."""
+        return self.max_length is not None and not self.recomputes
 
     def nbytes(self):
         """Bytes of the tensors the cache holds (allocated, as measured: every layer's store, rings,
-        counts and rotations, and a recomputing cache's embedded sequence)."""
+        counts and rotations, the sequence index, and a recomputing cache's embedded sequence)."""
         total = sum(layer.nbytes() for layer in self.layers if layer is not None)
-        held = [tensor for tensor in (self.embedded, self.pad_mask) if tensor is not None]
+        held = [tensor for tensor in (self.embedded, self.pad_mask, self.index.next) if tensor is not None]
         return total + sum(tensor.numel() * tensor.element_size() for tensor in held)
 
     def __len__(self):
         return len(self.layers)
 
     def get_seq_length(self, layer_idx=0):
-        """Positions seen so far, padding included (the sequence index of the next position)."""
-        return self.seq_length
+        """Positions seen so far, padding included (the sequence index of the next position), as an int.
+        A fixed-capacity cache keeps the count on the device: reading it here waits for the device
+        (generate() reads it before the prefill; a decoding step never does)."""
+        return self.index.length()
+
+    def known_length(self):
+        """get_seq_length() where the host knows it without asking the device (an empty cache, a growing
+        one); None for a filled fixed-capacity cache."""
+        return 0 if not self.is_filled else self.index.host
+
+    def past_length_for(self, total_length, fed_length=None):
+        """The positions held, for generate(), which feeds a sequence of `total_length` positions: the host's
+        count where it keeps one, else `total_length - fed_length` (`fed_length`: the positions generate()
+        says it feeds next, 1 in a decoding step), else read from the device (a resumed generation's first
+        step).  ValueError if the sequence outgrows a fixed capacity."""
+        if self.max_length is not None and total_length > self.max_length:
+            raise ValueError(f"generate: the sequence has {total_length} positions but the ReformerCache holds at most "
+                             f"max_length={self.max_length}; pass a larger cache or none.")
+        known = self.known_length()
+        if known is None:
+            known = total_length - fed_length if fed_length is not None else self.get_seq_length()
+        return known
+
+    def next_positions(self, length, device):
+        """(length,) sequence indices of the next `length` positions (computed on the device where only the
+        device knows the length)."""
+        known = self.known_length()
+        start = known if known is not None else self.index.next
+        return torch.arange(length, device=device) + start
+
+    def confirm_positions(self, claimed, message):
+        """Whether `claimed` (length,) are the sequence indices of the next positions: True or False where
+        the host can tell without waiting for a device (on the CPU outside torch.compile); None where the
+        device asserts it instead, stopping the run with `message` if they are not."""
+        expected = self.next_positions(claimed.shape[-1], claimed.device)
+        if claimed.shape != expected.shape:
+            return False
+        same = (claimed == expected).all()
+        if torch.compiler.is_compiling() or same.device.type != "cpu":
+            torch._assert_async(same, message)
+            return None
+        return bool(same)
+
+    def reserve(self, max_length):
+        """Make a fixed-capacity cache hold at least `max_length` positions (generate() asks for what it will
+        feed when it continues a cache it was given): its full and LSH stores are reallocated once, so a
+        compiled step is compiled again for the new shapes.  A growing cache grows by itself."""
+        if self.max_length is None or max_length <= self.max_length:
+            return
+        self.max_length = max_length
+        for layer in self.layers:
+            if layer is not None:
+                layer.reserve(max_length)
+
+    def check_room(self, new_positions):
+        """Refuse positions past a fixed capacity: ValueError where the host can tell at no cost (it knows
+        the length, or the cache is on the CPU outside torch.compile), else a device assertion that
+        stops the run (no synchronisation)."""
+        if self.max_length is None:
+            return
+        known = self.known_length()
+        if known is None and self.index.next.device.type == "cpu" and not torch.compiler.is_compiling():
+            known = self.get_seq_length()
+        if known is None:
+            # A constant message: under torch.compile with dynamic shapes the sizes may be symbolic.
+            torch._assert_async((self.index.next + new_positions <= self.max_length).all(),
+                                "ReformerCache: the new positions do not fit the cache's max_length")
+        elif known + new_positions > self.max_length:
+            raise ValueError(f"ReformerCache: {new_positions} more position(s) do not fit a cache of max_length="
+                             f"{self.max_length} (it holds {known}); create it with a larger max_length or reserve() "
+                             "more.")
 
     def begin_prefill(self, embedded, pad_mask):
         """Called by the model before the prefill pass over `embedded` (batch, length, hidden_size),
         padding flags `pad_mask` (batch, length) or None; a recomputing cache keeps both."""
-        if self.seq_length:
-            raise ValueError(f"ReformerCache already holds {self.seq_length} positions; it cannot be prefilled again.")
+        if self.is_filled:
+            raise ValueError(f"ReformerCache already holds {self.get_seq_length()} positions; it cannot be "
+                             "prefilled again.")
         batch_size, length = embedded.shape[:2]
+        self.check_room(length)
         self.batch_size = batch_size
+        self.index.start(embedded.device)
         for layer in self.layers:
             if layer is not None:
-                layer.length = length
+                layer.prefill_length = length
         if self.recomputes:
             no_padding = torch.zeros(batch_size, length, dtype=torch.bool, device=embedded.device)
             self.extend_sequence(embedded, pad_mask if pad_mask is not None else no_padding)
@@ -372,10 +538,12 @@ class ReformerCache:
         return embedded, pad_mask
 
     def advance(self, new_positions):
-        self.seq_length += new_positions
+        self.index.advance(new_positions)
+        self.is_filled = True
 
     def reorder_cache(self, beam_idx):
-        """Keep batch rows `beam_idx` (beam search): every row of every layer follows its beam."""
+        """Keep batch rows `beam_idx` (beam search): every row of every layer follows its beam, copied into
+        the buffers it already has (a compiled step keeps reading them)."""
         self.batch_size = len(beam_idx)
         for layer in self.layers:
             if layer is not None:

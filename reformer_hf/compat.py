@@ -10,6 +10,14 @@ written).  What moved between them:
   alias on the way in, and output classes keep a `past_key_values` property).  `CACHE_FIELD` is the
   installed version's name; the models take both names as arguments and fill the installed
   version's field.
+- Compiling the decoding step.  generate() compiles the model's forward for the steps after the
+  prefill (`get_compiled_call`, torch.compile with `generation_config.compile_config`, by default
+  mode="reduce-overhead": CUDA graphs) when the cache says `is_compileable` and the device is an
+  accelerator, or any device where the CompileConfig carries the private `_compile_all_devices`
+  (`compile_on_every_device`); greedy and sampling steps use it, beam search runs eagerly.  5.17
+  and 5.25 both tell `prepare_inputs_for_generation` how many positions a step feeds as
+  `next_sequence_length` (`pop_next_sequence_length`), so a decoding step never asks the cache's
+  device how long the sequence is.
 - transformers' own Reformer LM head.  5.0-5.24 save `lm_head.bias` and apply no bias; 5.25 adds a
   bias to `lm_head.decoder` (saved as `lm_head.decoder.bias`, applied) and keeps the unused
   `lm_head.bias`; transformers 4 tied the two.  `source_lm_head_bias` and `lm_head_bias_names`
@@ -39,9 +47,30 @@ LEGACY_HEAD_BIAS = "lm_head.bias"  # every version saves it; only transformers 4
 def install_generation_cache(model_kwargs, make_cache):
     """In generate()'s `_prepare_cache_for_generation(generation_config, model_kwargs, generation_mode,
     batch_size, max_cache_length)` hook (that signature in 5.17-5.25): put `make_cache()` where the
-    installed version passes the cache to the model, unless the caller gave one."""
-    if all(model_kwargs.get(name) is None for name in CACHE_ARGUMENTS):
-        model_kwargs[CACHE_FIELD] = make_cache()
+    installed version passes the cache to the model, unless the caller gave one; returns the cache
+    generate() will use."""
+    given = [model_kwargs[name] for name in CACHE_ARGUMENTS if model_kwargs.get(name) is not None]
+    if given:
+        return given[0]
+    model_kwargs[CACHE_FIELD] = make_cache()
+    return model_kwargs[CACHE_FIELD]
+
+
+def pop_next_sequence_length(generation_kwargs):
+    """How many positions generate() feeds the model in this step, removed from the keyword arguments
+    of `prepare_inputs_for_generation`: transformers 5.17-5.25 pass `next_sequence_length` (1 in a
+    decoding step with a cache, the unseen prompt's length or None in the prefill).  None where it is
+    not given as an int."""
+    value = generation_kwargs.pop("next_sequence_length", None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def compile_on_every_device(compile_config):
+    """`compile_config` (a transformers CompileConfig) made to compile generate()'s decoding step on any
+    device, the CPU included: by default transformers 5.17-5.25 compile only on accelerators, and the
+    switch is the private `_compile_all_devices` (what transformers' own tests set)."""
+    compile_config._compile_all_devices = True
+    return compile_config
 
 
 def merge_cache_arguments(owner, past_key_values, cache):

@@ -13,7 +13,12 @@ from .blocks import AttentionBlock, FeedForwardBlock
 from .cache import ReformerCache
 from .configuration import ReformerConfig
 from .embeddings import AxialPositionEmbeddings, ReformerEmbeddings
-from .forward_checks import check_labels_batch, refuse_unknown_keywords
+from .forward_checks import (
+    check_attention_mask,
+    check_cache_continuation,
+    check_labels_batch,
+    refuse_unknown_keywords,
+)
 from .layer_norm import ReformerLayerNorm
 from .losses import chunked_lm_loss, mean_over_items, shifted_token_losses
 from .reversible import ReformerStack, ReversibleLayer
@@ -113,7 +118,8 @@ class ReformerModel(ReformerPreTrainedModel):
     def set_input_embeddings(self, value):
         self.embeddings.word_embeddings = value
 
-    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length=0):
+    def _check_inputs(self, input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length=0,
+                      decoding=False):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("ReformerModel: pass exactly one of input_ids and inputs_embeds.")
         shape = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
@@ -124,13 +130,8 @@ class ReformerModel(ReformerPreTrainedModel):
                 f"ReformerModel: inputs_embeds has last dimension {inputs_embeds.shape[-1]}; "
                 f"expected hidden_size={self.config.hidden_size}."
             )
-        expected_mask = (shape[0], past_length + shape[1])
-        if attention_mask is not None and tuple(attention_mask.shape) != expected_mask:
-            covers = f"the {past_length} cached positions and the new inputs" if past_length else "the inputs"
-            raise ValueError(
-                f"ReformerModel: attention_mask has shape {tuple(attention_mask.shape)}; "
-                f"expected {expected_mask}, one entry for each of {covers}."
-            )
+        if attention_mask is not None:
+            check_attention_mask(attention_mask, shape, position_ids, past_length, decoding)
         if position_ids is not None and tuple(position_ids.shape[-1:]) != tuple(shape[-1:]):
             raise ValueError(
                 f"ReformerModel: position_ids has shape {tuple(position_ids.shape)}; expected (batch, {shape[1]})."
@@ -172,7 +173,7 @@ class ReformerModel(ReformerPreTrainedModel):
                 f"allowed are token ids 0 to {vocab_size - 1} (vocab_size={vocab_size})."
             )
 
-    def _resolve_cache(self, past_key_values, use_cache, batch, length, cache_position):
+    def _resolve_cache(self, past_key_values, use_cache, batch, length, cache_position, attention_mask):
         """The generation cache this pass fills or reads, or None; raises on one that cannot be used."""
         if past_key_values is not None and not isinstance(past_key_values, ReformerCache):
             raise ValueError(
@@ -192,22 +193,11 @@ class ReformerModel(ReformerPreTrainedModel):
         if not wants_cache:
             return None
         cache = past_key_values if past_key_values is not None else ReformerCache(self.config)
-        past_length = cache.get_seq_length()
-        if past_length and cache.batch_size != batch:
+        if cache.is_filled and cache.batch_size != batch:
             raise ValueError(
                 f"ReformerModel: the inputs have batch size {batch} but past_key_values holds {cache.batch_size} rows."
             )
-        if cache_position is not None:
-            expected = torch.arange(past_length, past_length + length, device=cache_position.device)
-            if cache_position.shape == expected.shape and cache_position.device.type != "cpu":
-                # Off the CPU a decoding step does not wait for the comparison (see _check_index_ranges).
-                torch._assert_async((cache_position == expected).all(),
-                                    f"ReformerModel: cache_position does not continue the cache at {past_length}")
-            elif cache_position.shape != expected.shape or not torch.equal(cache_position, expected):
-                raise ValueError(
-                    f"ReformerModel: cache_position={cache_position.tolist()} does not continue the cache; expected "
-                    f"positions {past_length}..{past_length + length - 1} (the cache already holds {past_length})."
-                )
+        check_cache_continuation(cache, length, cache_position, attention_mask)
         return cache
 
     def forward(
@@ -228,8 +218,11 @@ class ReformerModel(ReformerPreTrainedModel):
         """past_key_values (or `cache`, its name from transformers 5.25 on): a ReformerCache (see cache.py).  An empty one, or None with use_cache, is
         filled by this pass (the prefill); a filled one makes the inputs the positions that follow the
         cached ones, and then attention_mask covers the cached and the new positions (batch,
-        past + length) and position_ids (batch, length) default to the count of real (non-padding)
-        positions before each one (their sequence indices where nothing is padded).
+        past + length), or the new ones only (batch, length; position_ids are then required), and
+        position_ids (batch, length) default to the count of real (non-padding) positions before each
+        one (their sequence indices where nothing is padded).  A decoding step reads no number on
+        the host that changes from step to step, so with a fixed-capacity cache and a mask of the new
+        positions only it compiles into one graph that serves every step (cache.py).
         use_cache: return a cache; defaults to config.use_cache for a causal model in eval mode.
         cache_position: the positions of the inputs in the cached sequence, as generate() passes them
         (checked against the cache).
@@ -239,24 +232,27 @@ class ReformerModel(ReformerPreTrainedModel):
         seq2seq encoder, only the arguments named here (it filters by the signature).
         """
         past_key_values = compat.merge_cache_arguments("ReformerModel", past_key_values, cache)
-        past_length = past_key_values.get_seq_length() if isinstance(past_key_values, ReformerCache) else 0
+        decoding = isinstance(past_key_values, ReformerCache) and past_key_values.is_filled
+        # The cached positions where the host knows them; None for a filled fixed-capacity cache.
+        past_length = past_key_values.known_length() if isinstance(past_key_values, ReformerCache) else 0
         batch, length = self._check_inputs(
-            input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length
+            input_ids, inputs_embeds, attention_mask, position_ids, output_attentions, past_length, decoding
         )
-        cache = self._resolve_cache(past_key_values, use_cache, batch, length, cache_position)
+        cache = self._resolve_cache(past_key_values, use_cache, batch, length, cache_position, attention_mask)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         if position_ids is None:
-            position_ids = default_position_ids(attention_mask, past_length, batch, length, device)
-        self._check_index_ranges(input_ids, position_ids, decoding=past_length > 0)
+            first_new = past_length if past_length is not None else cache.index.next
+            position_ids = default_position_ids(attention_mask, first_new, batch, length, device)
+        self._check_index_ranges(input_ids, position_ids, decoding=decoding)
 
         hidden = self.embeddings(input_ids=input_ids, inputs_embeds=inputs_embeds, position_ids=position_ids)
-        pad_mask = None if attention_mask is None else attention_mask == 0  # (batch, past_length + length)
-        if past_length:
-            new_is_pad = (pad_mask[:, past_length:] if pad_mask is not None
+        pad_mask = None if attention_mask is None else attention_mask == 0  # (batch, past + length) or (batch, length)
+        if decoding:
+            new_is_pad = (pad_mask[:, -length:] if pad_mask is not None
                           else torch.zeros(batch, length, dtype=torch.bool, device=device))
             y1, y2, all_hidden = continue_from_cache(
                 self.encoder, self.config, hidden, new_is_pad, cache, cache.layers, output_hidden_states
@@ -269,8 +265,8 @@ class ReformerModel(ReformerPreTrainedModel):
             y1, y2, all_hidden = run_padded_stack(
                 self.encoder, self.config, hidden, pad_mask, layer_caches, output_hidden_states
             )
-        if cache is not None:
-            cache.advance(length)
+            if cache is not None:
+                cache.advance(length)
 
         if return_residual_streams:
             # A head that normalises chunk by chunk (chunked_lm_loss): the (length, 2 * hidden)
@@ -329,7 +325,9 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
                                               max_cache_length)
         if generation_config.use_cache is not False:
-            compat.install_generation_cache(model_kwargs, lambda: ReformerCache(self.config, max_cache_length))
+            cache = compat.install_generation_cache(model_kwargs, lambda: ReformerCache(self.config, max_cache_length))
+            if isinstance(cache, ReformerCache):
+                cache.reserve(max_cache_length)
 
     def prepare_inputs_for_generation(
         self,
@@ -348,14 +346,18 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         inputs_embeds and the generated tokens after them are embedded here, so a pass without a
         cache (use_cache=False), a first step and a generation resumed from a returned cache all
         see the same sequence.  position_ids count the non-padding tokens of each row (left
-        padding starts every row at position 0).
+        padding starts every row at position 0).  After the prefill only the new positions' part of
+        attention_mask goes in (the cache holds the rest), and the positions held come from the
+        host's count or generate()'s `next_sequence_length`, never from the device: a decoding
+        step's inputs have the same shapes at every step and nothing waits for the device.
         """
         cache = compat.merge_cache_arguments("generate", past_key_values, kwargs.pop("cache", None))
-        for generation_only in ("is_first_iteration", "next_sequence_length", "labels"):
+        fed_length = compat.pop_next_sequence_length(kwargs)
+        for generation_only in ("is_first_iteration", "labels"):
             kwargs.pop(generation_only, None)
-        past_length = cache.get_seq_length() if isinstance(cache, ReformerCache) else 0
         embedded_length = inputs_embeds.shape[1] if inputs_embeds is not None else 0
         total_length = attention_mask.shape[1] if attention_mask is not None else embedded_length + input_ids.shape[1]
+        past_length = cache.past_length_for(total_length, fed_length) if isinstance(cache, ReformerCache) else 0
         new_length = total_length - past_length
         if past_length >= embedded_length:
             model_inputs = {"input_ids": input_ids[:, input_ids.shape[1] - new_length:].contiguous()}
@@ -372,6 +374,10 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
             else:
                 position_ids = torch.arange(total_length, device=self.device)[None]
         model_inputs["position_ids"] = position_ids[..., -new_length:].contiguous()
+        if past_length and attention_mask is not None:
+            # The cache holds the earlier positions' padding: only the new positions' flags go in, so a
+            # decoding step's inputs keep their shapes from step to step (one compiled step serves them all).
+            attention_mask = attention_mask[:, -new_length:].contiguous()
         model_inputs.update(attention_mask=attention_mask, past_key_values=cache, use_cache=use_cache, **kwargs)
         return model_inputs
 

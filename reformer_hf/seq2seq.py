@@ -292,14 +292,14 @@ class ReformerDecoder(nn.Module):
                 self_cache.begin_prefill(hidden, pad_mask)
             y1, y2, all_hidden = run_padded_stack(self.layers, self.config, hidden, pad_mask, layer_caches,
                                                   output_hidden_states, context, context_mask)
+            if cache is not None:
+                self_cache.advance(length)
         else:
             new_is_pad = (pad_mask[:, past_length:] if pad_mask is not None
                           else hidden.new_zeros(batch, length, dtype=torch.bool))
             # The cached cross-attention keys stand for `context` when decoding position by position.
             y1, y2, all_hidden = continue_from_cache(self.layers, self.config, hidden, new_is_pad, self_cache,
                                                      layer_caches, output_hidden_states, context, context_mask)
-        if cache is not None:
-            self_cache.advance(length)
         return self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1))), all_hidden
 
 

@@ -53,9 +53,10 @@ def run_padded_stack(stack, config, hidden, pad_mask, layer_caches, output_hidde
 def default_position_ids(attention_mask, past_length, batch, length, device):
     """(batch, length) position ids of the new positions: with a mask (covering the cached and the new
     positions) the count of real positions before each, so padding shifts no real position (padding
-    gets the position of the real one before it, 0 at the front); without one, the sequence indices."""
+    gets the position of the real one before it, 0 at the front); without one, the sequence indices.
+    past_length: an int, or a (1,) device tensor (a fixed-capacity cache's count, kept on the device)."""
     if attention_mask is None:
-        return torch.arange(past_length, past_length + length, device=device).expand(batch, length)
+        return (torch.arange(length, device=device) + past_length).expand(batch, length)
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -length:]
 
 
@@ -81,18 +82,24 @@ def continue_from_cache(stack, config, hidden, new_is_pad, self_cache, layer_cac
                         context=None, context_mask=None):
     """The positions after a filled ReformerCache `self_cache`: one at a time through every layer's
     cache, or, for a cache that recomputes (cache.py says when), the whole sequence again keeping
-    the new part.  layer_caches: what the stack's layers read (`self_cache.layers`, or per-layer
-    caches that hold them); context is only read by a recomputing pass."""
+    the new part; the cache is advanced past them (position by position: each layer writes the
+    next one at the cache's sequence index).  layer_caches: what the stack's layers read
+    (`self_cache.layers`, or per-layer caches that hold them); context is only read by a
+    recomputing pass."""
     length = hidden.shape[1]
     if self_cache.recomputes:
         sequence, pad_mask = self_cache.extend_sequence(hidden, new_is_pad)
         y1, y2, all_hidden = run_padded_stack(stack, config, sequence, pad_mask, layer_caches, output_hidden_states,
                                               context, context_mask)
+        self_cache.advance(length)
         if all_hidden is not None:
             all_hidden = tuple(h[:, -length:] for h in all_hidden)
         return y1[:, -length:], y2[:, -length:], all_hidden
-    steps = [stack.decode_step(hidden[:, t : t + 1], layer_caches, new_is_pad[:, t], output_hidden_states)
-             for t in range(length)]
+    self_cache.check_room(length)
+    steps = []
+    for t in range(length):
+        steps.append(stack.decode_step(hidden[:, t : t + 1], layer_caches, new_is_pad[:, t], output_hidden_states))
+        self_cache.advance(1)
     return join_decode_steps(steps, output_hidden_states)
 
 

@@ -4,7 +4,9 @@ import pytest
 import torch
 from tiny_models import tiny_config
 
-from reformer_hf import ReformerCache, ReformerForCausalLM, ReformerModel
+from transformers import CompileConfig
+
+from reformer_hf import ReformerCache, ReformerForCausalLM, ReformerModel, compat
 from reformer_hf.attention_functions import (
     buckets_for_length,
     local_attention,
@@ -13,7 +15,7 @@ from reformer_hf.attention_functions import (
     lsh_decode_step,
     normalize_keys,
 )
-from reformer_hf.cache import LocalLayerCache, LSHLayerCache
+from reformer_hf.cache import LocalLayerCache, LSHLayerCache, SequenceIndex
 from reformer_hf.stack_running import padding_multiple
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
@@ -78,6 +80,14 @@ def assert_steps_match_full_forward(model, prompt_length, total, n_pads=(0, 5, 1
 # ---------------------------------------------------------------- pure decode steps
 
 
+def started_index(prefilled):
+    """The sequence index a ReformerCache shares with its layers, after a prefill of `prefilled` positions."""
+    index = SequenceIndex(fixed=False)
+    index.start("cpu")
+    index.advance(prefilled)
+    return index
+
+
 @pytest.mark.parametrize("n_hashes,n_chunks_before", [(1, 1), (2, 2), (3, 0)])
 def test_lsh_decode_step_equals_lsh_attention_at_every_position(n_hashes, n_chunks_before):
     batch, heads, length, d_head, chunk_length, n_buckets, prompt = 2, 2, 32, 8, 4, 4, 10
@@ -92,8 +102,9 @@ def test_lsh_decode_step_equals_lsh_attention_at_every_position(n_hashes, n_chun
         n_chunks_before=n_chunks_before, causal=True, window_mode="bucket_window", pad_mask=pad_mask,
     )
 
-    cache = LSHLayerCache(window=n_chunks_before * chunk_length, keep_buckets=True)
-    cache.length = prompt
+    index = started_index(prompt)
+    cache = LSHLayerCache(window=n_chunks_before * chunk_length, keep_buckets=True, index=index)
+    cache.prefill_length = prompt
     rotations = torch.randn(heads, d_head, n_hashes, n_buckets // 2, generator=generator)
     cache.prefill(rotations, n_buckets, normalize_keys(query_key[:, :, :prompt]), value[:, :, :prompt],
                   bucket_ids[..., :prompt], pad_mask[:, :prompt])
@@ -105,6 +116,7 @@ def test_lsh_decode_step_equals_lsh_attention_at_every_position(n_hashes, n_chun
         torch.testing.assert_close(lse[:, :, 0], expected_lse[:, :, position], **TOLERANCE)
         cache.append(normalize_keys(query_key[:, :, new]), value[:, :, new], bucket_ids[..., position],
                      pad_mask[:, position])
+        index.advance(1)
 
 
 def test_lsh_cache_keeps_the_latest_window_of_each_bucket():
@@ -113,8 +125,8 @@ def test_lsh_cache_keeps_the_latest_window_of_each_bucket():
     bucket_ids = torch.tensor([0, 1, 0, 0, 1, 0, 0]).view(1, 1, 1, 7)
     keys = torch.arange(7.0).view(1, 1, 7, 1)
     pad_mask = torch.tensor([[False] * 6 + [True]])
-    cache = LSHLayerCache(window=2, keep_buckets=True)
-    cache.length = 7
+    cache = LSHLayerCache(window=2, keep_buckets=True, index=started_index(7))
+    cache.prefill_length = 7
     cache.prefill(torch.zeros(1, 1, 1, 1), 2, keys, keys + 100, bucket_ids, pad_mask)
     held, held_values, valid = cache.bucket_window(torch.tensor([[[0]]]))
     assert sorted(held.flatten().tolist()) == [3.0, 5.0] and valid.all()
@@ -148,7 +160,7 @@ def test_local_decode_step_equals_local_attention_at_every_position(n_chunks_bef
         )
         expected.append((out[0], lse[0], real.long().cumsum(0) - 1))
     cache = LocalLayerCache(chunk_length, n_chunks_before)
-    cache.length = prompt
+    cache.prefill_length = prompt
     order = torch.sort(pad_mask[:, :prompt].to(torch.uint8), dim=1, stable=True).indices  # real positions first
     gather = order[:, None, :, None].expand(-1, heads, -1, d_head)
     cache.prefill(key[:, :, :prompt].gather(2, gather), value[:, :, :prompt].gather(2, gather),
@@ -315,7 +327,7 @@ def test_cache_bytes_grow_as_stated(num_buckets):
             assert lsh.nbytes() == dense_kv_bytes(config, batch, prompt + 5) + lsh_index_bytes(config, batch, n_buckets)
             assert full.store.nbytes() == dense_kv_bytes(config, batch, prompt + 5)
             local_bytes.append(local.nbytes())
-            assert cache.nbytes() == sum(layer.nbytes() for layer in cache.layers)
+            assert cache.nbytes() == sum(layer.nbytes() for layer in cache.layers) + 8  # and the sequence index (int64)
     assert local_bytes[0] == local_bytes[1]  # a window, whatever the prefix
 
 
@@ -338,7 +350,7 @@ def test_stores_grow_by_an_eighth_past_their_capacity():
             model(torch.full((1, 1), 5), past_key_values=cache)
             capacities.append(cache.layers[0].store.keys.shape[2])
     assert capacities[0] == 8 + 64 and capacities[-1] == 8 + 64 + 64
-    assert cache.layers[0].length == 78
+    assert cache.get_seq_length() == 78
 
 
 def test_gradients_flow_through_the_cache_as_through_a_full_pass():
@@ -377,7 +389,9 @@ def test_bad_cache_inputs_raise_naming_the_argument():
             model(input_ids[:, :1], past_key_values=((torch.zeros(1),),))
         with pytest.raises(ValueError, match="batch size 1 but past_key_values holds 2 rows"):
             model(input_ids[:1, :1], past_key_values=cache)
-        with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 1\); expected \(2, 10\)"):
+        with pytest.raises(ValueError, match=r"attention_mask has shape \(2, 4\); expected \(2, 10\).*or \(2, 1\)"):
+            model(input_ids[:, :1], attention_mask=torch.ones(2, 4, dtype=torch.long), past_key_values=cache)
+        with pytest.raises(ValueError, match=r"attention_mask of shape \(2, 1\) covers only the new.*position_ids"):
             model(input_ids[:, :1], attention_mask=torch.ones(2, 1, dtype=torch.long), past_key_values=cache)
         with pytest.raises(ValueError, match="cache_position=\\[3\\] does not continue the cache"):
             model(input_ids[:, :1], past_key_values=cache, cache_position=torch.tensor([3]))
@@ -400,22 +414,195 @@ def to_meta(cache):
     return cache
 
 
+@pytest.mark.parametrize("max_length", [None, 24], ids=["growing", "fixed-capacity"])
 @pytest.mark.parametrize("layers", [["local", "lsh", "full"], ["lsh", "lsh"]])
-def test_a_decoding_step_reads_no_tensor_on_the_host(layers):
+def test_a_decoding_step_reads_no_tensor_on_the_host(layers, max_length):
     """The CPU check for the GPU's sync-free decoding step: the same step on meta tensors, which hold no
     data, so any host read of a value (.item(), bool(), int(), .tolist(), a comparison read in Python)
-    raises.  Prefill on the CPU, then one step of the generate() path (prepare_inputs_for_generation and
-    forward, left padding, batch 3) on the meta device."""
+    raises.  Prefill on the CPU, then one step of the generate() path (prepare_inputs_for_generation
+    told it feeds one position, and forward; left padding, batch 3) on the meta device."""
     model = tiny_lm(attn_layers=layers)
     input_ids, attention_mask = left_padded_batch((0, 5, 10), 20, model.config.vocab_size, seed=1)
     with torch.no_grad():
-        cache = model(input_ids, attention_mask=attention_mask, use_cache=True).past_key_values
+        cache = ReformerCache(model.config, max_length)
+        model(input_ids, attention_mask=attention_mask, past_key_values=cache)
         model.to("meta")
         to_meta(cache)
         sequence = torch.cat([input_ids, torch.full((3, 1), 5)], dim=1).to("meta")
         mask = torch.cat([attention_mask, torch.ones(3, 1, dtype=torch.long)], dim=1).to("meta")
         inputs = model.prepare_inputs_for_generation(sequence, past_key_values=cache, attention_mask=mask,
-                                                     use_cache=True)
+                                                     use_cache=True, next_sequence_length=1)
         logits = model(**inputs).logits
     assert logits.device.type == "meta" and logits.shape == (3, 1, model.config.vocab_size)
-    assert cache.get_seq_length() == 21
+    assert inputs["attention_mask"].shape == (3, 1)  # the new position's flag: the cache holds the rest
+    assert cache.known_length() == (21 if max_length is None else None)
+
+
+# ---------------------------------------------------------------- compiled decoding
+
+
+def cache_tensors(cache):
+    """{attribute path: tensor} of every tensor a ReformerCache holds, its layers' included."""
+    found, seen = {}, set()
+
+    def walk(holder, path):
+        if id(holder) in seen:
+            return
+        seen.add(id(holder))
+        for name, value in vars(holder).items():
+            if isinstance(value, torch.Tensor):
+                found[f"{path}.{name}"] = value
+            elif isinstance(value, list):
+                for position, item in enumerate(value):
+                    if item is not None:
+                        walk(item, f"{path}.{name}[{position}]")
+            elif hasattr(value, "__dict__") and not isinstance(value, type):
+                walk(value, f"{path}.{name}")
+
+    walk(cache, "cache")
+    return found
+
+
+def storage_addresses(cache):
+    return {path: tensor.data_ptr() for path, tensor in cache_tensors(cache).items()}
+
+
+def decode_with(step, model, input_ids, attention_mask, prompt_length, reorders=None):
+    """Prefill `prompt_length` positions into a fixed-capacity cache (eagerly), then feed the rest one
+    position at a time through `step` (model.forward or a compiled one) as generate() does: the new
+    token, its own mask entry and position.  `reorders[t]` (a row permutation) reorders the cache
+    before step t, as beam search does.  Returns the steps' logits (batch, steps, vocab), the cache
+    and its buffers' addresses right after the prefill."""
+    position_ids = positions_from_mask(attention_mask)
+    cache = ReformerCache(model.config, max_length=input_ids.shape[1])
+    logits = []
+    with torch.no_grad():
+        model(input_ids[:, :prompt_length], attention_mask=attention_mask[:, :prompt_length],
+              position_ids=position_ids[:, :prompt_length], past_key_values=cache)
+        addresses = storage_addresses(cache)
+        for t in range(prompt_length, input_ids.shape[1]):
+            if reorders is not None:
+                cache.reorder_cache(reorders[t - prompt_length])
+            new = slice(t, t + 1)
+            out = step(input_ids=input_ids[:, new], attention_mask=attention_mask[:, new],
+                       position_ids=position_ids[:, new], past_key_values=cache, use_cache=True, return_dict=True)
+            logits.append(out.logits)
+    return torch.cat(logits, dim=1), cache, addresses
+
+
+def compiled_forward(model, backend):
+    """model.forward under torch.compile as generate() compiles it for decoding, in one graph
+    (fullgraph) with static shapes; dynamo is reset so that only this test's graphs count."""
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    return torch.compile(model.forward, fullgraph=True, dynamic=False, backend=backend)
+
+
+def assert_one_graph():
+    """Dynamo traced one graph for every compiled step (no recompilation, no graph break)."""
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+@pytest.mark.parametrize(
+    "layers,backend",
+    [(["local", "local"], "aot_eager"), (["lsh", "lsh"], "aot_eager"), (["full", "full"], "aot_eager"),
+     (["local", "lsh", "full"], "inductor")],
+    ids=["local", "lsh", "full", "mixed-inductor"],
+)
+def test_a_compiled_decoding_step_serves_every_step_with_the_eager_logits(layers, backend):
+    """torch.compile(fullgraph=True, dynamic=False) of the forward, 10 decoding steps after an eager
+    prefill (batch 2, left padding, hash_seed set): one graph for all of them (a recompilation is an
+    error), logits equal to eager decoding and to a cache-free pass over the whole sequence, and every
+    buffer of the cache still at the address the prefill gave it (the steps allocate no cache storage)."""
+    model = tiny_lm(attn_layers=layers)
+    input_ids, attention_mask = left_padded_batch((0, 5), 24, model.config.vocab_size, seed=3)
+    eager, _, _ = decode_with(model.forward, model, input_ids, attention_mask, prompt_length=14)
+    step = compiled_forward(model, backend)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled, cache, addresses = decode_with(step, model, input_ids, attention_mask, prompt_length=14)
+    assert_one_graph()
+    torch.testing.assert_close(compiled, eager, **TOLERANCE)
+    with torch.no_grad():
+        full = model(input_ids, attention_mask=attention_mask, position_ids=positions_from_mask(attention_mask),
+                     use_cache=False).logits
+    torch.testing.assert_close(compiled, full[:, 14:], **TOLERANCE)
+    assert storage_addresses(cache) == addresses
+    assert cache.get_seq_length() == 24
+
+
+def test_a_compiled_step_follows_beam_reordering_in_place():
+    """Beam search reorders the cache between steps: the rows are copied into the buffers the compiled
+    step reads (no new storage, no recompilation), and the logits follow the permuted rows exactly as
+    an eagerly reordered cache gives them."""
+    model = tiny_lm(attn_layers=["local", "lsh", "full"])
+    input_ids, attention_mask = left_padded_batch((0, 5, 2), 20, model.config.vocab_size, seed=4)
+    generator = torch.Generator().manual_seed(5)
+    reorders = [torch.randint(0, 3, (3,), generator=generator) for _ in range(8)]
+    eager, _, _ = decode_with(model.forward, model, input_ids, attention_mask, 12, reorders)
+    step = compiled_forward(model, "aot_eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled, cache, addresses = decode_with(step, model, input_ids, attention_mask, 12, reorders)
+    assert_one_graph()
+    torch.testing.assert_close(compiled, eager, **TOLERANCE)
+    assert storage_addresses(cache) == addresses
+
+
+def test_only_a_fixed_capacity_cache_that_decodes_from_its_state_is_compileable():
+    config = tiny_config()
+    assert ReformerCache(config, max_length=32).is_compileable
+    assert not ReformerCache(config).is_compileable  # grows on the host
+    assert not ReformerCache(tiny_config(lsh_window_mode="chunk"), max_length=32).is_compileable  # recomputes
+    with pytest.raises(ValueError, match="max_length must be a positive int or None.*got 0"):
+        ReformerCache(config, max_length=0)
+
+
+def test_a_fixed_capacity_cache_refuses_positions_past_it():
+    model = tiny_lm()
+    input_ids = torch.randint(4, model.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        with pytest.raises(ValueError, match="12 more position.*do not fit a cache of max_length=10"):
+            model(input_ids, past_key_values=ReformerCache(model.config, max_length=10))
+        cache = ReformerCache(model.config, max_length=11)
+        model(input_ids[:, :10], past_key_values=cache)
+        model(input_ids[:, 10:11], past_key_values=cache)
+        # The length is on the device only (read here, on the CPU, before any write).
+        with pytest.raises(ValueError, match="1 more position.*do not fit a cache of max_length=11.*holds 11"):
+            model(input_ids[:, 11:12], past_key_values=cache)
+        cache.reserve(12)
+        grown = model(input_ids[:, 11:12], past_key_values=cache).logits
+        full = model(input_ids, use_cache=False).logits
+    torch.testing.assert_close(grown[:, -1], full[:, -1], **TOLERANCE)
+
+
+def test_generate_compiles_its_decoding_step_and_gives_the_eager_tokens():
+    """generate() with a CompileConfig (made to compile on the CPU too) runs every step after the
+    prefill through one compiled graph (inductor, fullgraph, static shapes; a recompilation is an
+    error) and gives eager generate()'s tokens and logits (batch 2, left padding, hash_seed set).
+    Without a CompileConfig nothing is compiled on the CPU (transformers compiles by itself on
+    accelerators only).  Beam search runs its steps eagerly in transformers, on the same
+    fixed-capacity cache reordered in place: its sequences equal cache-free beam search's."""
+    model = tiny_lm(attn_layers=["local", "lsh", "full"], eos_token_id=None)
+    input_ids, attention_mask = left_padded_batch((0, 5), 16, model.config.vocab_size, seed=9)
+    greedy = dict(attention_mask=attention_mask, max_new_tokens=10, do_sample=False, output_logits=True,
+                  return_dict_in_generate=True)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = model.generate(input_ids, **greedy)
+    assert not torch._dynamo.utils.counters["stats"]
+    compile_config = compat.compile_on_every_device(CompileConfig(fullgraph=True, dynamic=False, backend="inductor"))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = model.generate(input_ids, compile_config=compile_config, **greedy)
+    assert_one_graph()
+    assert torch.equal(compiled.sequences, eager.sequences)
+    for compiled_logits, eager_logits in zip(compiled.logits, eager.logits, strict=True):
+        torch.testing.assert_close(compiled_logits, eager_logits, **TOLERANCE)
+    assert compiled.past_key_values.is_compileable
+
+    beam = dict(attention_mask=attention_mask, max_new_tokens=6, num_beams=3, num_return_sequences=2,
+                do_sample=False, output_scores=True, return_dict_in_generate=True)
+    cached = model.generate(input_ids, compile_config=compile_config, **beam)
+    uncached = model.generate(input_ids, use_cache=False, **beam)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, **TOLERANCE)
