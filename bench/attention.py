@@ -13,9 +13,14 @@
           attention kernels over the identity order (contiguous windows) against the hashed
           order; the hashing dot in float32 "ieee" against "tf32x3".
 --sweep   forward+backward, batch 1, 8 heads, d_head 64, causal, bf16, chunk 64, lengths 1K..1M:
-          dense SDPA (flash), our LSH attention (n_hashes 1/2/4/8; "bucket_window" and "chunk"),
-          our torch path, and the whole layer (projections + hashing + attention) against
+          dense SDPA on the flash and the cuDNN backend (the faster is the dense anchor), our LSH
+          attention (n_hashes 1/2/4/8; "bucket_window" and "chunk"), our torch path, our local
+          attention beside FlexAttention (compiled) with the local layers' window, our LSH
+          attention beside FlexAttention over the bucket-sorted sequence (at 8K, 64K, 256K;
+          bench/anchors.py), and the whole layer (projections + hashing + attention) against
           transformers' LSHSelfAttention in bf16.
+--anchors-only  with --sweep: only the anchors (dense, FlexAttention local and LSH) and our
+          kernels they are compared with (n_hashes 4), at 8K, 16K, 64K, 256K unless --lengths.
 --graphs  SDPA and the LSH op with each step captured in a CUDA graph, at short lengths
           (1K..64K): the GPU time of both sides without the CPU's launch work; then the op
           and the whole layers (ours, transformers') with 10 steps queued back to back, as a
@@ -27,6 +32,7 @@ import argparse
 import math
 import os
 import sys
+import time
 
 if "--smoke" in sys.argv:  # the whole script at toy sizes on the CPU, kernels under Triton's interpreter
     os.environ["TRITON_INTERPRET"] = "1"
@@ -34,7 +40,9 @@ if "--smoke" in sys.argv:  # the whole script at toy sizes on the CPU, kernels u
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from anchors import flex_local_attention, flex_lsh_attention, local_block_mask, lsh_window_block_mask  # noqa: E402
 from common import (  # noqa: E402
+    SDPA_BACKENDS,
     JsonLines,
     environment,
     environment_markdown,
@@ -50,7 +58,10 @@ from common import (  # noqa: E402
     measure_queued,
     plot_against_length,
     read_json_lines,
+    sdpa_backend,
+    sdpa_backend_problem,
 )
+from torch.nn.attention.flex_attention import flex_attention  # noqa: E402
 
 from reformer_hf import attention, attention_dispatch, attention_functions, attention_rules  # noqa: E402
 from reformer_hf import kernels, kernels_hashing, kernels_launch  # noqa: E402
@@ -58,7 +69,13 @@ from reformer_hf.configuration import ReformerConfig  # noqa: E402
 
 HEADS, D_HEAD, CHUNK = 8, 64, 64
 LENGTHS = [2**10, 2**12, 2**13, 2**14, 2**15, 2**16, 2**18, 2**20]
+ANCHOR_LENGTHS = [2**13, 2**14, 2**16, 2**18]  # --anchors-only
+LSH_ANCHOR_LENGTHS = [2**13, 2**16, 2**18]  # FlexAttention over the sorted sequence
 DEVICE = "cuda"
+# FlexAttention as a user runs it: compiled on the GPU (main), one static graph per length and mask,
+# with its default 128 x 128 blocks (its default backward tiles need them).  On the CPU (--smoke)
+# eager and forward only: FlexAttention has no CPU backward, and its compiled CPU form no log-sum-exp.
+FLEX, FLEX_BACKWARD, FLEX_BLOCK = flex_attention, False, 128
 
 
 def relative_error(actual, expected):
@@ -286,18 +303,66 @@ def profile_length(log, length, n_hashes):
 # ---------------------------------------------------------------------------------------------
 
 
-def sdpa_case(length):
+def dense_tensors(length, requires_grad=True):
+    """q, k, v and an output gradient (batch 1, HEADS, length, D_HEAD), bf16."""
     shape = (1, HEADS, length, D_HEAD)
-    q, k, v = (torch.randn(shape, device=DEVICE, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-    grad_out = torch.randn(shape, device=DEVICE, dtype=torch.bfloat16)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
+    q, k, v = (torch.randn(shape, device=DEVICE, dtype=torch.bfloat16, requires_grad=requires_grad) for _ in range(3))
+    return q, k, v, torch.randn(shape, device=DEVICE, dtype=torch.bfloat16)
 
-    backends = [SDPBackend.FLASH_ATTENTION] if DEVICE == "cuda" else [SDPBackend.MATH]
+
+def sdpa_case(length, backend):
+    """Causal SDPA held to `backend` (common.SDPA_BACKENDS), forward + backward."""
+    q, k, v, grad_out = dense_tensors(length)
 
     def step():
-        with sdpa_kernel(backends):
+        with sdpa_backend(backend):
             out = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
         torch.autograd.grad(out, (q, k, v), grad_out)
+
+    return step
+
+
+def local_op_case(length):
+    """Our local attention kernel (the `local` layers' window: own chunk and the one before, causal)."""
+    q, k, v, grad_out = dense_tensors(length)
+    function = attention_dispatch.local_attention_dispatch("triton")
+
+    def step():
+        out, _ = function(q, k, v, chunk_length=CHUNK, n_chunks_before=1, n_chunks_after=0, causal=True)
+        torch.autograd.grad(out, (q, k, v), grad_out)
+
+    return step
+
+
+def flex_local_case(length):
+    """FlexAttention with the same visible keys as local_op_case; its block mask built once, as for
+    every layer and step of a model."""
+    q, k, v, grad_out = dense_tensors(length, requires_grad=FLEX_BACKWARD)
+    block_mask = local_block_mask(length, chunk_length=CHUNK, n_chunks_before=1, causal=True, block_size=FLEX_BLOCK,
+                                  device=DEVICE)
+
+    def step():
+        out, _ = flex_local_attention(q, k, v, block_mask, flex=FLEX)
+        if FLEX_BACKWARD:
+            torch.autograd.grad(out, (q, k, v), grad_out)
+
+    return step
+
+
+def flex_lsh_case(length, n_hashes, mode):
+    """LSH attention as sort + FlexAttention + un-sort (bench/anchors.py), the package's hashing (torch
+    path) and sort included, as lsh_op_case times ours; the windows' blocks built once."""
+    query_key, value, grad_out, rotations, num_buckets = lsh_tensors(length, n_hashes, requires_grad=FLEX_BACKWARD)
+    hash_function = attention_dispatch.hash_vectors_dispatch("torch")
+    window_mask = lsh_window_block_mask(n_hashes * length, chunk_length=CHUNK, window_mode=mode, block_size=FLEX_BLOCK,
+                                        device=DEVICE)
+
+    def step():
+        bucket_ids = hash_function(query_key.detach(), rotations, num_buckets)
+        out, _ = flex_lsh_attention(query_key, value, bucket_ids, window_mask, n_buckets=total_buckets(num_buckets),
+                                    chunk_length=CHUNK, causal=True, window_mode=mode, flex=FLEX)
+        if FLEX_BACKWARD:
+            torch.autograd.grad(out, (query_key, value), grad_out)
 
     return step
 
@@ -359,30 +424,81 @@ def transformers_layer_case(length, n_hashes):
     return step
 
 
-def run_sweep(log, lengths, hashes):
+def sweep_cases(length, hashes, anchors_only, lsh_anchor_lengths):
+    """(impl, n_hashes, mode, build) of one length: the dense anchors, ours and FlexAttention for
+    local and LSH attention, and (without anchors_only) the other n_hashes, our torch path and the layers."""
+    cases = [(f"sdpa_{name}", None, None, (lambda name=name: sdpa_case(length, name))) for name in SDPA_BACKENDS]
+    cases += [("local_triton", None, None, lambda: local_op_case(length)),
+              ("flex_local", None, None, lambda: flex_local_case(length))]
+    cases += [("lsh_triton", n, "bucket_window", (lambda n=n: lsh_op_case(length, n, "bucket_window", "triton")))
+              for n in ([4] if anchors_only else hashes)]
+    cases += [("lsh_triton", 4, "chunk", lambda: lsh_op_case(length, 4, "chunk", "triton"))]
+    if length in lsh_anchor_lengths:
+        cases += [("flex_lsh", 4, mode, (lambda mode=mode: flex_lsh_case(length, 4, mode)))
+                  for mode in ("bucket_window", "chunk")]
+    if anchors_only:
+        return cases
+    if length <= 2**18:
+        cases += [("lsh_torch", 4, "bucket_window", lambda: lsh_op_case(length, 4, "bucket_window", "torch"))]
+    return cases + [("layer_ours", 4, "chunk", lambda: our_layer_case(length, 4, "chunk")),
+                    ("layer_ours", 4, "bucket_window", lambda: our_layer_case(length, 4, "bucket_window")),
+                    ("layer_transformers", 4, "chunk", lambda: transformers_layer_case(length, 4))]
+
+
+def run_sweep(log, lengths, hashes, anchors_only=False, lsh_anchor_lengths=LSH_ANCHOR_LENGTHS):
     print("== sweep (fwd+bwd, batch 1, 8 heads, d_head 64, causal, bf16, chunk 64)", flush=True)
+    problems = {f"sdpa_{name}": sdpa_backend_problem(name, DEVICE) for name in SDPA_BACKENDS}
     for length in lengths:
         qkvo_gib = 4 * HEADS * length * D_HEAD * 2 / 2**30
-        cases = [("sdpa_flash", None, None, lambda: sdpa_case(length))]
-        cases += [("lsh_triton", n, "bucket_window", (lambda n=n: lsh_op_case(length, n, "bucket_window", "triton")))
-                  for n in hashes]
-        cases += [("lsh_triton", 4, "chunk", lambda: lsh_op_case(length, 4, "chunk", "triton"))]
-        if length <= 2**18:
-            cases += [("lsh_torch", 4, "bucket_window", lambda: lsh_op_case(length, 4, "bucket_window", "torch"))]
-        cases += [("layer_ours", 4, "chunk", lambda: our_layer_case(length, 4, "chunk")),
-                  ("layer_ours", 4, "bucket_window", lambda: our_layer_case(length, 4, "bucket_window")),
-                  ("layer_transformers", 4, "chunk", lambda: transformers_layer_case(length, 4))]
-        for impl, n_hashes, mode, build in cases:
-            try:
-                result = measure(build())
-            except torch.cuda.OutOfMemoryError:
-                result = {"status": "OOM"}
+        for impl, n_hashes, mode, build in sweep_cases(length, hashes, anchors_only, lsh_anchor_lengths):
+            if problems.get(impl):  # a backend this device lacks is a row saying so
+                result = {"status": f"unavailable: {problems[impl]}"}
+            else:
+                try:
+                    result = measure(build())
+                except torch.cuda.OutOfMemoryError:
+                    result = {"status": "OOM"}
+                except Exception as error:  # a case that cannot be built is a result, not a stop
+                    result = {"status": f"error: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}
             free_memory()
+            if impl.startswith("flex"):
+                result["backward"] = FLEX_BACKWARD  # False on the CPU: forward only
             record = log.write(section="sweep", impl=impl, n_hashes=n_hashes, mode=mode, length=length,
                                qkvo_gib=qkvo_gib, **result)
             print(f"{length_label(length):>5} {impl:20s} n={n_hashes} {mode or '':13s} "
                   f"{record.get('median_ms', float('nan')):10.3f} ms {record.get('peak_gib', float('nan')):7.2f} GiB "
                   f"{record['status'] if record['status'] != 'ok' else ''}", flush=True)
+
+
+# Seconds per forward + backward step on one H100 against length (bench/results/attention_h100_v15.md
+# where measured: SDPA flash, our LSH kernels, our torch path; guesses for the rest), a guess at one
+# FlexAttention compile (forward + backward, one static shape), at a case's other costs, and at the
+# sections outside the sweep; for the estimate printed before a run.
+STEP_SECONDS = {
+    "sdpa": lambda length, n: 13.7 * (length / 2**20) ** 2,
+    "lsh_triton": lambda length, n: 0.001 + 0.014 * n * length / 2**20,
+    "local_triton": lambda length, n: 0.001 + 0.015 * length / 2**20,
+    "flex_local": lambda length, n: 0.001 + 0.03 * length / 2**20,
+    "flex_lsh": lambda length, n: 0.003 + 0.25 * length / 2**20,
+    "lsh_torch": lambda length, n: 0.005 + 0.73 * length / 2**20,
+    "layer_ours": lambda length, n: 0.002 + 0.09 * length / 2**20,
+    "layer_transformers": lambda length, n: 0.01 + 1.0 * length / 2**20,
+}
+FLEX_COMPILE_SECONDS, CASE_SETUP_SECONDS = 25, 1
+SECTION_SECONDS = {"check": 60, "tune": 60, "profile": 60, "graphs": 120}
+
+
+def estimated_minutes(args):
+    """A rough estimate of a run's GPU time: `measure`'s calls per case (first, warm-up, timed runs)
+    at the step times above, the sweep's cases as sweep_cases lists them, flat guesses elsewhere."""
+    seconds = sum(SECTION_SECONDS[name] for name in SECTION_SECONDS if getattr(args, name))
+    for length in args.lengths if args.sweep else []:
+        for impl, n_hashes, _, _ in sweep_cases(length, args.hashes, args.anchors_only, args.lsh_anchor_lengths):
+            step_s = STEP_SECONDS["sdpa" if impl.startswith("sdpa") else impl](length, n_hashes or 1)
+            runs = 10 if step_s * 10 <= 20 else max(3, int(20 // step_s))
+            seconds += CASE_SETUP_SECONDS + step_s * (1 + (2 if step_s <= 1 else 0) + runs)
+            seconds += FLEX_COMPILE_SECONDS if impl.startswith("flex") else 0
+    return seconds / 60
 
 
 def run_graphs(log, lengths):
@@ -394,7 +510,7 @@ def run_graphs(log, lengths):
     for length in lengths:
         op_cases = [("lsh_triton", 4, mode, (lambda mode=mode: lsh_op_case(length, 4, mode, "triton")))
                     for mode in ("bucket_window", "chunk")]
-        op_cases += [("sdpa_flash", None, None, lambda: sdpa_case(length))]
+        op_cases += [("sdpa_flash", None, None, lambda: sdpa_case(length, "flash"))]
         layer_cases = [("layer_ours", 4, mode, (lambda mode=mode: our_layer_case(length, 4, mode)))
                        for mode in ("bucket_window", "chunk")]
         layer_cases += [("layer_transformers", 4, None, lambda: transformers_layer_case(length, 4))]
@@ -424,13 +540,60 @@ def pick(rows, **match):
     return None
 
 
+def anchor_sections(sweep, lengths, time_of, memory_of, dense_ms):
+    """The tables of our local and LSH kernels beside their FlexAttention anchors; none for runs
+    without them."""
+    flex_rows = [row for row in sweep if row["impl"].startswith("flex_")]
+    if not flex_rows:
+        return []
+    forward_only = [] if all(row.get("backward", True) for row in flex_rows) else [
+        "**FlexAttention rows are forward only here (no backward on the CPU); ours are forward + backward.**", ""]
+
+    def gib(value):
+        return f"{value:.2f}" if value else "–"
+
+    table = []
+    for length in lengths:
+        ours, flex = time_of(impl="local_triton", length=length), time_of(impl="flex_local", length=length)
+        table.append([length_label(length), fmt_ms(ours), fmt_ms(flex), fmt_ratio(flex, ours),
+                      fmt_ratio(dense_ms(length), ours), gib(memory_of(impl="local_triton", length=length)),
+                      gib(memory_of(impl="flex_local", length=length))])
+    text = ["## Local attention: ours against FlexAttention with the same visible keys", "",
+            "Forward + backward, the `local` layers' window (own chunk of 64 and the one before, causal; "
+            "bench/anchors.py). FlexAttention compiled on the GPU (`torch.compile(flex_attention, dynamic=False)`), its "
+            f"block mask ({FLEX_BLOCK} x {FLEX_BLOCK} blocks, from the window's structure) built once outside "
+            "the timed step. Target: FlexAttention / ours >= 1.2x at 16K-256K.", "", *forward_only,
+            markdown_table(["length", "ours ms", "FlexAttention ms", "FlexAttention / ours", "best dense / ours",
+                            "ours GiB", "FlexAttention GiB"], table), ""]
+    table = []
+    for length in sorted({row["length"] for row in flex_rows if row["impl"] == "flex_lsh"}):
+        for mode in ("bucket_window", "chunk"):
+            ours = time_of(impl="lsh_triton", n_hashes=4, mode=mode, length=length)
+            flex = time_of(impl="flex_lsh", n_hashes=4, mode=mode, length=length)
+            table.append([length_label(length), mode, fmt_ms(ours), fmt_ms(flex), fmt_ratio(flex, ours),
+                          fmt_ratio(dense_ms(length), ours),
+                          gib(memory_of(impl="lsh_triton", n_hashes=4, mode=mode, length=length)),
+                          gib(memory_of(impl="flex_lsh", n_hashes=4, mode=mode, length=length))])
+    if table:
+        text += ["## LSH attention: ours against FlexAttention over the bucket-sorted sequence", "",
+                 "n_hashes 4, forward + backward, hashing and sorting included on both sides. The anchor is what a "
+                 "user could write in an afternoon (bench/anchors.py): the package's hashing (torch path), "
+                 "`torch.argsort` by bucket, FlexAttention (compiled on the GPU) over the sorted sequence with the `lsh` "
+                 "layers' windows (a mask_mod on sorted positions and buckets, the self logit replaced by a "
+                 "score_mod), un-sorted, the hash rounds combined by their log-sum-exp. Target: FlexAttention / "
+                 "ours >= 2x at 64K.", "", *forward_only,
+                 markdown_table(["length", "mode", "ours ms", "FlexAttention ms", "FlexAttention / ours",
+                                 "best dense / ours", "ours GiB", "FlexAttention GiB"], table), ""]
+    return text
+
+
 def write_report(out_dir, stem="attention"):
     rows = read_json_lines(os.path.join(out_dir, stem + ".jsonl"))
     env = next((row for row in rows if row.get("section") == "environment"), {})
     sweep = [row for row in rows if row.get("section") == "sweep"]
     lengths = sorted({row["length"] for row in sweep})
     text = ["# Attention layer benchmark", "", environment_markdown(env), "",
-            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/attention.py --out DIR --check --profile --sweep --graphs --report` (`--tune` re-times the launch settings; the last tuning run is `attention_h100_tune.jsonl`). "
+            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/attention.py --out DIR --check --profile --sweep --graphs --report` (`--tune` re-times the launch settings; the last tuning run is `attention_h100_tune.jsonl`; the anchors alone: `--sweep --anchors-only --report`). "
             "Plot: the .png of this file's name (time and memory against length, log-log). Raw numbers: the .jsonl of this file's name.", ""]
 
     checks = [row for row in rows if row.get("section") == "check"]
@@ -497,44 +660,62 @@ def write_report(out_dir, stem="attention"):
         row = pick(sweep, **match)
         return None if row is None else row["peak_gib"]
 
+    def best_dense(length):
+        """The faster SDPA backend's row at this length (the dense anchor), or None."""
+        rows = [row for row in sweep if row["impl"] in ("sdpa_flash", "sdpa_cudnn") and row["length"] == length
+                and row.get("status") == "ok"]
+        return min(rows, key=lambda row: row["median_ms"], default=None)
+
+    def dense_ms(length):
+        row = best_dense(length)
+        return row and row["median_ms"]
+
     hashes = sorted({row["n_hashes"] for row in sweep if row["impl"] == "lsh_triton" and row["mode"] == "bucket_window"})
-    header = ["length", "SDPA flash ms"] + [f"LSH n={n} ms" for n in hashes] + [
-        "LSH n=4 chunk ms", "LSH n=4 torch path ms", "SDPA / LSH n=4"]
+    header = ["length", "SDPA flash ms", "SDPA cuDNN ms", "best dense ms"] + [f"LSH n={n} ms" for n in hashes] + [
+        "LSH n=4 chunk ms", "LSH n=4 torch path ms", "best dense / LSH n=4", "best dense / LSH n=4 chunk"]
     table = []
     for length in lengths:
-        sdpa = time_of(impl="sdpa_flash", length=length)
-        ours = time_of(impl="lsh_triton", n_hashes=4, mode="bucket_window", length=length)
-        table.append([length_label(length), fmt_ms(sdpa)]
+        dense = dense_ms(length)
+        chunk = time_of(impl="lsh_triton", n_hashes=4, mode="chunk", length=length)
+        table.append([length_label(length), fmt_ms(time_of(impl="sdpa_flash", length=length)),
+                      fmt_ms(time_of(impl="sdpa_cudnn", length=length)), fmt_ms(dense)]
                      + [fmt_ms(time_of(impl="lsh_triton", n_hashes=n, mode="bucket_window", length=length)) for n in hashes]
-                     + [fmt_ms(time_of(impl="lsh_triton", n_hashes=4, mode="chunk", length=length)),
-                        fmt_ms(time_of(impl="lsh_torch", n_hashes=4, length=length)), fmt_ratio(sdpa, ours)])
+                     + [fmt_ms(chunk), fmt_ms(time_of(impl="lsh_torch", n_hashes=4, length=length)),
+                        fmt_ratio(dense, time_of(impl="lsh_triton", n_hashes=4, mode="bucket_window", length=length)),
+                        fmt_ratio(dense, chunk)])
     text += ["## Attention op, forward + backward (hashing and sorting included)", "",
              "Batch 1, 8 heads, d_head 64, causal, bf16, chunk 64, buckets 2L/64 (factorised above 128). "
-             "Median of >= 10 runs (3 for steps over 2 s).", "", markdown_table(header, table), ""]
+             "Median of >= 10 runs (3 for steps over 2 s). Dense: causal SDPA held to one backend "
+             "(`sdpa_kernel`); best dense is the faster of the two at each length.", "",
+             markdown_table(header, table), ""]
+    text += anchor_sections(sweep, lengths, time_of, memory_of, dense_ms)
 
     header = ["length", "SDPA GiB", "LSH n=4 GiB", "LSH n=4 / SDPA", "q/k/v/out GiB", "LSH n=4 / qkvo"]
     table = []
     for length in lengths:
-        sdpa = memory_of(impl="sdpa_flash", length=length)
+        sdpa = best_dense(length) and best_dense(length)["peak_gib"]
         ours = memory_of(impl="lsh_triton", n_hashes=4, mode="bucket_window", length=length)
         qkvo = 4 * HEADS * length * D_HEAD * 2 / 2**30
         table.append([length_label(length), f"{sdpa:.2f}" if sdpa else "–", f"{ours:.2f}" if ours else "–",
                       fmt_ratio(ours, sdpa), f"{qkvo:.2f}", fmt_ratio(ours, qkvo)])
-    text += ["## Peak memory (inputs, outputs and gradients included)", "", markdown_table(header, table), ""]
+    text += ["## Peak memory (inputs, outputs and gradients included)", "",
+             "SDPA: the best dense row's.", "", markdown_table(header, table), ""]
 
+    layer_lengths = sorted({row["length"] for row in sweep if row["impl"].startswith("layer_")})
     header = ["length", "transformers LSHSelfAttention ms", "ours chunk ms", "ours bucket_window ms",
               "speed-up (chunk)", "transformers GiB", "ours chunk GiB"]
     table = []
-    for length in lengths:
+    for length in layer_lengths:
         theirs = time_of(impl="layer_transformers", length=length)
         ours = time_of(impl="layer_ours", mode="chunk", length=length)
         table.append([length_label(length), fmt_ms(theirs), fmt_ms(ours),
                       fmt_ms(time_of(impl="layer_ours", mode="bucket_window", length=length)), fmt_ratio(theirs, ours),
                       f"{memory_of(impl='layer_transformers', length=length) or float('nan'):.2f}",
                       f"{memory_of(impl='layer_ours', mode='chunk', length=length) or float('nan'):.2f}"])
-    text += ["## Whole layer (projections + hashing + attention), n_hashes 4, vs transformers", "",
-             "Hidden 512 -> 8 heads of 64, bf16 weights and activations, same bucket counts.", "",
-             markdown_table(header, table), ""]
+    if layer_lengths:
+        text += ["## Whole layer (projections + hashing + attention), n_hashes 4, vs transformers", "",
+                 "Hidden 512 -> 8 heads of 64, bf16 weights and activations, same bucket counts.", "",
+                 markdown_table(header, table), ""]
     graphs = [row for row in rows if row.get("section") == "graphs"]
     if graphs:
         header = ["length", "SDPA flash ms (eager)", "LSH n=4 ms (eager)", "SDPA flash ms (graph)",
@@ -593,8 +774,10 @@ def write_report(out_dir, stem="attention"):
 
 
 def plot(sweep, path):
-    series = [("SDPA flash (dense)", dict(impl="sdpa_flash")),
-              ("transformers LSHSelfAttention layer", dict(impl="layer_transformers"))]
+    series = [("SDPA flash (dense)", dict(impl="sdpa_flash")), ("SDPA cuDNN (dense)", dict(impl="sdpa_cudnn")),
+              ("transformers LSHSelfAttention layer", dict(impl="layer_transformers")),
+              ("FlexAttention local window", dict(impl="flex_local")), ("ours local", dict(impl="local_triton")),
+              ("FlexAttention over sorted, n_hashes=4", dict(impl="flex_lsh", mode="bucket_window"))]
     series += [(f"ours LSH n_hashes={n}", dict(impl="lsh_triton", n_hashes=n, mode="bucket_window")) for n in (1, 2, 4, 8)]
     series += [("ours LSH layer n_hashes=4", dict(impl="layer_ours", mode="chunk")),
                ("ours torch path n_hashes=4", dict(impl="lsh_torch"))]
@@ -618,22 +801,36 @@ def main():
     parser.add_argument("--graph-lengths", type=lambda s: [int(x) for x in s.split(",")],
                         default=[2**10, 2**12, 2**13, 2**14, 2**16])
     parser.add_argument("--report", action="store_true")
-    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=LENGTHS)
+    parser.add_argument("--anchors-only", action="store_true",
+                        help="with --sweep: the anchors and our kernels beside them only (default lengths 8K..256K)")
+    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="default 1K..1M (8K, 16K, 64K, 256K with --anchors-only)")
+    parser.add_argument("--lsh-anchor-lengths", type=lambda s: [int(x) for x in s.split(",")],
+                        default=LSH_ANCHOR_LENGTHS, help="lengths of --sweep that time FlexAttention over the sorted sequence")
     parser.add_argument("--hashes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8])
     parser.add_argument("--stem", default="attention", help="file name stem of the .jsonl/.md/.png in --out")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, to test this script")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
+    global DEVICE, CHECKS, FLEX, FLEX_BACKWARD
+    if args.lengths is None:
+        args.lengths = ANCHOR_LENGTHS if args.anchors_only else LENGTHS
     if args.smoke:
-        global DEVICE, CHECKS
         DEVICE = "cpu"
         CHECKS = [case[:9] + (1, 2, 256) for case in CHECKS[::3]]
         args.lengths = [128, 256]
+        args.lsh_anchor_lengths = [256]
         args.profile_lengths = [256]
         args.graph_lengths = [256]
+    else:
+        FLEX, FLEX_BACKWARD = torch.compile(flex_attention, dynamic=False), True
+        torch._dynamo.config.recompile_limit = 64  # one static graph per length and mask
     if args.check or args.tune or args.profile or args.sweep or args.graphs:
         if not torch.cuda.is_available() and not args.smoke:
             raise SystemExit("bench/attention.py measures on a CUDA GPU; none is available here.")
+        if not args.smoke:
+            print(f"estimated GPU time on one H100: about {estimated_minutes(args):.0f} min", flush=True)
+        started = time.perf_counter()
         log = JsonLines(os.path.join(args.out, args.stem + ".jsonl"))
         log.write(section="environment", **environment())
         if args.check:
@@ -643,9 +840,10 @@ def main():
         if args.profile:
             run_profile(log, args.profile_lengths)
         if args.sweep:
-            run_sweep(log, args.lengths, args.hashes)
+            run_sweep(log, args.lengths, args.hashes, args.anchors_only, args.lsh_anchor_lengths)
         if args.graphs:
             run_graphs(log, args.graph_lengths)
+        print(f"measured in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     if args.report:
         write_report(args.out, args.stem)
 

@@ -1,6 +1,7 @@
 """Timing, memory and reporting helpers shared by the benchmarks (see docs/benchmarking.md)."""
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
@@ -11,6 +12,7 @@ import shlex
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -62,6 +64,35 @@ def read_json_lines(*paths):
         with open(path, encoding="utf-8") as file:
             rows += [json.loads(line) for line in file if line.strip()]
     return rows
+
+
+# The dense anchors: SDPA held to one backend.  "default" leaves the choice to torch.
+SDPA_BACKENDS = {"flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
+
+
+def sdpa_backend(name):
+    """A context that holds scaled_dot_product_attention to backend `name` (a key of SDPA_BACKENDS),
+    or changes nothing for "default"."""
+    if name == "default":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([getattr(SDPBackend, SDPA_BACKENDS[name])])
+
+
+def sdpa_backend_problem(name, device, dtype=torch.bfloat16):
+    """Why SDPA cannot run on backend `name` here, from a tiny causal call held to it (torch's
+    warnings say why a backend was passed over), or None when it runs."""
+    probe = torch.zeros(1, 1, 128, 64, device=device, dtype=dtype)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            with sdpa_backend(name):
+                torch.nn.functional.scaled_dot_product_attention(probe, probe, probe, is_causal=True)
+        except RuntimeError as error:
+            reasons = [str(warning.message).splitlines()[0] for warning in caught] or [str(error).splitlines()[0]]
+            return "; ".join(reasons)[:300]
+    return None
 
 
 def free_memory():

@@ -6,9 +6,11 @@ One step = forward + backward of the language-model loss on one sequence of rand
 (optimizer excluded), bf16 autocast over float32 weights, dropout off in every model.
 Shared shape: byte vocabulary (256), d_model 1024, d_ff 4096, 16 heads of 64.
 
---sweep    ours (12 layers, local/LSH alternating) at 4K..1M tokens; LlamaForCausalLM (SDPA) with
-           and without gradient checkpointing and transformers' ReformerModelWithLMHead where
-           their step fits the time budget.
+--sweep    ours (12 layers, local/LSH alternating) at 4K..1M tokens; where their step fits the time
+           budget, the anchor LlamaForCausalLM + SDPA + gradient checkpointing on each SDPA backend
+           (flash, cuDNN) and compiled (torch.compile) on the faster one, Llama without
+           checkpointing, and transformers' ReformerModelWithLMHead.
+--anchors-only  with --sweep: ours and the Llama anchor only, at 4K, 16K and 64K unless --lengths.
 --depth    ours at 64K tokens with 2 / 6 / 12 / 24 layers (memory flat in depth).
 --stored   ours at 64K tokens with the top 0 / 1 / 2 / 3 of 12 layers stored instead of rebuilt
            (`reversible_stored_layers`), and 0 / 3 of 24 (memory for speed; the other sections store
@@ -41,6 +43,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (  # noqa: E402
+    SDPA_BACKENDS,
     JsonLines,
     environment,
     environment_markdown,
@@ -55,6 +58,8 @@ from common import (  # noqa: E402
     measure_queued,
     plot_against_length,
     read_json_lines,
+    sdpa_backend,
+    sdpa_backend_problem,
 )
 
 from reformer_hf import ReformerConfig, ReformerForCausalLM  # noqa: E402
@@ -63,6 +68,11 @@ VOCAB, D_MODEL, D_FF, HEADS, D_HEAD, CHUNK = 256, 1024, 4096, 16, 64, 64
 N_HASHES = 2
 PEAK_TFLOPS = {"H100 SXM datasheet": 989.0, "measured bf16 matmul ceiling": 790.0}
 DEVICE = "cuda"
+COMPILE_BACKEND = "inductor"
+SMOKE_COMPILE_BACKEND = "aot_eager"  # --smoke: dynamo and autograd tracing without code generation
+ANCHOR_LENGTHS = [2**12, 2**14, 2**16]
+# Row fields that older runs did not write, with the value they held.
+ROW_DEFAULTS = {"sdpa_backend": "default", "compiled": False}
 
 
 def axial_shape(length):
@@ -131,39 +141,50 @@ def useful_flops(kind, model, length, n_layers, n_hashes=N_HASHES):
     return dense + 3 * 4 * D_HEAD * pairs
 
 
-def training_step(model, length, checkpointing=False):
+def training_step(model, length, checkpointing=False, sdpa="default", compiled=False):
+    """One forward + backward of the LM loss; SDPA held to backend `sdpa` (common.SDPA_BACKENDS, or
+    "default"), the model's forward compiled (torch.compile, static shapes) with `compiled`."""
     model.to(DEVICE).train()
     if checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    forward = torch.compile(model, backend=COMPILE_BACKEND, dynamic=False) if compiled else model
     generator = torch.Generator().manual_seed(length)
     input_ids = torch.randint(0, VOCAB, (1, length), generator=generator).to(DEVICE)
 
     def step():
         model.zero_grad(set_to_none=True)
-        with torch.autocast(DEVICE, dtype=torch.bfloat16):
-            loss = model(input_ids=input_ids, labels=input_ids).loss
+        with sdpa_backend(sdpa), torch.autocast(DEVICE, dtype=torch.bfloat16):
+            loss = forward(input_ids=input_ids, labels=input_ids).loss
         loss.backward()
 
     return step
 
 
-def run_case(log, kind, length, n_layers, checkpointing=False, budget_s=20.0, stored_layers=0, queued=False):
+def run_case(log, kind, length, n_layers, checkpointing=False, budget_s=20.0, stored_layers=0, queued=False,
+             sdpa="default", compiled=False):
     build = {"ours": our_model, "llama": llama_model, "transformers_reformer": transformers_reformer}[kind]
-    try:
-        model = build(length, n_layers, stored_layers=stored_layers) if stored_layers else build(length, n_layers)
-        flops = useful_flops(kind, model, length, n_layers)
-        step = training_step(model, length, checkpointing)
-        result = measure(step, budget_s=budget_s)
-        if queued and result["status"] == "ok":
-            result["queued_ms"] = measure_queued(step, steps=5, repeats=3)["median_ms"]
-    except torch.cuda.OutOfMemoryError:
-        result, flops = {"status": "OOM"}, None
-    except Exception as error:
-        result, flops = {"status": f"error: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}, None
+    flops = None
+    problem = None if sdpa == "default" else sdpa_backend_problem(sdpa, DEVICE)
+    if problem:
+        result = {"status": f"unavailable: {problem}"}
+    else:
+        try:
+            model = build(length, n_layers, stored_layers=stored_layers) if stored_layers else build(length, n_layers)
+            flops = useful_flops(kind, model, length, n_layers)
+            step = training_step(model, length, checkpointing, sdpa, compiled)
+            result = measure(step, budget_s=budget_s)
+            if queued and result["status"] == "ok":
+                result["queued_ms"] = measure_queued(step, steps=5, repeats=3)["median_ms"]
+        except torch.cuda.OutOfMemoryError:
+            result, flops = {"status": "OOM"}, None
+        except Exception as error:
+            result, flops = {"status": f"error: {type(error).__name__}: {str(error).splitlines()[0][:300]}"}, None
     model = step = None
     free_memory()
     record = dict(kind=kind, length=length, n_layers=n_layers, checkpointing=checkpointing, stored_layers=stored_layers,
-                  useful_flops=flops, **result)
+                  sdpa_backend=sdpa, compiled=compiled, useful_flops=flops, **result)
+    if compiled:
+        record["compile_backend"] = COMPILE_BACKEND
     if result["status"] == "ok":
         record["tokens_per_s"] = length / (result["median_ms"] / 1000)
         for key, ms_key in (("mfu", "median_ms"), ("queued_mfu", "queued_ms")):
@@ -171,19 +192,57 @@ def run_case(log, kind, length, n_layers, checkpointing=False, budget_s=20.0, st
                 record[key] = {name: flops / (result[ms_key] / 1000) / (peak * 1e12) for name, peak in PEAK_TFLOPS.items()}
     log.write(section="model", **record)
     mfu = record.get("mfu", {}).get("H100 SXM datasheet", float("nan"))
-    print(f"{kind:22s} ckpt={checkpointing!s:5s} L={length_label(length):>5} layers={n_layers:2d} stored={stored_layers} "
+    print(f"{kind:22s} ckpt={checkpointing!s:5s} sdpa={sdpa:7s} compiled={compiled!s:5s} L={length_label(length):>5} "
+          f"layers={n_layers:2d} stored={stored_layers} "
           f"{record.get('median_ms', float('nan')):10.1f} ms {record.get('peak_gib', float('nan')):7.2f} GiB "
           f"MFU {mfu:6.1%} {'' if result['status'] == 'ok' else result['status']}", flush=True)
     return record
 
 
-def run_sweep(log, lengths, baseline_limit):
+def run_sweep(log, lengths, baseline_limit, anchors_only=False):
     for length in lengths:
         run_case(log, "ours", length, 12)
         if length <= baseline_limit:
-            run_case(log, "llama", length, 12, checkpointing=True)
-            run_case(log, "llama", length, 12, checkpointing=False)
-            run_case(log, "transformers_reformer", length, 12)
+            run_llama_anchor(log, length)
+            if not anchors_only:
+                run_case(log, "llama", length, 12, checkpointing=False)
+                run_case(log, "transformers_reformer", length, 12)
+
+
+# Seconds per training step on one H100 (bench/results/model_h100_v15.md, 12 layers), fitted to
+# lengths: ours about linear, Llama's attention quadratic; and guesses at the rest of a case (model
+# built and moved), at one compile of the 12-layer Llama, and at the sections outside the sweep.
+STEP_SECONDS = {"ours": lambda length: 0.05 + 3.1e-6 * length,
+                "llama": lambda length: 7.7e-6 * length + 2.5e-10 * length**2}
+CASE_SETUP_SECONDS, COMPILE_SECONDS = 5, 90
+SECTION_SECONDS = {"check": 60, "profile": 30, "depth": 30, "stored": 60, "million": 60}
+
+
+def estimated_minutes(args, depth_length):
+    """A rough estimate of a run's GPU time: `measure`'s calls per case (first, warm-up, timed runs)
+    at the step times above, the sweep's cases as run_sweep runs them, flat guesses elsewhere."""
+    def case(kind, length, compiled=False):
+        step_s = STEP_SECONDS["ours" if kind == "ours" else "llama"](length)
+        runs = 10 if step_s * 10 <= 20 else max(3, int(20 // step_s))
+        return CASE_SETUP_SECONDS + step_s * (1 + (2 if step_s <= 1 else 0) + runs) + (COMPILE_SECONDS if compiled else 0)
+
+    seconds = sum(SECTION_SECONDS[name] for name in SECTION_SECONDS if getattr(args, name))
+    if args.sweep:
+        for length in args.lengths:
+            seconds += case("ours", length)
+            if length <= args.baseline_limit:
+                seconds += 2 * case("llama", length) + case("llama", length, compiled=True)
+                seconds += 0 if args.anchors_only else 2 * case("llama", length)
+    return seconds / 60
+
+
+def run_llama_anchor(log, length, n_layers=12):
+    """Llama + SDPA + activation checkpointing: eager on each SDPA backend, then compiled on the
+    faster of them (a backend that cannot run here, or a compile that fails, is a row saying so)."""
+    eager = [run_case(log, "llama", length, n_layers, checkpointing=True, sdpa=name) for name in SDPA_BACKENDS]
+    timed = [row for row in eager if row["status"] == "ok"]
+    best = min(timed, key=lambda row: row["median_ms"])["sdpa_backend"] if timed else "default"
+    run_case(log, "llama", length, n_layers, checkpointing=True, sdpa=best, compiled=True)
 
 
 def run_depth(log, length):
@@ -342,6 +401,45 @@ def run_million(log, length, steps=3):
     free_memory()
 
 
+def fastest(rows, **match):
+    """The fastest measured row with these fields (ROW_DEFAULTS for fields older runs lack), or None."""
+    rows = [row for row in rows if row.get("status") == "ok"
+            and all(row.get(key, ROW_DEFAULTS.get(key)) == value for key, value in match.items())]
+    return min(rows, key=lambda row: row["median_ms"], default=None)
+
+
+def llama_anchor_section(pick, lengths):
+    """The anchor's table: Llama + SDPA + activation checkpointing on each SDPA backend and compiled,
+    beside ours; empty for runs without it."""
+    datasheet = "H100 SXM datasheet"
+
+    def timing(row):
+        return f"{fmt_ms(row['median_ms'])} ({row['mfu'][datasheet]:.1%})" if row else "–"
+
+    table = []
+    for length in lengths:
+        ours = pick(kind="ours", length=length, n_layers=12)
+        eager = [pick(kind="llama", length=length, n_layers=12, checkpointing=True, compiled=False, sdpa_backend=name)
+                 for name in SDPA_BACKENDS]
+        compiled = pick(kind="llama", length=length, n_layers=12, checkpointing=True, compiled=True)
+        if not any(eager) and compiled is None:
+            continue
+        best = min(filter(None, [*eager, compiled]), key=lambda row: row["median_ms"])
+        table.append([length_label(length), timing(ours), *map(timing, eager),
+                      f"{timing(compiled)}, {compiled['sdpa_backend']}" if compiled else "–",
+                      f"{best['peak_gib']:.1f}", fmt_ratio(best["median_ms"], ours and ours["median_ms"])])
+    if not table:
+        return []
+    header = ["length", "ours ms (MFU)"] + [f"Llama+ckpt {name} ms (MFU)" for name in SDPA_BACKENDS] + [
+        "Llama+ckpt compiled ms (MFU), SDPA backend", "fastest Llama GiB", "ours vs fastest Llama"]
+    return ["## Anchor: Llama + SDPA + activation checkpointing (12 layers)", "",
+            "LlamaForCausalLM of the same width, depth and vocabulary, SDPA held to each backend (`sdpa_kernel`), "
+            "`gradient_checkpointing_enable` (non-reentrant); compiled: `torch.compile(model, dynamic=False)` on the "
+            "faster eager backend, its first (compiling) step not timed. MFU counts the same useful FLOPs as ours "
+            "(6 x matmul parameters x tokens + causal attention products, recomputation not counted) against "
+            "989 TFLOP/s.", "", markdown_table(header, table), ""]
+
+
 def write_report(out_dir, stem="model"):
     rows = read_json_lines(os.path.join(out_dir, stem + ".jsonl"))
     env = next((row for row in rows if row.get("section") == "environment"), {})
@@ -350,13 +448,11 @@ def write_report(out_dir, stem="model"):
     model_rows = [row for row in all_model_rows if not row.get("stored_layers") and "queued_ms" not in row]
 
     def pick(**match):
-        for row in model_rows:
-            if all(row.get(key) == value for key, value in match.items()) and row.get("status") == "ok":
-                return row
-        return None
+        return fastest(model_rows, **match)
 
     text = ["# Whole-model training step", "", environment_markdown(env), "",
-            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --stored --million --report`. "
+            "Reproduce (repository root, one GPU): `PYTHONPATH=. python bench/model.py --out DIR --check --sweep --profile --depth --stored --million --report` "
+            "(the anchors alone: `--sweep --anchors-only --report`). "
             "Plot: the .png of this file's name (tokens/s and memory against length). Raw numbers: the .jsonl of this file's name.", "",
             f"Byte vocabulary, d_model {D_MODEL}, d_ff {D_FF}, {HEADS} heads of {D_HEAD}, bf16 autocast over float32 "
             f"weights, dropout off, one sequence, forward + backward (optimizer excluded). Ours: local/LSH alternating, "
@@ -365,13 +461,13 @@ def write_report(out_dir, stem="model"):
             "MFU = (6 x matmul parameters x tokens + needed attention FLOPs) / time / peak; the reversible "
             "recomputation is not counted as useful.", ""]
     lengths = sorted({row["length"] for row in model_rows if row["n_layers"] == 12})
-    header = ["length", "ours ms", "ours tokens/s", "ours GiB", "ours MFU (989 / 790)", "Llama+ckpt ms", "Llama+ckpt GiB",
+    header = ["length", "ours ms", "ours tokens/s", "ours GiB", "ours MFU (989 / 790)", "Llama+ckpt ms (best eager)", "Llama+ckpt GiB",
               "Llama ms", "Llama GiB", "transformers Reformer ms", "transformers GiB", "ours vs Llama+ckpt",
               "ours vs transformers"]
     table = []
     for length in lengths:
         ours = pick(kind="ours", length=length, n_layers=12)
-        ckpt = pick(kind="llama", length=length, n_layers=12, checkpointing=True)
+        ckpt = pick(kind="llama", length=length, n_layers=12, checkpointing=True, compiled=False)
         plain = pick(kind="llama", length=length, n_layers=12, checkpointing=False)
         theirs = pick(kind="transformers_reformer", length=length, n_layers=12)
         ms = lambda row: fmt_ms(row["median_ms"]) if row else "–"  # noqa: E731
@@ -383,6 +479,7 @@ def write_report(out_dir, stem="model"):
                       fmt_ratio(ckpt and ckpt["median_ms"], ours and ours["median_ms"]),
                       fmt_ratio(theirs and theirs["median_ms"], ours and ours["median_ms"])])
     text += ["## Tokens/s, memory and MFU by length (12 layers)", "", markdown_table(header, table), ""]
+    text += llama_anchor_section(pick, lengths)
 
     depth_rows = sorted((row for row in model_rows if row["kind"] == "ours" and row.get("status") == "ok"
                          and row["length"] == 2**16), key=lambda row: row["n_layers"])
@@ -402,7 +499,7 @@ def write_report(out_dir, stem="model"):
     stored_rows = [row for row in all_model_rows if "queued_ms" in row and row.get("status") == "ok"]
     if stored_rows:
         length = stored_rows[0]["length"]
-        ckpt = pick(kind="llama", length=length, n_layers=12, checkpointing=True)
+        ckpt = pick(kind="llama", length=length, n_layers=12, checkpointing=True, compiled=False)
         table = []
         for row in sorted(stored_rows, key=lambda row: (row["n_layers"], row["stored_layers"])):
             datasheet = "H100 SXM datasheet"
@@ -468,7 +565,8 @@ def write_report(out_dir, stem="model"):
     failed = [row for row in model_rows if row.get("status") != "ok"]
     if failed:
         text += ["## Cases that did not run", ""]
-        text += [f"- {row['kind']} ckpt={row['checkpointing']} {length_label(row['length'])} x {row['n_layers']}: "
+        text += [f"- {row['kind']} ckpt={row['checkpointing']} sdpa={row.get('sdpa_backend', 'default')} "
+                 f"compiled={row.get('compiled', False)} {length_label(row['length'])} x {row['n_layers']}: "
                  f"{row['status']}" for row in failed]
         text.append("")
     with open(os.path.join(out_dir, stem + ".md"), "w", encoding="utf-8") as file:
@@ -484,13 +582,15 @@ def parameter_gib(n_layers, length=2**16):
 
 def plot(model_rows, path):
     series = (("ours (Reformer, Triton)", dict(kind="ours")),
-              ("Llama SDPA + checkpointing", dict(kind="llama", checkpointing=True)),
+              ("Llama SDPA + checkpointing (faster eager backend)", dict(kind="llama", checkpointing=True, compiled=False)),
+              ("Llama SDPA + checkpointing, compiled", dict(kind="llama", checkpointing=True, compiled=True)),
               ("Llama SDPA", dict(kind="llama", checkpointing=False)),
               ("transformers Reformer", dict(kind="transformers_reformer")))
-    lines = [(label, [(row["length"], row["tokens_per_s"], row["peak_gib"]) for row in model_rows
-                      if row["n_layers"] == 12 and row.get("status") == "ok"
-                      and all(row.get(k) == v for k, v in match.items())])
-             for label, match in series]
+    lengths = sorted({row["length"] for row in model_rows})
+    lines = []
+    for label, match in series:
+        rows = filter(None, (fastest(model_rows, length=length, n_layers=12, **match) for length in lengths))
+        lines.append((label, [(row["length"], row["tokens_per_s"], row["peak_gib"]) for row in rows]))
     plot_against_length(path, lines, ("training tokens / s", "peak memory (GiB)"),
                         "One training step, 12 layers, d_model 1024, bf16 autocast, one H100")
 
@@ -505,26 +605,36 @@ def main():
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--check", action="store_true")
     parser.add_argument("--report", action="store_true")
-    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")],
-                        default=[2**12, 2**14, 2**16, 2**18, 2**20])
+    parser.add_argument("--anchors-only", action="store_true",
+                        help="with --sweep: ours and the Llama anchor only (default lengths 4K, 16K, 64K)")
+    parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                        help="default 4K..1M (4K, 16K, 64K with --anchors-only)")
     parser.add_argument("--baseline-limit", type=int, default=2**16, help="longest length for the baselines")
     parser.add_argument("--stem", default="model", help="file name stem of the .jsonl/.md/.png in --out")
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU, to test this script")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    global DEVICE, D_MODEL, D_FF, HEADS
+    global DEVICE, D_MODEL, D_FF, HEADS, COMPILE_BACKEND
     million, depth_length = 2**20, 2**16
+    if args.lengths is None:
+        args.lengths = ANCHOR_LENGTHS if args.anchors_only else [2**12, 2**14, 2**16, 2**18, 2**20]
     if args.smoke:
         DEVICE, D_MODEL, D_FF, HEADS = "cpu", 64, 128, 2
+        COMPILE_BACKEND = SMOKE_COMPILE_BACKEND
         args.lengths, args.baseline_limit, million, depth_length = [256], 256, 512, 256
+    # Each compiled model's graph is static (dynamic=False): one graph per length, more than dynamo's default of 8.
+    torch._dynamo.config.recompile_limit = 64
     if args.sweep or args.depth or args.stored or args.million or args.profile or args.check:
+        if not args.smoke:
+            print(f"estimated GPU time on one H100: about {estimated_minutes(args, depth_length):.0f} min", flush=True)
+        started = time.perf_counter()
         log = JsonLines(os.path.join(args.out, args.stem + ".jsonl"))
         log.write(section="environment", **environment())
         if args.check:
             run_layer_norm_check(log, 2**16 if not args.smoke else 256)
             run_fused_stack_check(log, 2**14 if not args.smoke else 256)
         if args.sweep:
-            run_sweep(log, args.lengths, args.baseline_limit)
+            run_sweep(log, args.lengths, args.baseline_limit, args.anchors_only)
         if args.profile:
             run_profile(log, depth_length)
         if args.depth:
@@ -533,6 +643,7 @@ def main():
             run_stored(log, depth_length)
         if args.million:
             run_million(log, million)
+        print(f"measured in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
     if args.report:
         write_report(args.out, args.stem)
 
