@@ -10,14 +10,15 @@ it does so by itself with transformers' default CompileConfig (torch.compile, in
 "reduce-overhead": CUDA graphs).  This script checks and times that path.
 
 1. Exactness (bench/generation_gpu.py's small model: local / LSH / local / full layers, hash_seed 0,
-   fixed buckets): greedy generate() with the compiled step (the default CompileConfig) against
-   cache-free decoding (use_cache=False), batch 1 and a left-padded batch of 4, float32 (tokens
+   fixed buckets): greedy generate() with the compiled step against cache-free decoding
+   (use_cache=False): batch 1 through CUDA graphs (the cudagraphs backend) and a left-padded batch
+   of 4 through transformers' default CompileConfig (inductor + CUDA graphs), float32 (tokens
    equal, logits within 1e-4 of a cache-free pass) and bf16 (cached error against the float32
    cache-free pass at most 2 x the bf16 cache-free pass's own + 0.01; token agreement reported).
-   Then, on the bf16 model, decoding steps as generate() makes them (prepare_inputs_for_generation
-   told it feeds one position, then the compiled forward) under
-   torch.cuda.set_sync_debug_mode("error"), after 3 steps that compile and capture the graph
-   outside it; their tokens against cache-free greedy decoding.
+   Then the same left-padded batch decoded as generate() decodes it (prepare_inputs_for_generation
+   told it feeds one position, then the compiled forward, the same shapes: no new compilation),
+   every step after the first 3 (which compile and capture the graph) under
+   torch.cuda.set_sync_debug_mode("error"); its tokens against cache-free greedy decoding.
 2. Speed: bench/generation_gpu.py's decode_case (greedy generate() of --new-tokens tokens, eos off,
    random-byte prompts; ms/token the median of the streamer-timed steps after --skip-steps) for
      reformer           ours, eager (disable_compile=True)
@@ -26,8 +27,10 @@ it does so by itself with transformers' default CompileConfig (torch.compile, in
                         generate() does on a GPU unless told otherwise
      llama-static-compile  LlamaForCausalLM (same sizes, SDPA), static cache + CompileConfig
                         (mode "reduce-overhead")
-   at every --prompts length, batches --batches up to --long-from tokens and --long-batches above;
-   Llama only up to --llama-max-prompt (its KV cache and prefill do not fit one H100 beyond 512K).
+   at every --prompts length (in that order: the budget cuts the last), batches --batches up to
+   --long-from tokens and --long-batches above; reformer-compile only at --compile-prompts (each
+   new shape costs inductor a compilation), Llama only up to --llama-max-prompt (its KV cache and
+   prefill do not fit one H100 beyond 512K).
    No batch halving: a case that does not fit is recorded.  Each compiled variant compiles on its
    first case and again, once, for changed shapes (CompileConfig's dynamic=None): those steps are
    in the skipped ones or in an untimed warm-up.  `torch._dynamo` counts graphs and CUDA-graph
@@ -65,7 +68,9 @@ from reformer_hf import ReformerCache, ReformerForCausalLM  # noqa: E402
 
 VARIANTS = ("reformer", "reformer-graph", "reformer-compile", "llama-static-compile")
 # Rough costs on one H100 (bench/results/generation_h100.md and compile times seen there), for the estimate.
-COMPILE_S = {"reformer-graph": 25.0, "reformer-compile": 90.0, "llama-static-compile": 30.0}
+# Compilations: the first shapes, then dynamic ones (and a batch of 1 is specialised apart).
+COMPILE_S = {"reformer-graph": 20.0, "reformer-compile": 60.0, "llama-static-compile": 30.0}
+COMPILATIONS = {"reformer-graph": 3, "reformer-compile": 2, "llama-static-compile": 2}
 STEP_S = {"reformer": 0.025, "reformer-graph": 0.012, "reformer-compile": 0.01, "llama-static-compile": 0.012}
 
 
@@ -88,6 +93,8 @@ def plan(args):
             for variant in args.variants:
                 if variant.startswith("llama") and prompt > args.llama_max_prompt:
                     continue
+                if variant == "reformer-compile" and prompt not in args.compile_prompts:
+                    continue
                 cases.append((variant, prompt, batch))
     return cases
 
@@ -95,9 +102,9 @@ def plan(args):
 def estimate_s(args, cases):
     """The whole run: exactness, warm-ups (ours: the prefill's Triton kernels per prompt length), compilation
     (twice per compiled variant: static shapes, then dynamic ones) and every case."""
-    total = 0.0 if args.no_exactness else 60.0
+    total = 0.0 if args.no_exactness else 90.0
     total += sum(3.0 + estimated_case_s("reformer", prompt, 1, 2) for prompt in args.prompts)
-    total += sum(2 * COMPILE_S.get(variant, 0.0) for variant in args.variants)
+    total += sum(COMPILATIONS.get(variant, 0) * COMPILE_S.get(variant, 0.0) for variant in args.variants)
     return total + sum(estimated_case_s(variant, prompt, batch, args.new_tokens) for variant, prompt, batch in cases)
 
 
@@ -121,13 +128,14 @@ def allow_recompiles():
 # ------------------------------------------------------------------------------------ exactness
 
 
-def sync_free_compiled_steps(model, input_ids, attention_mask, setup, warm_steps=3, checked_steps=8):
-    """Greedy decoding by hand as generate() does it (prepare_inputs_for_generation, then the compiled
-    forward), the steps after `warm_steps` under torch.cuda.set_sync_debug_mode("error").  Returns (the
-    error, or None without host synchronisation; the generated tokens (batch, steps + 1))."""
+def sync_free_compiled_steps(model, input_ids, attention_mask, setup, new_tokens, warm_steps=3):
+    """Greedy decoding of `new_tokens` tokens by hand as generate() does it (a cache for the positions it
+    feeds, prepare_inputs_for_generation, then the compiled forward of transformers' default
+    CompileConfig), the steps after `warm_steps` under torch.cuda.set_sync_debug_mode("error").
+    Returns (the error, or None without host synchronisation; the generated tokens (batch, new_tokens))."""
     step = model.get_compiled_call(bench.reformer_compile_config("reformer-compile", setup))
-    total = 1 + warm_steps + checked_steps
-    cache = ReformerCache(model.config, input_ids.shape[1] + total)
+    total = new_tokens
+    cache = ReformerCache(model.config, input_ids.shape[1] + total - 1)
     outcome = None
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache).logits
@@ -161,10 +169,11 @@ def run_exactness(log, setup):
     log.write(section="exactness_model", run_id=bench.RUN_ID, config=config.to_dict())
     longest = 128 if setup.smoke else 2048
     new_tokens = 8 if setup.smoke else 32
-    options = dict(compile_config=bench.reformer_compile_config("reformer-compile", setup))
-    for name, lengths in (("greedy, batch 1", [longest]),
-                          ("greedy, left-padded batch of 4",
-                           [longest, longest * 3 // 4 - 3, longest // 2 + 5, longest // 8])):
+    padded = [longest, longest * 3 // 4 - 3, longest // 2 + 5, longest // 8]
+    cases = (("greedy, batch 1, CUDA graphs", [longest], "reformer-graph"),
+             ("greedy, left-padded batch of 4, inductor + CUDA graphs", padded, "reformer-compile"))
+    for name, lengths, variant in cases:
+        options = dict(compile_config=bench.reformer_compile_config(variant, setup))
         input_ids, attention_mask = bench.left_padded_batch(lengths, config.vocab_size, setup, seed=len(lengths))
         for dtype_name, model in models.items():
             watch = bench.CompileWatch(model)
@@ -181,16 +190,17 @@ def run_exactness(log, setup):
                   f"tokens_equal={record.get('tokens_equal')} agreement={record.get('token_agreement')}", flush=True)
     for dtype_name in ("float32", "bfloat16"):
         model = models[dtype_name]
-        input_ids, attention_mask = bench.left_padded_batch([longest, longest // 2], config.vocab_size, setup, seed=5)
+        # The shapes of the batch-of-4 case above: its compiled graph serves these steps as well.
+        input_ids, attention_mask = bench.left_padded_batch(padded, config.vocab_size, setup, seed=len(padded))
         try:
-            outcome, tokens = sync_free_compiled_steps(model, input_ids, attention_mask, setup)
+            outcome, tokens = sync_free_compiled_steps(model, input_ids, attention_mask, setup, new_tokens)
             reference = model.generate(input_ids, attention_mask=attention_mask, use_cache=False, do_sample=False,
                                        max_new_tokens=tokens.shape[1])[:, input_ids.shape[1]:]
             agreement = (tokens == reference).float().mean().item()
         except Exception as error:  # the prefill or the compilation failed
             outcome, agreement = f"error before the checked steps: {bench.error_text(error)}", None
         checked = setup.device.type == "cuda"
-        record = log.write(section="sync_free_compiled_steps", run_id=bench.RUN_ID, dtype=dtype_name, batch=2,
+        record = log.write(section="sync_free_compiled_steps", run_id=bench.RUN_ID, dtype=dtype_name, batch=4,
                            left_padded=True, error=outcome, token_agreement_vs_cache_free=agreement,
                            passed=(outcome is None and (agreement == 1.0 or dtype_name != "float32")) if checked
                            else None)
@@ -322,7 +332,10 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder of the .jsonl and .md")
     parser.add_argument("--stem", default="decode_graph_h100")
-    parser.add_argument("--prompts", type=bench.count_list, default=bench.count_list("4K,32K,128K,512K,1M"))
+    parser.add_argument("--prompts", type=bench.count_list, default=bench.count_list("128K,4K,1M,32K,512K"),
+                        help="prompt lengths in the order they run (a --budget-s cut drops the last)")
+    parser.add_argument("--compile-prompts", type=bench.count_list, default=bench.count_list("128K"),
+                        help="the prompts reformer-compile (inductor) runs at")
     parser.add_argument("--batches", type=bench.count_list, default=[1, 16])
     parser.add_argument("--long-from", type=bench.token_count, default=bench.token_count("128K"),
                         help="prompts longer than this run at --long-batches")
@@ -331,7 +344,8 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--skip-steps", type=int, default=4)
-    parser.add_argument("--budget-s", type=float, default=420.0, help="skip the cases that would end past it")
+    parser.add_argument("--budget-s", type=float, default=330.0,
+                        help="the speed part skips the cases that would end past it")
     parser.add_argument("--no-exactness", action="store_true")
     parser.add_argument("--report-only", action="store_true", help="render DIR/<stem>.jsonl (or --inputs) only")
     parser.add_argument("--inputs", nargs="+")
@@ -346,7 +360,7 @@ def parse_args(argv=None):
     if args.smoke:  # tiny defaults; what was given stays
         defaults = parser.parse_args(["--out", args.out])
         smoke = dict(prompts=[64, 128], batches=[1, 2], long_from=64, long_batches=[1], llama_max_prompt=64,
-                     new_tokens=8, skip_steps=2)
+                     compile_prompts=[64], new_tokens=8, skip_steps=2)
         for name, value in smoke.items():
             if getattr(args, name) == getattr(defaults, name):
                 setattr(args, name, value)

@@ -798,7 +798,7 @@ def write_report(out_dir, stem, inputs):
     for row in sorted(ok, key=lambda row: (row["prompt"], row["batch"], VARIANTS.index(row["variant"]))):
         baseline, fastest = (same_case(ok, row, variant) for variant in ("llama-dynamic", "llama-static-compile"))
         model, cache = VARIANT_LABELS[row["variant"]]
-        if row["variant"].endswith("compile") and not row.get("compiled"):
+        if row["variant"] in ("reformer-compile", "reformer-graph", "llama-static-compile") and not row.get("compiled"):
             cache += " (not compiled)"
         peak = f"{row['peak_gib']:.2f}" if row.get("peak_gib") is not None else "–"
         table.append([model, cache, length_label(row["prompt"]), row["batch"], f"{row['prefill_s']:.3g}",

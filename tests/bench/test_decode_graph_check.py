@@ -22,15 +22,15 @@ def test_decode_graph_check_smoke(tmp_path):
         rows = [json.loads(line) for line in file if line.strip()]
 
     exact = [row for row in rows if row.get("section") == "exactness"]
+    cases = ("greedy, batch 1, CUDA graphs", "greedy, left-padded batch of 4, inductor + CUDA graphs")
     assert {(row["case"], row["dtype"]) for row in exact} == {
-        (case, dtype) for case in ("greedy, batch 1", "greedy, left-padded batch of 4")
-        for dtype in ("float32", "bfloat16")}
+        (case, dtype) for case in cases for dtype in ("float32", "bfloat16")}
     assert all(row["status"] == "ok" and row["passed"] for row in exact), exact
     assert all(row["tokens_equal"] for row in exact if row["dtype"] == "float32")
     steps = [row for row in rows if row.get("section") == "sync_free_compiled_steps"]
     assert [row["dtype"] for row in steps] == ["float32", "bfloat16"]
     assert all(row["error"] is None and row["passed"] is None for row in steps)  # no CUDA: not checked
-    assert steps[0]["token_agreement_vs_cache_free"] == 1.0
+    assert steps[0]["token_agreement_vs_cache_free"] == 1.0 and steps[0]["batch"] == 4
 
     decode = {(row["variant"], row["batch"]): row for row in rows if row.get("section") == "decode"}
     assert set(decode) == {(variant, batch) for variant in ("reformer", "reformer-graph", "llama-static-compile")
