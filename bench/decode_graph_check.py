@@ -5,9 +5,10 @@ and ms per token of ours eager / ours in CUDA graphs / Llama with its static cac
     PYTHONPATH=. python bench/decode_graph_check.py --out DIR --smoke    # the CPU, tiny sizes: tests the script
 
 generate() compiles the model's forward for the steps after the prefill when the cache says
-`is_compileable`, which a ReformerCache of fixed capacity (the one generate() makes) does; on a GPU
-it does so by itself with transformers' default CompileConfig (torch.compile, inductor, mode
-"reduce-overhead": CUDA graphs).  This script checks and times that path.
+`is_compileable`, which the fixed-capacity ReformerCache that generate() makes does when asked for
+(`cache_implementation="static"` or a `compile_config`, as for transformers' own models); on a GPU
+transformers' default CompileConfig is torch.compile, inductor, mode "reduce-overhead" (CUDA
+graphs).  This script checks and times that path.
 
 1. Exactness (bench/generation_gpu.py's small model: local / LSH / local / full layers, hash_seed 0,
    fixed buckets): greedy generate() with the compiled step against cache-free decoding
@@ -135,7 +136,7 @@ def sync_free_compiled_steps(model, input_ids, attention_mask, setup, new_tokens
     Returns (the error, or None without host synchronisation; the generated tokens (batch, new_tokens))."""
     step = model.get_compiled_call(bench.reformer_compile_config("reformer-compile", setup))
     total = new_tokens
-    cache = ReformerCache(model.config, input_ids.shape[1] + total - 1)
+    cache = ReformerCache(model.config, input_ids.shape[1] + total - 1, compileable=True)
     outcome = None
     with torch.no_grad():
         logits = model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache).logits

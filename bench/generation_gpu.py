@@ -12,16 +12,15 @@ width, depth, heads, d_ff and vocabulary, `attn_implementation="sdpa"`.
 --decode      greedy `generate()` of --new-tokens tokens (eos off) after prompts of random bytes of
               each --prompts length, at each of --batches, for each of --variants:
                 reformer              ours, with its own cache (ReformerCache), decoding eagerly
-                                      (`disable_compile=True`: the cache generate() makes is
-                                      compileable, so generate() would compile on a GPU by itself)
+                                      (generate()'s default; `disable_compile=True` to be sure)
                 llama-dynamic         Llama, transformers' default dynamic cache
                 llama-static-compile  Llama, `cache_implementation="static"` and a CompileConfig
                                       (torch.compile, mode "reduce-overhead", of each decoding step)
-                reformer-compile      ours with transformers' default CompileConfig (inductor, mode
-                                      "reduce-overhead": fused kernels in CUDA graphs), what
-                                      generate() does on a GPU when not told otherwise (not run by
+                reformer-compile      ours with `cache_implementation="static"` and transformers'
+                                      default CompileConfig (inductor, mode "reduce-overhead": fused
+                                      kernels in CUDA graphs), as Llama's static variant (not run by
                                       default here; bench/decode_graph_check.py runs it)
-                reformer-graph        ours with CompileConfig(backend="cudagraphs"): the eager
+                reformer-graph        ours, "static" with CompileConfig(backend="cudagraphs"): the eager
                                       step's kernels replayed from CUDA graphs, no inductor
                                       (compiles in seconds; not run by default)
               Timing: a streamer notes the time of every token generate() hands it, after a
@@ -301,7 +300,7 @@ def generate_arguments(variant, setup):
             compile_config = compat.compile_on_every_device(CompileConfig(backend="aot_eager"))
         return dict(cache_implementation="static", compile_config=compile_config)
     if variant in ("reformer-compile", "reformer-graph"):
-        return dict(compile_config=reformer_compile_config(variant, setup))
+        return dict(cache_implementation="static", compile_config=reformer_compile_config(variant, setup))
     if variant == "reformer":
         return dict(disable_compile=True)
     return {}

@@ -28,10 +28,12 @@ A decoding step reads no number on the host that changes from step to step: the 
 of the next position is a device tensor (`SequenceIndex`), and every write goes into the
 existing buffers in place (index_copy_ / scatter_) at indices computed on the device.  A cache
 of fixed capacity (`ReformerCache(config, max_length)`, what generate() creates) allocates all of
-its buffers at the prefill and never again, so one compiled or CUDA-graph-captured step serves
-every position: it is `is_compileable`, and generate() compiles its decoding step (CUDA, or any
-device with an explicit `compile_config`).  A cache without `max_length` tracks its length on the
-host and grows its stores when they fill.
+its buffers at the prefill and never again, so one compiled or CUDA-graph-captured step can serve
+every position.  As with transformers' own caches, compiling is asked for, not done by default:
+`compileable=True` makes the cache `is_compileable`, and generate() then compiles its decoding
+step (on CUDA, or any device with an explicit `compile_config`); generate() creates such a cache
+for `cache_implementation="static"` or a given `compile_config`.  A cache without `max_length`
+tracks its length on the host and grows its stores when they fill.
 
 Two configurations cannot be decoded from such state, because a position's attention there
 depends on later positions: LSH in "chunk" mode (the paper's; later tokens move the sorted
@@ -386,11 +388,12 @@ def _pad_flags(pad_mask, like, length):
 class ReformerCache:
     """`past_key_values` of ReformerForCausalLM: one layer cache per attention layer.
 
-    `ReformerCache(config, max_length=None)`.  With `max_length` (what generate() creates, sized for
-    every position it will feed) every full and LSH layer allocates that many positions at the
-    prefill and nothing more: the cache has a fixed capacity, keeps its length on the device, and
-    a decoding step is compileable (static shapes, in-place writes, no host read).  Without it the
-    cache counts on the host and its stores grow when full.  The first forward pass that receives
+    `ReformerCache(config, max_length=None, compileable=False)`.  With `max_length` (what generate()
+    creates, sized for every position it will feed) every full and LSH layer allocates that many
+    positions at the prefill and nothing more: the cache has a fixed capacity, keeps its length on
+    the device, and a decoding step can be compiled (static shapes, in-place writes, no host read);
+    `compileable=True` (which needs `max_length`) tells generate() to compile it.  Without
+    `max_length` the cache counts on the host and its stores grow when full.  The first forward pass that receives
     it fills it (the prefill), later passes decode from it.  `generate()` uses it through
     `get_seq_length`, `is_compileable` and, for beam search, `reorder_cache` (in place).  It holds
     tensors of one batch, device and dtype.  Pass `use_cache=False` to `generate` to recompute
@@ -399,12 +402,17 @@ class ReformerCache:
 
     is_croppable = False
 
-    def __init__(self, config, max_length=None):
+    def __init__(self, config, max_length=None, compileable=False):
         if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int)
                                        or max_length < 1):
             raise ValueError(f"ReformerCache: max_length must be a positive int or None (a growing cache), "
                              f"got {max_length!r}.")
+        if not isinstance(compileable, bool) or (compileable and max_length is None):
+            raise ValueError(f"ReformerCache: compileable={compileable!r} with max_length={max_length!r}: a "
+                             "compiled decoding step needs a fixed capacity (compileable=True with an int "
+                             "max_length), or compileable=False.")
         self.max_length = max_length
+        self.compileable = compileable
         self.recomputes = decoding_recomputes(config)
         self.index = SequenceIndex(fixed=max_length is not None)
         self.is_filled = False
@@ -425,9 +433,10 @@ class ReformerCache:
 
     @property
     def is_compileable(self):
-        """Whether a decoding step may be compiled into one static graph (transformers' generate() reads
-        it): a fixed capacity, and layers that decode from their state rather than recompute."""
-        return self.max_length is not None and not self.recomputes
+        """Whether generate() compiles the decoding step into one static graph (transformers reads it):
+        asked for (`compileable`), with a fixed capacity and layers that decode from their state
+        rather than recompute."""
+        return self.compileable and self.max_length is not None and not self.recomputes
 
     def nbytes(self):
         """Bytes of the tensors the cache holds (allocated, as measured: every layer's store, rings,

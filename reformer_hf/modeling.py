@@ -1,5 +1,6 @@
 """ReformerPreTrainedModel, ReformerModel and the task heads."""
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,8 @@ from .reversible import ReformerStack, ReversibleLayer
 from .stack_running import continue_from_cache, default_position_ids, run_padded_stack
 
 logger = logging.get_logger(__name__)
+
+CACHE_IMPLEMENTATIONS = (None, "dynamic", "static")
 
 
 @dataclass
@@ -321,11 +324,26 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
     def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size,
                                       max_cache_length):
         """generate()'s cache hook (compat.install_generation_cache): an empty ReformerCache sized for every
-        position generate() will feed, where the caller passed none and the cache is on."""
-        super()._prepare_cache_for_generation(generation_config, model_kwargs, generation_mode, batch_size,
-                                              max_cache_length)
+        position generate() will feed, where the caller passed none and the cache is on.  As for
+        transformers' models, `cache_implementation="static"` (or a `compile_config`) asks for a compiled
+        decoding step (CUDA graphs on a GPU); None or "dynamic" decode eagerly."""
+        implementation = generation_config.cache_implementation
+        if implementation not in CACHE_IMPLEMENTATIONS:
+            raise ValueError(
+                f"{type(self).__name__}.generate: cache_implementation={implementation!r} is not supported; "
+                f"expected one of {CACHE_IMPLEMENTATIONS} (None and 'dynamic': eager decoding steps, 'static': "
+                "one compiled decoding step)."
+            )
+        hook_config = generation_config
+        if implementation is not None and not any(model_kwargs.get(name) is not None for name in compat.CACHE_ARGUMENTS):
+            # transformers would warn that it ignores the choice: this model reads it below instead.
+            hook_config = copy.copy(generation_config)
+            hook_config.cache_implementation = None
+        super()._prepare_cache_for_generation(hook_config, model_kwargs, generation_mode, batch_size, max_cache_length)
         if generation_config.use_cache is not False:
-            cache = compat.install_generation_cache(model_kwargs, lambda: ReformerCache(self.config, max_cache_length))
+            compile_steps = implementation == "static" or generation_config.compile_config is not None
+            cache = compat.install_generation_cache(
+                model_kwargs, lambda: ReformerCache(self.config, max_cache_length, compileable=compile_steps))
             if isinstance(cache, ReformerCache):
                 cache.reserve(max_cache_length)
 

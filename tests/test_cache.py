@@ -5,6 +5,7 @@ import torch
 from tiny_models import tiny_config
 
 from transformers import CompileConfig
+from transformers.generation import utils as generation_utils
 
 from reformer_hf import ReformerCache, ReformerForCausalLM, ReformerModel, compat
 from reformer_hf.attention_functions import (
@@ -549,13 +550,40 @@ def test_a_compiled_step_follows_beam_reordering_in_place():
     assert storage_addresses(cache) == addresses
 
 
-def test_only_a_fixed_capacity_cache_that_decodes_from_its_state_is_compileable():
+def test_only_an_asked_for_fixed_capacity_cache_that_decodes_from_its_state_is_compileable():
     config = tiny_config()
-    assert ReformerCache(config, max_length=32).is_compileable
-    assert not ReformerCache(config).is_compileable  # grows on the host
-    assert not ReformerCache(tiny_config(lsh_window_mode="chunk"), max_length=32).is_compileable  # recomputes
+    assert ReformerCache(config, max_length=32, compileable=True).is_compileable
+    assert not ReformerCache(config, max_length=32).is_compileable  # not asked for: eager steps
+    assert not ReformerCache(tiny_config(lsh_window_mode="chunk"), max_length=32,
+                             compileable=True).is_compileable  # recomputes
     with pytest.raises(ValueError, match="max_length must be a positive int or None.*got 0"):
         ReformerCache(config, max_length=0)
+    with pytest.raises(ValueError, match="compileable=True with max_length=None: a compiled decoding step needs"):
+        ReformerCache(config, compileable=True)  # grows on the host
+    with pytest.raises(ValueError, match="compileable='yes'"):
+        ReformerCache(config, max_length=32, compileable="yes")
+
+
+def test_generate_asks_for_a_compiled_step_only_with_a_static_cache_or_a_compile_config(monkeypatch):
+    """As for transformers' own models: the default and "dynamic" decode eagerly (the cache is not
+    compileable, so generate() compiles nothing even on a GPU), "static" makes the cache compileable
+    (generate() compiles its steps on an accelerator; on the CPU it decodes eagerly) without
+    transformers' warning that the choice is ignored, with the tokens of cache-free decoding; any
+    other cache_implementation is refused before any work, naming it."""
+    model = tiny_lm(attn_layers=["local", "lsh", "full"], eos_token_id=None)
+    input_ids, attention_mask = left_padded_batch((0, 3), 12, model.config.vocab_size, seed=4)
+    greedy = dict(attention_mask=attention_mask, max_new_tokens=6, do_sample=False, return_dict_in_generate=True)
+    uncached = model.generate(input_ids, use_cache=False, **greedy).sequences
+    warnings = []  # transformers' logger neither propagates nor repeats a warning_once: record the calls
+    monkeypatch.setattr(generation_utils.logger, "warning_once", lambda message, *args: warnings.append(message))
+    for implementation, compileable in ((None, False), ("dynamic", False), ("static", True)):
+        out = model.generate(input_ids, cache_implementation=implementation, **greedy)
+        assert torch.equal(out.sequences, uncached), implementation
+        assert out.past_key_values.is_compileable is compileable, implementation
+        assert not [message for message in warnings if "cache_implementation" in message], implementation
+    with pytest.raises(ValueError, match=r"cache_implementation='offloaded' is not supported; expected one of "
+                                         r"\(None, 'dynamic', 'static'\)"):
+        model.generate(input_ids, cache_implementation="offloaded", **greedy)
 
 
 def test_a_fixed_capacity_cache_refuses_positions_past_it():
