@@ -293,6 +293,14 @@ class ReformerModel(ReformerPreTrainedModel):
         return self.dropout(self.layer_norm(torch.cat([y1, y2], dim=-1)))
 
 
+def fresh_strides(tensor):
+    """A copy of `tensor` with the strides of a new tensor of its shape.  `.contiguous()` would keep a
+    (1, 1) slice of the growing sequence as a view whose first stride is the sequence length (a size-1
+    dimension's stride does not count for contiguity), and torch.compile guards on strides: a
+    decoding step at batch 1 would be compiled again, with dynamic strides, at every step."""
+    return tensor.clone(memory_format=torch.contiguous_format)
+
+
 class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
     """Reformer with a language-modelling head over the concatenated residual streams."""
 
@@ -378,7 +386,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
         past_length = cache.past_length_for(total_length, fed_length) if isinstance(cache, ReformerCache) else 0
         new_length = total_length - past_length
         if past_length >= embedded_length:
-            model_inputs = {"input_ids": input_ids[:, input_ids.shape[1] - new_length:].contiguous()}
+            model_inputs = {"input_ids": fresh_strides(input_ids[:, input_ids.shape[1] - new_length:])}
         else:
             generated_length = total_length - embedded_length
             embeds = inputs_embeds[:, past_length:]
@@ -391,11 +399,11 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
                 position_ids = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
             else:
                 position_ids = torch.arange(total_length, device=self.device)[None]
-        model_inputs["position_ids"] = position_ids[..., -new_length:].contiguous()
+        model_inputs["position_ids"] = fresh_strides(position_ids[..., -new_length:])
         if past_length and attention_mask is not None:
             # The cache holds the earlier positions' padding: only the new positions' flags go in, so a
             # decoding step's inputs keep their shapes from step to step (one compiled step serves them all).
-            attention_mask = attention_mask[:, -new_length:].contiguous()
+            attention_mask = fresh_strides(attention_mask[:, -new_length:])
         model_inputs.update(attention_mask=attention_mask, past_key_values=cache, use_cache=use_cache, **kwargs)
         return model_inputs
 

@@ -634,3 +634,24 @@ def test_generate_compiles_its_decoding_step_and_gives_the_eager_tokens():
     uncached = model.generate(input_ids, use_cache=False, **beam)
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, **TOLERANCE)
+
+
+@pytest.mark.parametrize("with_mask", [False, True], ids=["no_mask", "mask"])
+def test_generate_at_batch_one_compiles_its_decoding_step_once(with_mask):
+    """At batch 1 the step's inputs are (1, 1) slices of the growing sequence, whose first stride is
+    the sequence length unless copied to fresh strides: torch.compile guards on strides, so each step
+    would be compiled again (and on a GPU a CUDA graph recorded for every step).  One graph, no
+    recompilation (an error here), the eager tokens."""
+    model = tiny_lm(attn_layers=["local", "lsh", "full"], eos_token_id=None)
+    input_ids = torch.randint(4, model.config.vocab_size, (1, 14), generator=torch.Generator().manual_seed(3))
+    options = dict(max_new_tokens=8, do_sample=False)
+    if with_mask:
+        options["attention_mask"] = torch.ones_like(input_ids)
+    eager = model.generate(input_ids, **options)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    compile_config = compat.compile_on_every_device(CompileConfig(fullgraph=True, dynamic=False, backend="eager"))
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled = model.generate(input_ids, cache_implementation="static", compile_config=compile_config, **options)
+    assert_one_graph()
+    assert torch.equal(compiled, eager)
