@@ -327,8 +327,18 @@ def timed_generate(model, variant, input_ids, new_tokens, setup, watch):
     return output, clock.times, time.perf_counter() - started, watch.calls > compiled_calls
 
 
-def error_text(error):
-    return f"{type(error).__name__}: {str(error).strip().splitlines()[0][:400] if str(error).strip() else ''}"
+def error_text(error, limit=600):
+    """The error in one line: its type, its message's first lines (a BackendCompilerFailed says only which
+    backend raised on its first line) and the innermost cause, within `limit` characters."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {' | '.join(lines[:4])}"
+    cause = error
+    while cause.__cause__ is not None or (cause.__context__ is not None and not cause.__suppress_context__):
+        cause = cause.__cause__ if cause.__cause__ is not None else cause.__context__
+    if cause is not error:
+        cause_lines = [line.strip() for line in str(cause).splitlines() if line.strip()]
+        text += f" <- {type(cause).__name__}: {' | '.join(cause_lines[:2])}"
+    return text[:limit]
 
 
 def decode_case(model, watch, variant, config, prompt, batch, args, setup):
