@@ -183,7 +183,8 @@ def run_exactness(log, setup):
                 result = bench.greedy_check(models, dtype_name, input_ids, attention_mask, new_tokens, options)
                 status = "ok" if watch.calls else "error: generate() did not compile the decoding step"
             except Exception as error:  # a failed check is a result to report
-                result, status = {"passed": False}, f"error: {bench.error_text(error)}"
+                result = {"passed": False, "traceback": bench.error_trace(error)}
+                status = f"error: {bench.error_text(error)}"
             record = log.write(section="exactness", run_id=bench.RUN_ID, case=name, dtype=dtype_name,
                                prompt_lengths=lengths, status=status, seconds=time.perf_counter() - started,
                                **result)

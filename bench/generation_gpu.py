@@ -72,6 +72,7 @@ import statistics
 import sys
 import tempfile
 import time
+import traceback
 
 # As in bench/model.py: at long lengths the caching allocator's fixed-size segments fragment.
 os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
@@ -341,6 +342,11 @@ def error_text(error, limit=600):
     return text[:limit]
 
 
+def error_trace(error, limit=4000):
+    """The end of the error's formatted traceback (its causes included), for the JSON lines."""
+    return "".join(traceback.format_exception(error))[-limit:]
+
+
 def decode_case(model, watch, variant, config, prompt, batch, args, setup):
     """One generate() run: the record of its prefill, decoding steps, memory and cache (or why it failed)."""
     record = dict(section="decode", run_id=RUN_ID, model="llama" if variant.startswith("llama") else "reformer",
@@ -363,6 +369,7 @@ def decode_case(model, watch, variant, config, prompt, batch, args, setup):
         failure = f"does not fit (OOM): {error_text(error)[:200]}"
     except Exception as error:  # a failed case is a result to report, not a reason to stop the sweep
         failure = f"error: {error_text(error)}"
+        record["traceback"] = error_trace(error)
     if failure is not None:
         output = None
         free_memory()
