@@ -49,11 +49,16 @@ def install_generation_cache(model_kwargs, make_cache):
     batch_size, max_cache_length)` hook (that signature in 5.17-5.25): put `make_cache()` where the
     installed version passes the cache to the model, unless the caller gave one; returns the cache
     generate() will use."""
-    given = [model_kwargs[name] for name in CACHE_ARGUMENTS if model_kwargs.get(name) is not None]
-    if given:
-        return given[0]
+    given = given_cache(model_kwargs)
+    if given is not None:
+        return given
     model_kwargs[CACHE_FIELD] = make_cache()
     return model_kwargs[CACHE_FIELD]
+
+
+def given_cache(model_kwargs):
+    """The cache the caller passed to generate() under either version's name, or None."""
+    return next((model_kwargs[name] for name in CACHE_ARGUMENTS if model_kwargs.get(name) is not None), None)
 
 
 def pop_next_sequence_length(generation_kwargs):

@@ -343,7 +343,7 @@ class ReformerForCausalLM(ReformerPreTrainedModel, GenerationMixin):
                 "one compiled decoding step)."
             )
         hook_config = generation_config
-        if implementation is not None and not any(model_kwargs.get(name) is not None for name in compat.CACHE_ARGUMENTS):
+        if implementation is not None and compat.given_cache(model_kwargs) is None:
             # transformers would warn that it ignores the choice: this model reads it below instead.
             hook_config = copy.copy(generation_config)
             hook_config.cache_implementation = None

@@ -1,10 +1,9 @@
-import ast
 import json
 import math
 import sys
-from pathlib import Path
 
 import pytest
+from module_imports import absolute_import_roots
 
 from reformer_hf import eval_results
 from reformer_hf.eval_results import load_eval_results
@@ -61,12 +60,5 @@ def test_eval_results_file_errors_name_the_file(tmp_path):
 
 def test_module_imports_only_the_standard_library():
     # model_card.py imports this module, and both may be copied next to a checkpoint without torch.
-    tree = ast.parse(Path(eval_results.__file__).read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots = [alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            roots = [node.module.split(".")[0]]
-        else:
-            continue
-        assert all(root in sys.stdlib_module_names for root in roots), roots
+    roots = absolute_import_roots(eval_results)
+    assert all(root in sys.stdlib_module_names for root in roots), roots

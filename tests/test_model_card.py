@@ -1,4 +1,3 @@
-import ast
 import json
 import sys
 from pathlib import Path
@@ -7,6 +6,7 @@ import pytest
 import torch
 import transformers
 from huggingface_hub import EvalResult, ModelCard
+from module_imports import absolute_import_roots
 from safetensors.torch import save_file
 
 from reformer_hf import model_card
@@ -58,16 +58,8 @@ def test_template_file_is_the_canonical_template():
 
 def test_module_imports_only_stdlib_and_huggingface_hub():
     # model_card.py may be copied next to a checkpoint, so it must not need torch or transformers.
-    tree = ast.parse(Path(model_card.__file__).read_text(encoding="utf-8"))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            roots = [alias.name.split(".")[0] for alias in node.names]
-        elif isinstance(node, ast.ImportFrom):
-            roots = [] if node.level else [node.module.split(".")[0]]
-        else:
-            continue
-        for root in roots:
-            assert root in sys.stdlib_module_names or root == "huggingface_hub", root
+    for root in absolute_import_roots(model_card):
+        assert root in sys.stdlib_module_names or root == "huggingface_hub", root
 
 
 def test_metadata_round_trips_through_huggingface_hub():
