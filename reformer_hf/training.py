@@ -252,6 +252,18 @@ def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm):
     optimizer.zero_grad(set_to_none=True)
 
 
+def stop_on_every_process(stop_here, device):
+    """Whether any process wants to stop (`stop_here`: this process's own answer, e.g. its clock
+    past a time budget), the same answer on every process.  Clocks differ between processes, so a
+    budget read on each alone could stop one at a step where another goes on into the next step's
+    gradient all-reduce and waits there for ever.  A collective: under torch.distributed every
+    process calls it at every step."""
+    flag = torch.tensor([float(stop_here)], device=device)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 class MetricsLog:
     """Metrics as JSON lines (`metrics.jsonl`) and, when tensorboard is installed, TensorBoard events.
 

@@ -226,7 +226,8 @@ def train(args, accelerator, config):
 
     from reformer_hf import ReformerForCausalLM
     from reformer_hf.checkpointing import CheckpointManager
-    from reformer_hf.training import MetricsLog, gather_state_dict, optimizer_step, tensorboard_available
+    from reformer_hf.training import (MetricsLog, gather_state_dict, optimizer_step, stop_on_every_process,
+                                      tensorboard_available)
 
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
@@ -276,7 +277,8 @@ def train(args, accelerator, config):
                                   f"with {args.train_hashes} hashes")
             if values:
                 metrics.log(step, values)
-            out_of_time = args.time_budget is not None and time.perf_counter() - session_start >= args.time_budget
+            out_of_time = args.time_budget is not None and stop_on_every_process(
+                time.perf_counter() - session_start >= args.time_budget, accelerator.device)
             if (args.save_steps and step % args.save_steps == 0) or out_of_time or step == args.max_steps:
                 checkpoints.save(step, checkpoint_info())
                 last_saved = step

@@ -133,8 +133,9 @@ def safe_resume_checkpoint(parser, training_args):
 def training_clock_callback(budget_seconds):
     """A TrainerCallback that sums the seconds of optimizer steps (not evaluation or saving) and stops
     training once they reach `budget_seconds` (every process stops at the same step)."""
-    import torch
     from transformers import TrainerCallback
+
+    from reformer_hf.training import stop_on_every_process
 
     class TrainingClock(TrainerCallback):
         def __init__(self):
@@ -148,10 +149,7 @@ def training_clock_callback(budget_seconds):
             self.seconds += time.perf_counter() - self.step_started
             if budget_seconds is None:
                 return
-            out_of_time = torch.tensor(float(self.seconds >= budget_seconds), device=args.device)
-            if torch.distributed.is_available() and torch.distributed.is_initialized():
-                torch.distributed.all_reduce(out_of_time, op=torch.distributed.ReduceOp.MAX)
-            if out_of_time.item():
+            if stop_on_every_process(self.seconds >= budget_seconds, args.device):
                 control.should_training_stop = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):

@@ -245,7 +245,7 @@ def train(args, accelerator, config, splits):
 
     from reformer_hf import ReformerForCausalLM
     from reformer_hf.checkpointing import CheckpointManager
-    from reformer_hf.training import MetricsLog, optimizer_step, tensorboard_available
+    from reformer_hf.training import MetricsLog, optimizer_step, stop_on_every_process, tensorboard_available
 
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
@@ -306,7 +306,8 @@ def train(args, accelerator, config, splits):
         if step % args.log_steps == 0 or step == args.max_steps:
             values.update(loss=step_loss, train_bpb=step_loss / math.log(2), lr=scheduler.get_last_lr()[0],
                           tokens=step * tokens_per_step, elapsed_seconds=elapsed)
-        out_of_time = args.time_budget is not None and time.perf_counter() - session_start >= args.time_budget
+        out_of_time = args.time_budget is not None and stop_on_every_process(
+            time.perf_counter() - session_start >= args.time_budget, accelerator.device)
         # A run stopped by its time budget is evaluated where it stops, so equal-time comparisons have a point.
         if args.eval_steps and (step % args.eval_steps == 0 or (out_of_time and step < args.max_steps)):
             eval_start = time.perf_counter()
@@ -331,6 +332,9 @@ def train(args, accelerator, config, splits):
             checkpoints.save(step, checkpoint_info(step))
         finish(args, accelerator, model, config, splits, metrics, step, elapsed)
     metrics.close()
+    # Every process reaches the process group's teardown together: a rank that destroys it while
+    # another is still finishing can leave the launch waiting at exit (pytorch/pytorch#75097).
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return 0
 

@@ -329,7 +329,7 @@ def train(parser, args, accelerator, splits):
     from transformers import get_scheduler
 
     from reformer_hf.seq2seq import ReformerForConditionalGeneration
-    from reformer_hf.training import MetricsLog, optimizer_step
+    from reformer_hf.training import MetricsLog, optimizer_step, stop_on_every_process
 
     torch.backends.cuda.matmul.allow_tf32 = True
     output_dir = Path(args.output_dir)
@@ -398,7 +398,8 @@ def train(parser, args, accelerator, splits):
                                   f"validation loss {values['validation_loss']:.3f}")
             if values:
                 metrics.log(step, values)
-            out_of_time = args.time_budget is not None and time.perf_counter() - session_start >= args.time_budget
+            out_of_time = args.time_budget is not None and stop_on_every_process(
+                time.perf_counter() - session_start >= args.time_budget, accelerator.device)
             if step >= args.max_steps or out_of_time:
                 break
         epoch += 1

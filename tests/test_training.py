@@ -25,6 +25,7 @@ from reformer_hf.training import (
     preset_config,
     read_metrics,
     step_generator,
+    stop_on_every_process,
 )
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -157,6 +158,31 @@ def test_gather_state_dict_holds_every_weight_of_the_prepared_model():
     for name, tensor in expected.items():
         assert torch.equal(gathered[name].cpu(), tensor)
 
+
+
+STOP_WISHES = [(False, True), (True, False), (False, False), (True, True)]  # (process 0, process 1) per step
+
+
+def stop_answers(rank, world_size, init_file, answers):
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        answers[rank] = [stop_on_every_process(wishes[rank], torch.device("cpu")) for wishes in STOP_WISHES]
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_stop_on_every_process_gives_every_process_the_same_answer(tmp_path):
+    # Two real gloo processes: one clock past its budget stops both at that step.
+    import torch.multiprocessing as multiprocessing
+
+    with multiprocessing.get_context("fork").Manager() as manager:
+        answers = manager.dict()
+        multiprocessing.start_processes(stop_answers, args=(2, tmp_path / "init", answers), nprocs=2,
+                                        start_method="fork")
+        expected = [any(wishes) for wishes in STOP_WISHES]
+        assert dict(answers) == {0: expected, 1: expected}
+    assert stop_on_every_process(True, torch.device("cpu")) is True
+    assert stop_on_every_process(False, torch.device("cpu")) is False
 
 # ------------------------------------------------------------------------------ Trainer
 

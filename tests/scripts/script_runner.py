@@ -1,6 +1,7 @@
 """Running the training scripts as real subprocesses, on real local text."""
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -28,8 +29,7 @@ def script_env():
 
 def run_script(name, *args, timeout=240):
     """Run scripts/<name> with `python`; return the CompletedProcess (stdout and stderr as text)."""
-    command = [sys.executable, str(SCRIPTS / name), *map(str, args)]
-    return subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=timeout)
+    return run_with_deadline([sys.executable, str(SCRIPTS / name), *map(str, args)], timeout)
 
 
 def free_port():
@@ -42,7 +42,30 @@ def accelerate_launch(config_name, script, *args, timeout=240):
     """`accelerate launch --config_file scripts/accelerate_configs/<config_name> scripts/<script> ...`."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE_CONFIGS / config_name),
                "--main_process_port", str(free_port()), str(SCRIPTS / script), *map(str, args)]
-    return subprocess.run(command, env=script_env(), capture_output=True, text=True, timeout=timeout)
+    return run_with_deadline(command, timeout)
+
+
+def run_with_deadline(command, timeout):
+    """Run `command` in its own process group; return the CompletedProcess (stdout and stderr as text).
+
+    Past `timeout` seconds every process of the group (the launcher and its workers) gets SIGABRT,
+    on which Python's fault handler prints each thread's stack, then SIGKILL; the test then fails
+    with those stacks and the output so far, so a hang says where it hangs."""
+    env = {**script_env(), "PYTHONFAULTHANDLER": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGABRT)
+        try:
+            stdout, stderr = process.communicate(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+        raise AssertionError(f"{command[1:]} ran past {timeout} s; the stacks at SIGABRT and the output so far:\n"
+                             f"stdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-12000:]}") from None
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def check(completed):
