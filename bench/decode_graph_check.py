@@ -20,7 +20,7 @@ graphs).  This script checks and times that path.
    told it feeds one position, then the compiled forward, the same shapes: no new compilation),
    every step after the first 3 (which compile and capture the graph) under
    torch.cuda.set_sync_debug_mode("error"); its tokens against cache-free greedy decoding.
-2. Speed: bench/generation_gpu.py's decode_case (greedy generate() of --new-tokens tokens, eos off,
+2. Speed: bench/generation_cases.py's decode_case (greedy generate() of --new-tokens tokens, eos off,
    random-byte prompts; ms/token the median of the streamer-timed steps after --skip-steps) for
      reformer           ours, eager (disable_compile=True)
      reformer-graph     ours, CompileConfig(backend="cudagraphs"): the eager step's kernels in CUDA graphs
@@ -53,7 +53,6 @@ os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import generation_gpu as bench  # noqa: E402
 from common import (  # noqa: E402
     JsonLines,
     environment,
@@ -64,6 +63,21 @@ from common import (  # noqa: E402
     markdown_table,
     read_json_lines,
 )
+from generation_cases import CompileWatch, decode_case, reformer_compile_config  # noqa: E402
+from generation_exactness import exactness_config, greedy_check, left_padded_batch  # noqa: E402
+from generation_report import ratio  # noqa: E402
+from generation_setup import (  # noqa: E402
+    RUN_ID,
+    Setup,
+    count_list,
+    error_text,
+    error_trace,
+    llama_like,
+    reformer_config,
+    reformer_model,
+    token_count,
+)
+from generation_sweep import warm_up  # noqa: E402
 
 from reformer_hf import ReformerCache, ReformerForCausalLM  # noqa: E402
 
@@ -134,7 +148,7 @@ def sync_free_compiled_steps(model, input_ids, attention_mask, setup, new_tokens
     feeds, prepare_inputs_for_generation, then the compiled forward of transformers' default
     CompileConfig), the steps after `warm_steps` under torch.cuda.set_sync_debug_mode("error").
     Returns (the error, or None without host synchronisation; the generated tokens (batch, new_tokens))."""
-    step = model.get_compiled_call(bench.reformer_compile_config("reformer-compile", setup))
+    step = model.get_compiled_call(reformer_compile_config("reformer-compile", setup))
     total = new_tokens
     cache = ReformerCache(model.config, input_ids.shape[1] + total - 1, compileable=True)
     outcome = None
@@ -153,7 +167,7 @@ def sync_free_compiled_steps(model, input_ids, attention_mask, setup, new_tokens
                 sequence = torch.cat([sequence, logits[:, -1:].argmax(-1)], dim=1)
                 mask = torch.nn.functional.pad(mask, (0, 1), value=1)
         except RuntimeError as error:
-            outcome = bench.error_text(error)
+            outcome = error_text(error)
         finally:
             if setup.device.type == "cuda":
                 torch.cuda.set_sync_debug_mode("default")
@@ -162,30 +176,30 @@ def sync_free_compiled_steps(model, input_ids, attention_mask, setup, new_tokens
 
 
 def run_exactness(log, setup):
-    config = bench.exactness_config(setup)
+    config = exactness_config(setup)
     torch.manual_seed(0)
     base = ReformerForCausalLM(config).eval()
     models = {name: copy.deepcopy(base).to(setup.device, dtype) for name, dtype in
               (("float32", torch.float32), ("bfloat16", torch.bfloat16))}
-    log.write(section="exactness_model", run_id=bench.RUN_ID, config=config.to_dict())
+    log.write(section="exactness_model", run_id=RUN_ID, config=config.to_dict())
     longest = 128 if setup.smoke else 2048
     new_tokens = 8 if setup.smoke else 32
     padded = [longest, longest * 3 // 4 - 3, longest // 2 + 5, longest // 8]
     cases = (("greedy, batch 1, CUDA graphs", [longest], "reformer-graph"),
              ("greedy, left-padded batch of 4, inductor + CUDA graphs", padded, "reformer-compile"))
     for name, lengths, variant in cases:
-        options = dict(compile_config=bench.reformer_compile_config(variant, setup))
-        input_ids, attention_mask = bench.left_padded_batch(lengths, config.vocab_size, setup, seed=len(lengths))
+        options = dict(compile_config=reformer_compile_config(variant, setup))
+        input_ids, attention_mask = left_padded_batch(lengths, config.vocab_size, setup, seed=len(lengths))
         for dtype_name, model in models.items():
-            watch = bench.CompileWatch(model)
+            watch = CompileWatch(model)
             started = time.perf_counter()
             try:
-                result = bench.greedy_check(models, dtype_name, input_ids, attention_mask, new_tokens, options)
+                result = greedy_check(models, dtype_name, input_ids, attention_mask, new_tokens, options)
                 status = "ok" if watch.calls else "error: generate() did not compile the decoding step"
             except Exception as error:  # a failed check is a result to report
-                result = {"passed": False, "traceback": bench.error_trace(error)}
-                status = f"error: {bench.error_text(error)}"
-            record = log.write(section="exactness", run_id=bench.RUN_ID, case=name, dtype=dtype_name,
+                result = {"passed": False, "traceback": error_trace(error)}
+                status = f"error: {error_text(error)}"
+            record = log.write(section="exactness", run_id=RUN_ID, case=name, dtype=dtype_name,
                                prompt_lengths=lengths, status=status, seconds=time.perf_counter() - started,
                                **result)
             print(f"exactness (compiled step) {name} {dtype_name}: {status} passed={record.get('passed')} "
@@ -193,16 +207,16 @@ def run_exactness(log, setup):
     for dtype_name in ("float32", "bfloat16"):
         model = models[dtype_name]
         # The shapes of the batch-of-4 case above: its compiled graph serves these steps as well.
-        input_ids, attention_mask = bench.left_padded_batch(padded, config.vocab_size, setup, seed=len(padded))
+        input_ids, attention_mask = left_padded_batch(padded, config.vocab_size, setup, seed=len(padded))
         try:
             outcome, tokens = sync_free_compiled_steps(model, input_ids, attention_mask, setup, new_tokens)
             reference = model.generate(input_ids, attention_mask=attention_mask, use_cache=False, do_sample=False,
                                        max_new_tokens=tokens.shape[1])[:, input_ids.shape[1]:]
             agreement = (tokens == reference).float().mean().item()
         except Exception as error:  # the prefill or the compilation failed
-            outcome, agreement = f"error before the checked steps: {bench.error_text(error)}", None
+            outcome, agreement = f"error before the checked steps: {error_text(error)}", None
         checked = setup.device.type == "cuda"
-        record = log.write(section="sync_free_compiled_steps", run_id=bench.RUN_ID, dtype=dtype_name, batch=4,
+        record = log.write(section="sync_free_compiled_steps", run_id=RUN_ID, dtype=dtype_name, batch=4,
                            left_padded=True, error=outcome, token_agreement_vs_cache_free=agreement,
                            passed=(outcome is None and (agreement == 1.0 or dtype_name != "float32")) if checked
                            else None)
@@ -220,12 +234,12 @@ def run_speed(log, args, setup):
     cases = plan(args)
     started = time.perf_counter()
     longest = max(args.prompts) + args.new_tokens
-    config = bench.reformer_config(longest, setup)
+    config = reformer_config(longest, setup)
     torch.manual_seed(0)
-    models = {"reformer": bench.reformer_model(config, setup)}
+    models = {"reformer": reformer_model(config, setup)}
     if any(variant.startswith("llama") for variant in args.variants):
-        models["llama"] = bench.llama_like(config, setup)
-    watches = {name: bench.CompileWatch(model) for name, model in models.items()}
+        models["llama"] = llama_like(config, setup)
+    watches = {name: CompileWatch(model) for name, model in models.items()}
     case_args = argparse.Namespace(new_tokens=args.new_tokens, skip_steps=args.skip_steps)
     warmed, compiled = set(), set()
     for variant, prompt, batch in cases:
@@ -235,17 +249,17 @@ def run_speed(log, args, setup):
         if variant not in compiled:
             needed += COMPILE_S.get(variant, 0.0)  # its first case compiles
         if elapsed + needed > args.budget_s:
-            log.write(section="decode", run_id=bench.RUN_ID, model=name, variant=variant, prompt=prompt, batch=batch,
+            log.write(section="decode", run_id=RUN_ID, model=name, variant=variant, prompt=prompt, batch=batch,
                       status=f"skipped: {elapsed:.0f} s spent, about {needed:.0f} s more would pass --budget-s="
                              f"{args.budget_s:.0f}")
             print(f"skipped {variant} {length_label(prompt)} batch {batch} (budget)", flush=True)
             continue
         if name == "reformer" and prompt not in warmed:
             # The prefill's Triton kernels compile per prompt length (and bucket count): not in the timed runs.
-            bench.warm_up(log, models[name], watches[name], "reformer", prompt, 2, setup, "prompt length")
+            warm_up(log, models[name], watches[name], "reformer", prompt, 2, setup, "prompt length")
             warmed.add(prompt)
         before = dynamo_counts()
-        record = bench.decode_case(models[name], watches[name], variant, config, prompt, batch, case_args, setup)
+        record = decode_case(models[name], watches[name], variant, config, prompt, batch, case_args, setup)
         compiled.add(variant)
         after = dynamo_counts()
         record = log.write(dynamo={key: after[key] - before[key] for key in after}, **record)
@@ -286,9 +300,9 @@ def write_report(out_dir, stem, inputs):
                            "CUDA-graph skip(s)" for variant, row in cell.items()
                            if row and row.get("dynamo") and variant != "reformer")
         times = [fmt_ms(ms[variant]) if ms[variant] else "–" for variant in VARIANTS]
-        table.append([length_label(prompt), batch, *times, bench.ratio(ms["reformer"], ms["reformer-graph"]),
-                      bench.ratio(ms["reformer"], ms["reformer-compile"]),
-                      bench.ratio(ms["llama-static-compile"], fastest_ours), graphs or "–"])
+        table.append([length_label(prompt), batch, *times, ratio(ms["reformer"], ms["reformer-graph"]),
+                      ratio(ms["reformer"], ms["reformer-compile"]),
+                      ratio(ms["llama-static-compile"], fastest_ours), graphs or "–"])
     text += ["## ms per new token", "",
              markdown_table(["prompt", "batch", *(LABELS[variant] for variant in VARIANTS), "graphs vs eager",
                              "compiled vs eager", "fastest ours vs Llama static + compile", "compiled in this case"],
@@ -334,15 +348,15 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder of the .jsonl and .md")
     parser.add_argument("--stem", default="decode_graph_h100")
-    parser.add_argument("--prompts", type=bench.count_list, default=bench.count_list("128K,4K,1M,32K,512K"),
+    parser.add_argument("--prompts", type=count_list, default=count_list("128K,4K,1M,32K,512K"),
                         help="prompt lengths in the order they run (a --budget-s cut drops the last)")
-    parser.add_argument("--compile-prompts", type=bench.count_list, default=bench.count_list("128K"),
+    parser.add_argument("--compile-prompts", type=count_list, default=count_list("128K"),
                         help="the prompts reformer-compile (inductor) runs at")
-    parser.add_argument("--batches", type=bench.count_list, default=[1, 16])
-    parser.add_argument("--long-from", type=bench.token_count, default=bench.token_count("128K"),
+    parser.add_argument("--batches", type=count_list, default=[1, 16])
+    parser.add_argument("--long-from", type=token_count, default=token_count("128K"),
                         help="prompts longer than this run at --long-batches")
-    parser.add_argument("--long-batches", type=bench.count_list, default=[1])
-    parser.add_argument("--llama-max-prompt", type=bench.token_count, default=bench.token_count("512K"))
+    parser.add_argument("--long-batches", type=count_list, default=[1])
+    parser.add_argument("--llama-max-prompt", type=token_count, default=token_count("512K"))
     parser.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, from {VARIANTS}")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--skip-steps", type=int, default=4)
@@ -376,12 +390,12 @@ def main(argv=None):
     os.makedirs(args.out, exist_ok=True)
     log_path = os.path.join(args.out, args.stem + ".jsonl")
     if not args.report_only:
-        setup = bench.Setup(args.smoke)
+        setup = Setup(args.smoke)
         cases = plan(args)
         print(f"{len(cases)} timed cases; estimated {estimate_s(args, cases) / 60:.1f} min on an H100 "
               f"(the speed part stops at --budget-s={args.budget_s:.0f} s)", flush=True)
         log = JsonLines(log_path)
-        log.write(section="environment", run_id=bench.RUN_ID, smoke=args.smoke, **environment())
+        log.write(section="environment", run_id=RUN_ID, smoke=args.smoke, **environment())
         if not args.no_exactness:
             run_exactness(log, setup)
         run_speed(log, args, setup)

@@ -15,10 +15,13 @@ import os
 import sys
 import time
 
-import torch
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import generation_gpu as bench  # noqa: E402
+from generation_cases import random_prompt, reformer_compile_config  # noqa: E402
+from generation_setup import Setup, reformer_config, reformer_model  # noqa: E402
 
 from reformer_hf import ReformerCache  # noqa: E402
 
@@ -46,15 +49,15 @@ def main(argv=None):
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    setup = bench.Setup(args.smoke)
+    setup = Setup(args.smoke)
     total = args.steps + args.profiled_steps + 8
-    config = bench.reformer_config(args.prompt + total, setup)
-    model = bench.reformer_model(config, setup)
-    prompt = bench.random_prompt(1, args.prompt, config.vocab_size, setup)
+    config = reformer_config(args.prompt + total, setup)
+    model = reformer_model(config, setup)
+    prompt = random_prompt(1, args.prompt, config.vocab_size, setup)
     lines = [f"prompt {args.prompt}, batch 1, {config.attn_layers}, device {setup.device}, compiled {args.compiled}"]
     forward = None
     if args.compiled:
-        compile_config = bench.reformer_compile_config("reformer-compile", setup)
+        compile_config = reformer_compile_config("reformer-compile", setup)
         forward = model.get_compiled_call(compile_config)
     with torch.no_grad():
         cache = ReformerCache(config, args.prompt + total, compileable=args.compiled)
