@@ -1,6 +1,6 @@
 """The kernels' entry points (kernels.py) as attention_dispatch.py reaches them, and the layout
-of the kernels modules: no import cycle with the attention modules, no module over 600 lines, and a saved
-folder that carries every kernels module and loads the kernels from itself."""
+of the kernels modules: no import cycle with the attention modules, and a saved folder that carries
+every kernels module and loads the kernels from itself."""
 
 import ast
 import json
@@ -129,7 +129,7 @@ def relative_imports(path):
     return names
 
 
-def test_no_kernels_module_imports_attention_and_none_is_over_600_lines():
+def test_no_kernels_module_imports_attention_modules():
     names = kernel_module_names()
     assert {"kernels", "kernel_ops", "kernels_launch", "kernels_lsh", "kernels_local"} <= set(names)
     for name in names:
@@ -137,7 +137,6 @@ def test_no_kernels_module_imports_attention_and_none_is_over_600_lines():
         imported = relative_imports(path)
         assert not {module for module in imported if module.startswith("attention")} - {"attention_rules"}, name
         assert imported <= set(names) | {"attention_rules", "replay"}, (name, imported)
-        assert len(path.read_text().splitlines()) <= 600, name
     rules_imports = relative_imports(PACKAGE_DIR / "attention_rules.py")
     assert not {module for module in rules_imports if module.startswith("attention")}
 
