@@ -242,6 +242,28 @@ def output_dir_lock(accelerator, folder):
     return OutputDirLock(folder) if accelerator.is_main_process else contextlib.nullcontext()
 
 
+def run_folder_error(output_dir, resume):
+    """Why `output_dir` cannot take a checkpointed run (None where it can): locked by a live run or
+    not a folder; with `resume`, missing or without a complete checkpoint; without, already holding
+    another run's checkpoints (a new run would mix with them)."""
+    from .checkpointing import checkpoint_folders
+    from .output_lock import OutputDirLocked, check_output_dir
+
+    output = Path(output_dir)
+    try:
+        check_output_dir(output)
+    except (NotADirectoryError, OutputDirLocked) as error:
+        return str(error)
+    if resume and not output.is_dir():
+        return f"--resume: --output-dir={str(output_dir)!r} does not exist, so there is nothing to resume"
+    if resume and not checkpoint_folders(output / "checkpoints"):
+        return f"--resume: no complete checkpoint under {output / 'checkpoints'}"
+    if not resume and checkpoint_folders(output / "checkpoints"):
+        return (f"--output-dir={str(output_dir)!r} already holds checkpoints; pass --resume to continue that run, "
+                "or choose a new folder")
+    return None
+
+
 def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm):
     """One update after the backward passes: clip the gradient norm to `max_grad_norm` (0 or None:
     no clipping), step the optimizer and the scheduler, clear the gradients."""

@@ -72,8 +72,7 @@ def parse_hash_counts(parser, text):
 
 
 def check_args(parser, args):
-    from reformer_hf.checkpointing import checkpoint_folders
-    from reformer_hf.output_lock import OutputDirLocked, check_output_dir
+    from reformer_hf.training import run_folder_error
 
     if args.length < 4 or args.length % 2:
         parser.error(f"--length={args.length} must be an even number >= 4 (sequences are 0 w 0 w)")
@@ -91,17 +90,9 @@ def check_args(parser, args):
         parser.error(f"--time-budget={args.time_budget} must be > 0 seconds")
     if args.eval_only and not args.resume:
         parser.error("--eval-only evaluates a trained run: pass --resume with its --output-dir")
-    output = Path(args.output_dir)
-    try:
-        check_output_dir(output)
-    except (NotADirectoryError, OutputDirLocked) as error:
-        parser.error(str(error))
-    if args.resume and not output.is_dir():
-        parser.error(f"--resume: --output-dir={args.output_dir!r} does not exist, so there is nothing to resume")
-    if args.resume and not checkpoint_folders(output / "checkpoints"):
-        parser.error(f"--resume: no complete checkpoint under {output / 'checkpoints'}")
-    if not args.resume and checkpoint_folders(output / "checkpoints"):
-        parser.error(f"--output-dir={args.output_dir!r} already holds checkpoints; pass --resume to continue")
+    folder_error = run_folder_error(args.output_dir, args.resume)
+    if folder_error:
+        parser.error(folder_error)
     args.eval_hash_counts = parse_hash_counts(parser, args.eval_hashes)
 
 

@@ -83,8 +83,7 @@ def build_parser():
 
 def check_args(parser, args):
     """Every argument error, raised through the parser before anything is loaded."""
-    from reformer_hf.checkpointing import checkpoint_folders
-    from reformer_hf.output_lock import OutputDirLocked, check_output_dir
+    from reformer_hf.training import run_folder_error
 
     if (args.enwik8 is None) == (args.corpus is None):
         parser.error("give exactly one of --enwik8 PATH and --corpus PATH [PATH ...]")
@@ -115,18 +114,9 @@ def check_args(parser, args):
         parser.error(f"--time-budget={args.time_budget} must be > 0 seconds")
     if args.attn_layers not in (None, "lsh", "local", "full"):
         parser.error(f"--attn-layers={args.attn_layers!r}; expected lsh, local or full")
-    output = Path(args.output_dir)
-    try:
-        check_output_dir(output)
-    except (NotADirectoryError, OutputDirLocked) as error:
-        parser.error(str(error))
-    if args.resume and not output.is_dir():
-        parser.error(f"--resume: --output-dir={args.output_dir!r} does not exist, so there is nothing to resume")
-    if args.resume and not checkpoint_folders(output / "checkpoints"):
-        parser.error(f"--resume: no complete checkpoint under {output / 'checkpoints'}")
-    if not args.resume and checkpoint_folders(output / "checkpoints"):
-        parser.error(f"--output-dir={args.output_dir!r} already holds checkpoints; pass --resume to continue "
-                     "that run, or choose a new folder")
+    folder_error = run_folder_error(args.output_dir, args.resume)
+    if folder_error:
+        parser.error(folder_error)
 
 
 def build_config(parser, args):

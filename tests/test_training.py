@@ -24,6 +24,7 @@ from reformer_hf.training import (
     parse_overrides,
     preset_config,
     read_metrics,
+    run_folder_error,
     step_generator,
     stop_on_every_process,
 )
@@ -158,6 +159,23 @@ def test_gather_state_dict_holds_every_weight_of_the_prepared_model():
     for name, tensor in expected.items():
         assert torch.equal(gathered[name].cpu(), tensor)
 
+
+
+def test_run_folder_error_names_what_keeps_a_run_out_of_a_folder(tmp_path):
+    from reformer_hf.checkpointing import CHECKPOINT_INFO, CHECKPOINT_PREFIX
+
+    missing = tmp_path / "missing"
+    assert run_folder_error(missing, resume=False) is None
+    assert "there is nothing to resume" in run_folder_error(missing, resume=True)
+    (tmp_path / "a_file").write_text("x")
+    assert "a_file" in run_folder_error(tmp_path / "a_file", resume=False)
+    run = tmp_path / "run"
+    (run / "checkpoints" / f"{CHECKPOINT_PREFIX}3").mkdir(parents=True)
+    assert run_folder_error(run, resume=False) is None  # a save cut short holds no checkpoint.json
+    assert run_folder_error(run, resume=True) == f"--resume: no complete checkpoint under {run / 'checkpoints'}"
+    (run / "checkpoints" / f"{CHECKPOINT_PREFIX}3" / CHECKPOINT_INFO).write_text("{}")
+    assert run_folder_error(run, resume=True) is None
+    assert "already holds checkpoints; pass --resume" in run_folder_error(run, resume=False)
 
 
 STOP_WISHES = [(False, True), (True, False), (False, False), (True, True)]  # (process 0, process 1) per step
