@@ -23,7 +23,7 @@ graphs).  This script checks and times that path.
 2. Speed: bench/generation_cases.py's decode_case (greedy generate() of --new-tokens tokens, eos off,
    random-byte prompts; ms/token the median of the streamer-timed steps after --skip-steps) for
      reformer           ours, eager (disable_compile=True)
-     reformer-graph     ours, CompileConfig(backend="cudagraphs"): the eager step's kernels in CUDA graphs
+     reformer-graph     ours, CompileConfig(backend="cudagraphs", mode=None): the eager step's kernels in CUDA graphs
      reformer-compile   ours, transformers' default CompileConfig (inductor + CUDA graphs): what
                         generate() does on a GPU unless told otherwise
      llama-static-compile  LlamaForCausalLM (same sizes, SDPA), static cache + CompileConfig

@@ -60,7 +60,9 @@ def reformer_compile_config(variant, setup):
 
     if setup.device.type != "cuda":
         return compat.compile_on_every_device(CompileConfig(backend="aot_eager"))
-    return CompileConfig(backend="cudagraphs") if variant == "reformer-graph" else CompileConfig()
+    # transformers passes its CompileConfig's mode on to torch.compile, and the cudagraphs backend takes no
+    # mode: CompileConfig(backend="cudagraphs") failed with "unexpected keyword argument 'mode'".
+    return CompileConfig(backend="cudagraphs", mode=None) if variant == "reformer-graph" else CompileConfig()
 
 
 def generate_arguments(variant, setup):

@@ -20,7 +20,7 @@ width, depth, heads, d_ff and vocabulary, `attn_implementation="sdpa"`.
                                       default CompileConfig (inductor, mode "reduce-overhead": fused
                                       kernels in CUDA graphs), as Llama's static variant (not run by
                                       default here; bench/decode_graph_check.py runs it)
-                reformer-graph        ours, "static" with CompileConfig(backend="cudagraphs"): the eager
+                reformer-graph        ours, "static" with CompileConfig(backend="cudagraphs", mode=None): the eager
                                       step's kernels replayed from CUDA graphs, no inductor
                                       (compiles in seconds; not run by default)
               Timing: a streamer notes the time of every token generate() hands it, after a
