@@ -279,10 +279,12 @@ def stop_on_every_process(stop_here, device):
     past a time budget), the same answer on every process.  Clocks differ between processes, so a
     budget read on each alone could stop one at a step where another goes on into the next step's
     gradient all-reduce and waits there for ever.  A collective: under torch.distributed every
-    process calls it at every step."""
+    process calls it at every step.  A lone process answers for itself, with no device tensor and no
+    wait for the device."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return bool(stop_here)
     flag = torch.tensor([float(stop_here)], device=device)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
     return bool(flag.item())
 
 
