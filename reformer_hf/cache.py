@@ -26,7 +26,11 @@ position's two residual streams.
 
 A decoding step reads no number on the host that changes from step to step: the sequence index
 of the next position is a device tensor (`SequenceIndex`), and every write goes into the
-existing buffers in place (index_copy_ / scatter_) at indices computed on the device.  A cache
+existing buffers in place (index_put_) at indices computed on the device.  Under torch.compile
+such a write stays in place only if nothing reads the buffer's old contents after it (inductor
+reorders the functional graph it traces, then turns index_put back into index_put_ where it can):
+so a step writes a store before reading it, and a ring or count it must read first is written
+with what it read.  A cache
 of fixed capacity (`ReformerCache(config, max_length)`, what generate() creates) allocates all of
 its buffers at the prefill and never again, so one compiled or CUDA-graph-captured step can serve
 every position.  As with transformers' own caches, compiling is asked for, not done by default:
@@ -63,21 +67,25 @@ def _autograd_sees(buffer, source):
     return torch.is_grad_enabled() and (buffer.requires_grad or source.requires_grad)
 
 
-def _write(buffer, dim, index, source):
-    """`buffer.scatter_(dim, index, source)`, out of place when autograd must see the write."""
-    if _autograd_sees(buffer, source):
-        return buffer.scatter(dim, index, source)
-    return buffer.scatter_(dim, index, source)
-
-
-def _write_at(buffer, dim, index, source):
-    """`buffer.index_copy_(dim, index, source)`: source written at the indices `index` (a device tensor)
-    along `dim`; out of place when autograd must see the write (which keeps a copy of the index: the
-    cache's own moves on in place)."""
+def _put(buffer, indices, source):
+    """`buffer.index_put_(indices, source)`, out of place when autograd must see the write (which keeps
+    copies of the indices: the cache's own sequence index moves on in place)."""
     source = source.to(buffer.dtype)
     if _autograd_sees(buffer, source):
-        return buffer.index_copy(dim, index.clone(), source)
-    return buffer.index_copy_(dim, index, source)
+        return buffer.index_put(tuple(index.clone() for index in indices), source)
+    return buffer.index_put_(indices, source)
+
+
+def _put_along(buffer, dim, index, source):
+    """`source` written at the indices `index` along `dim` of `buffer`, every other leading dimension
+    taken whole: index broadcastable to buffer.shape[:dim] + (n,), source of that broadcast shape followed
+    by buffer.shape[dim + 1:].  The index_put_ form of index_copy_ and scatter_, the one inductor keeps in
+    place: it lowers a scatter_ as a copy of the whole buffer."""
+    axes = dim + 1
+    leading = [torch.arange(size, device=index.device).view([size if axis == leading_dim else 1 for axis in range(axes)])
+               for leading_dim, size in enumerate(buffer.shape[:dim])]
+    index = index.view([1] * (axes - index.dim()) + list(index.shape))
+    return _put(buffer, (*leading, index), source)
 
 
 def _select_rows(buffer, batch_index):
@@ -164,8 +172,8 @@ class PositionStore:
         if self.index.host is not None and self.index.host == self.keys.shape[2]:
             extra = max(self.GROWTH_MIN, self.index.host // 8)
             self.keys, self.values = (torch.nn.functional.pad(buffer, (0, 0, 0, extra)) for buffer in (self.keys, self.values))
-        self.keys = _write_at(self.keys, 2, self.index.next, key)
-        self.values = _write_at(self.values, 2, self.index.next, value)
+        self.keys = _put_along(self.keys, 2, self.index.next, key)
+        self.values = _put_along(self.values, 2, self.index.next, value)
         return self.index.next
 
     def gather(self, positions):
@@ -206,7 +214,7 @@ class FullLayerCache:
         if self.key_is_pad.shape[1] < self.store.keys.shape[2]:
             grown = self.store.keys.shape[2] - self.key_is_pad.shape[1]
             self.key_is_pad = torch.nn.functional.pad(self.key_is_pad, (0, grown), value=True)
-        self.key_is_pad.index_copy_(1, position, is_pad[:, None])
+        self.key_is_pad = _put_along(self.key_is_pad, 1, position, is_pad[:, None])
 
     def reserve(self, capacity):
         self.store.reserve(capacity)
@@ -270,13 +278,11 @@ class LocalLayerCache:
     def append(self, key, value, is_pad):
         """key, value: (batch, heads, 1, d_head); is_pad: (batch,).  Returns the new position's real
         position per row (batch,), the one it attends from."""
-        batch, heads, _, d_head = key.shape
         position = self.real_length.clone()
         slot = torch.where(is_pad, self.slots, position % self.slots)  # (batch,)
-        index = slot[:, None, None, None].expand(-1, heads, 1, d_head)
-        self.keys = _write(self.keys, 2, index, key)
-        self.values = _write(self.values, 2, index, value)
-        self.slot_positions.scatter_(1, slot[:, None], torch.where(is_pad, -1, position)[:, None])
+        self.keys = _put_along(self.keys, 2, slot[:, None, None], key)
+        self.values = _put_along(self.values, 2, slot[:, None, None], value)
+        self.slot_positions = _put_along(self.slot_positions, 1, slot[:, None], torch.where(is_pad, -1, position)[:, None])
         self.real_length.add_((~is_pad).long())
         return position
 
@@ -301,8 +307,8 @@ class LSHLayerCache:
     rotations: (heads, d_head, n_hashes, rotation_size); num_buckets: an int or a factor pair.
     ring: (batch, heads, n_hashes, n_buckets * window + 1) int32: bucket b of round r keeps the
     sequence index of its j-th position (counting from 0 in position order) in slot b * window +
-    j % window, -1 where a slot holds none; the one extra slot at the end takes the writes of padding
-    positions and is never read.  counts: (batch, heads, n_hashes, n_buckets), real positions that
+    j % window, -1 where a slot holds none; the one extra slot at the end takes the prefill's writes of
+    the positions not kept and is never read.  counts: (batch, heads, n_hashes, n_buckets), real positions that
     have fallen in each bucket.  The keys are the normalised shared query-keys, so the store holds
     what a dense layer's KV cache holds; the ring adds 4 bytes per kept index.
     """
@@ -346,24 +352,36 @@ class LSHLayerCache:
         self.counts = keep_address(counts[..., :n_buckets].contiguous(), fixed)
         self.store.fill(keys, values, kept_length)
 
-    def bucket_window(self, bucket_ids):
-        """Keys, values (batch, heads, n_hashes, window, d_head) and validity of each round's bucket."""
-        offsets = torch.arange(self.window, device=bucket_ids.device)
-        indices = self.ring.gather(-1, bucket_ids[..., None] * self.window + offsets)  # (b, h, n_hashes, window)
-        valid = indices >= 0
-        keys, values = self.store.gather(indices.clamp(min=0).long())
-        return keys, values, valid
+    def step(self, key, value, bucket_ids, is_pad):
+        """One new position: key (normalised), value (batch, heads, 1, d_head), its buckets bucket_ids
+        (batch, heads, n_hashes) and is_pad (batch,).  Stores it, and returns what its query sees of each
+        round's bucket before it: keys, values (batch, heads, n_hashes, window, d_head) and their validity
+        (batch, heads, n_hashes, window).
 
-    def append(self, key, value, bucket_ids, is_pad):
-        """key (normalised), value: (batch, heads, 1, d_head); bucket_ids (batch, heads, n_hashes); is_pad (batch,)."""
+        The store is written before it is read, and the ring's and counts' new contents are computed
+        from what was read of them, so that no read of a buffer's old contents can follow its write
+        (the condition for a compiled step to write in place; see the module docstring)."""
         position = self.store.append(key, value)
-        count = self.counts.gather(-1, bucket_ids[..., None])[..., 0]
-        slot = bucket_ids * self.window + count % max(self.window, 1)
-        slot = torch.where(is_pad[:, None, None] | (self.window == 0), self.n_buckets * self.window, slot)
-        self.ring.scatter_(-1, slot[..., None], position.to(torch.int32).expand_as(slot)[..., None])
-        self.ring[..., self.n_buckets * self.window] = -1
-        added = (~is_pad).long()[:, None, None, None].expand(-1, *bucket_ids.shape[1:], 1)
-        self.counts.scatter_add_(-1, bucket_ids[..., None], added)
+        slots, indices = self._ring_window(bucket_ids)
+        keys, values = self.store.gather(indices.clamp(min=0).long())
+        count = self.counts.gather(-1, bucket_ids[..., None])  # (batch, heads, n_hashes, 1)
+        is_real = ~is_pad[:, None, None, None]
+        newest = is_real & (slots % max(self.window, 1) == count % max(self.window, 1))
+        self.ring = _put_along(self.ring, 3, slots, torch.where(newest, position.to(torch.int32), indices))
+        self.counts = _put_along(self.counts, 3, bucket_ids[..., None], count + is_real.long())
+        return keys, values, indices >= 0
+
+    def bucket_window(self, bucket_ids):
+        """What a query of buckets bucket_ids (batch, heads, n_hashes) would see now, as `step` returns it."""
+        _, indices = self._ring_window(bucket_ids)
+        keys, values = self.store.gather(indices.clamp(min=0).long())
+        return keys, values, indices >= 0
+
+    def _ring_window(self, bucket_ids):
+        """The ring slots of each round's bucket and the sequence indices they hold, both (batch, heads,
+        n_hashes, window)."""
+        slots = bucket_ids[..., None] * self.window + torch.arange(self.window, device=bucket_ids.device)
+        return slots, self.ring.gather(-1, slots)
 
     def reserve(self, capacity):
         self.store.reserve(capacity)

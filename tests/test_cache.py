@@ -1,5 +1,7 @@
 """The generation cache: every cached decoding step against a full forward pass over the same prefix."""
 
+import re
+
 import pytest
 import torch
 from tiny_models import tiny_config
@@ -111,12 +113,11 @@ def test_lsh_decode_step_equals_lsh_attention_at_every_position(n_hashes, n_chun
                   bucket_ids[..., :prompt], pad_mask[:, :prompt])
     for position in range(prompt, length):
         new = slice(position, position + 1)
-        keys, values, valid = cache.bucket_window(bucket_ids[..., position])
+        keys, values, valid = cache.step(normalize_keys(query_key[:, :, new]), value[:, :, new],
+                                         bucket_ids[..., position], pad_mask[:, position])
         out, lse = lsh_decode_step(query_key[:, :, new], value[:, :, new], keys, values, valid)
         torch.testing.assert_close(out[:, :, 0], expected[:, :, position], **TOLERANCE)
         torch.testing.assert_close(lse[:, :, 0], expected_lse[:, :, position], **TOLERANCE)
-        cache.append(normalize_keys(query_key[:, :, new]), value[:, :, new], bucket_ids[..., position],
-                     pad_mask[:, position])
         index.advance(1)
 
 
@@ -134,9 +135,10 @@ def test_lsh_cache_keeps_the_latest_window_of_each_bucket():
     assert sorted(held_values.flatten().tolist()) == [103.0, 105.0]
     held, _, valid = cache.bucket_window(torch.tensor([[[1]]]))
     assert sorted(held.flatten().tolist()) == [1.0, 4.0] and valid.all()
-    # The next position of bucket 0 replaces the oldest one kept (3).
-    cache.append(torch.full((1, 1, 1, 1), 7.0), torch.full((1, 1, 1, 1), 107.0), torch.tensor([[[0]]]),
-                 torch.tensor([False]))
+    # The next position of bucket 0 sees the two kept, then replaces the oldest one (3).
+    held, _, valid = cache.step(torch.full((1, 1, 1, 1), 7.0), torch.full((1, 1, 1, 1), 107.0),
+                                torch.tensor([[[0]]]), torch.tensor([False]))
+    assert sorted(held.flatten().tolist()) == [3.0, 5.0] and valid.all()
     held, _, _ = cache.bucket_window(torch.tensor([[[0]]]))
     assert sorted(held.flatten().tolist()) == [5.0, 7.0]
     assert cache.counts.flatten().tolist() == [5, 2]
@@ -548,6 +550,32 @@ def test_a_compiled_step_follows_beam_reordering_in_place():
     assert_one_graph()
     torch.testing.assert_close(compiled, eager, **TOLERANCE)
     assert storage_addresses(cache) == addresses
+
+
+def test_an_inductor_step_writes_the_cache_where_it_is_without_copying_a_buffer():
+    """inductor keeps a write in place only where nothing reads the buffer's old contents after it (it
+    reorders the traced graph first); otherwise it allocates a new buffer of the whole size, writes the
+    position there and copies it back: two passes over every stored key and value per token (70% of a
+    step at 128K on the GPU before).  The generated step (torch's run_and_get_code) allocates no buffer
+    of any cache tensor's shape, and gives the eager logits.  Sizes are chosen so that no intermediate
+    has a cache tensor's shape: counts (2, 2, 2, 8), ring (2, 2, 2, 33), stores (2, 2, 40, 8), window
+    (2, 2, 13, 8), slot positions (2, 13), key_is_pad (2, 40)."""
+    from torch._inductor.utils import run_and_get_code
+
+    model = tiny_lm(attn_layers=["local", "lsh", "full"], num_buckets=8)
+    input_ids, attention_mask = left_padded_batch((0, 5), 40, model.config.vocab_size, seed=3)
+    eager, _, _ = decode_with(model.forward, model, input_ids, attention_mask, prompt_length=30)
+    step = compiled_forward(model, "inductor")
+    (compiled, cache, addresses), codes = run_and_get_code(decode_with, step, model, input_ids, attention_mask, 30)
+    assert_one_graph()
+    torch.testing.assert_close(compiled, eager, **TOLERANCE)
+    assert storage_addresses(cache) == addresses
+    held_shapes = {tuple(tensor.shape): path for path, tensor in cache_tensors(cache).items() if tensor.numel() > 2}
+    allocated = re.findall(r"empty_strided_\w+\(\(([\d, ]*)\)", "\n".join(codes))
+    assert allocated, "no allocation found in the generated code: the pattern no longer matches inductor's output"
+    copies = {held_shapes[shape]: shape for shape in (tuple(int(size) for size in text.split(",") if size.strip())
+                                                      for text in allocated) if shape in held_shapes}
+    assert not copies, f"the compiled step allocates whole copies of cache buffers: {copies}"
 
 
 def test_only_an_asked_for_fixed_capacity_cache_that_decodes_from_its_state_is_compileable():
