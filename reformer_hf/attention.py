@@ -136,7 +136,8 @@ class LSHSelfAttention(nn.Module):
         value = split_heads(self.value(hidden), self.n_heads, self.d_head)
         bucket_ids = hash_vectors(query_key.detach().float(), layer_cache.rotations, layer_cache.num_buckets)
         bucket_ids = bucket_ids[..., 0]  # (batch, heads, n_hashes)
-        bucket_keys, bucket_values, bucket_valid = layer_cache.step(normalize_keys(query_key), value, bucket_ids, is_pad)
+        keys = normalize_keys(query_key)
+        bucket_keys, bucket_values, bucket_valid = layer_cache.step(keys, value, bucket_ids, is_pad)
         out, _ = lsh_decode_step(
             query_key,
             value,

@@ -82,8 +82,8 @@ def _put_along(buffer, dim, index, source):
     by buffer.shape[dim + 1:].  The index_put_ form of index_copy_ and scatter_, the one inductor keeps in
     place: it lowers a scatter_ as a copy of the whole buffer."""
     axes = dim + 1
-    leading = [torch.arange(size, device=index.device).view([size if axis == leading_dim else 1 for axis in range(axes)])
-               for leading_dim, size in enumerate(buffer.shape[:dim])]
+    leading = [torch.arange(size, device=index.device).view([size if axis == place else 1 for axis in range(axes)])
+               for place, size in enumerate(buffer.shape[:dim])]
     index = index.view([1] * (axes - index.dim()) + list(index.shape))
     return _put(buffer, (*leading, index), source)
 
@@ -282,7 +282,8 @@ class LocalLayerCache:
         slot = torch.where(is_pad, self.slots, position % self.slots)  # (batch,)
         self.keys = _put_along(self.keys, 2, slot[:, None, None], key)
         self.values = _put_along(self.values, 2, slot[:, None, None], value)
-        self.slot_positions = _put_along(self.slot_positions, 1, slot[:, None], torch.where(is_pad, -1, position)[:, None])
+        kept_position = torch.where(is_pad, -1, position)
+        self.slot_positions = _put_along(self.slot_positions, 1, slot[:, None], kept_position[:, None])
         self.real_length.add_((~is_pad).long())
         return position
 
