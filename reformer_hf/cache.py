@@ -67,25 +67,27 @@ def _autograd_sees(buffer, source):
     return torch.is_grad_enabled() and (buffer.requires_grad or source.requires_grad)
 
 
-def _put(buffer, indices, source):
-    """`buffer.index_put_(indices, source)`, out of place when autograd must see the write (which keeps
-    copies of the indices: the cache's own sequence index moves on in place)."""
-    source = source.to(buffer.dtype)
-    if _autograd_sees(buffer, source):
-        return buffer.index_put(tuple(index.clone() for index in indices), source)
-    return buffer.index_put_(indices, source)
-
-
 def _put_along(buffer, dim, index, source):
     """`source` written at the indices `index` along `dim` of `buffer`, every other leading dimension
     taken whole: index broadcastable to buffer.shape[:dim] + (n,), source of that broadcast shape followed
-    by buffer.shape[dim + 1:].  The index_put_ form of index_copy_ and scatter_, the one inductor keeps in
-    place: it lowers a scatter_ as a copy of the whole buffer."""
+    by buffer.shape[dim + 1:].  Out of place when autograd must see the write (with a copy of the index:
+    the cache's own sequence index moves on in place).
+
+    Eagerly one scatter_ kernel.  Under torch.compile an index_put_ over broadcast aranges instead: the
+    form inductor keeps in place, where it lowers a scatter_ as a copy of the whole buffer."""
+    source = source.to(buffer.dtype)
     axes = dim + 1
+    index = index.view([1] * (axes - index.dim()) + list(index.shape))
+    if _autograd_sees(buffer, source):
+        index = index.clone()
+        put, scatter = buffer.index_put, buffer.scatter
+    else:
+        put, scatter = buffer.index_put_, buffer.scatter_
+    if not torch.compiler.is_compiling():
+        return scatter(dim, index.view(*index.shape, *[1] * (buffer.dim() - axes)).expand(source.shape), source)
     leading = [torch.arange(size, device=index.device).view([size if axis == place else 1 for axis in range(axes)])
                for place, size in enumerate(buffer.shape[:dim])]
-    index = index.view([1] * (axes - index.dim()) + list(index.shape))
-    return _put(buffer, (*leading, index), source)
+    return put((*leading, index), source)
 
 
 def _select_rows(buffer, batch_index):
