@@ -26,12 +26,11 @@ position's two residual streams.
 
 A decoding step reads no number on the host that changes from step to step: the sequence index
 of the next position is a device tensor (`SequenceIndex`), and every write goes into the
-existing buffers in place (index_put_) at indices computed on the device.  Under torch.compile
-such a write stays in place only if nothing reads the buffer's old contents after it (inductor
-reorders the functional graph it traces, then turns index_put back into index_put_ where it can):
-so a step writes a store before reading it, and a ring or count it must read first is written
-with what it read.  A cache
-of fixed capacity (`ReformerCache(config, max_length)`, what generate() creates) allocates all of
+existing buffers in place (scatter_ eagerly, index_put_ under torch.compile) at indices computed
+on the device.  A compiled write stays in place only if nothing reads the buffer's old contents
+after it (inductor reorders the functional graph it traces, then turns index_put back into
+index_put_ where it can): so a step writes a store before reading it, and a ring or count it must
+read first is written with what it read.  A cache of fixed capacity (`ReformerCache(config, max_length)`, what generate() creates) allocates all of
 its buffers at the prefill and never again, so one compiled or CUDA-graph-captured step can serve
 every position.  As with transformers' own caches, compiling is asked for, not done by default:
 `compileable=True` makes the cache `is_compileable`, and generate() then compiles its decoding
