@@ -3,6 +3,8 @@
     # on the GPU: each model trains --budget seconds, back to back, on the same byte stream in the same order
     PYTHONPATH=. python bench/lm_quality.py --corpus-archive data_cache/lm_quality/corpus.tar.xz \\
         --seq-len 16384 --models reformer,llama --budget 480 --out DIR
+    # or one model a call (RUN1 with --models reformer, RUN2 with --models llama), merged without a GPU
+    PYTHONPATH=. python bench/lm_quality.py --report-only --models reformer,llama --from RUN1 RUN2 --out DIR
     PYTHONPATH=. python bench/lm_quality.py --smoke --out DIR     # toy sizes on the CPU (tests this script)
 
 Data: the documents of a corpus archive (tar, any compression) or folder: Debian's python3.11-doc
@@ -10,9 +12,9 @@ HTML and the Python standard library's sources, made once where the package mirr
 
     apt-get download python3.11-doc && dpkg -x python3.11-doc_*.deb /tmp/doc
     mkdir -p corpus/docs corpus/stdlib data_cache/lm_quality
-    (cd /tmp/doc/usr/share/doc/python3.11/html && find . -name '*.html' -exec cp --parents {} "$OLDPWD/corpus/docs" \;)
+    (cd /tmp/doc/usr/share/doc/python3.11/html && find . -name '*.html' -exec cp --parents {} "$OLDPWD/corpus/docs" \\;)
     (cd "$(python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])')" && \
-        find . -name '*.py' -not -path './site-packages/*' -exec cp --parents {} "$OLDPWD/corpus/stdlib" \;)
+        find . -name '*.py' -not -path './site-packages/*' -exec cp --parents {} "$OLDPWD/corpus/stdlib" \\;)
     tar -C corpus -cJf data_cache/lm_quality/corpus.tar.xz docs stdlib   # 8.6 MB; 2320 documents, 82 MB
 
 Each document goes to training or held out by a hash of its name (--held-out
@@ -34,9 +36,14 @@ for --budget seconds of training steps (evaluation excluded).  Every --eval-ever
 evaluated on the first --curve-eval-bytes held-out bytes (the same bytes for every model and every
 point, so points at equal tokens compare directly); at the end on every held-out window.
 
-Writes DIR/lm_quality.jsonl (every log row: model, step, tokens, seconds, loss, evaluations),
-DIR/lm_quality.md (parameters, steps/s, tokens/s, held-out bpb at equal tokens and at equal time)
-and DIR/lm_quality.png (held-out bpb against tokens and against seconds).
+Writes DIR/lm_quality.jsonl (a first row with the environment, the arguments and the data split,
+then every log row: model, step, tokens, seconds, loss, evaluations), DIR/lm_quality.md (budget,
+parameters, steps/s, tokens/s, held-out bpb at equal time and at equal tokens, the models' ratios,
+the command) and DIR/lm_quality.png (held-out bpb against tokens and against seconds).  A run
+writes to a folder of its own.  Runs made apart (one model each, where one call cannot hold two
+budgets) are merged and reported by --report-only, without a corpus or a GPU; runs that differ in
+an argument the comparison rests on (--seq-len, --tokens-per-step, --budget, ..., the data split,
+the device) are refused.
 """
 
 import argparse
@@ -54,7 +61,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import JsonLines, environment, environment_markdown, markdown_table, read_json_lines  # noqa: E402
+from common import JsonLines, environment  # noqa: E402
+from lm_quality_report import merge_runs, write_report  # noqa: E402
 
 from reformer_hf import ReformerForCausalLM  # noqa: E402
 from reformer_hf.data import RandomByteWindows  # noqa: E402
@@ -85,6 +93,15 @@ def read_documents(source):
     if not documents:
         raise ValueError(f"{source} holds no {DOCUMENT_SUFFIXES} documents")
     return documents
+
+
+def corpus_digest(documents):
+    """SHA-1 over the documents' names and bytes, in name order: two runs on the same corpus share it."""
+    digest = hashlib.sha1()
+    for name in sorted(documents):
+        digest.update(f"{name}\0{len(documents[name])}\0".encode())
+        digest.update(documents[name])
+    return digest.hexdigest()
 
 
 def is_held_out(name, per_mille):
@@ -233,77 +250,6 @@ def train_one(kind, args, size, train_stream, curve_windows, final_windows, devi
         torch.cuda.reset_peak_memory_stats(device)
 
 
-# ----------------------------------------------------------------------------------- report
-
-
-def curve(rows, kind):
-    return [row for row in rows if row.get("model") == kind and "eval_bpb" in row]
-
-
-def at_equal_tokens(rows, kinds):
-    """Evaluation points at token counts every model reached: [(tokens, {kind: bpb})]."""
-    by_tokens = {}
-    for kind in kinds:
-        for row in curve(rows, kind):
-            by_tokens.setdefault(row["tokens"], {})[kind] = row["eval_bpb"]
-    return [(tokens, values) for tokens, values in sorted(by_tokens.items()) if len(values) == len(kinds)]
-
-
-def write_report(out_dir, args):
-    rows = read_json_lines(out_dir / "lm_quality.jsonl")
-    info = next((row["environment"] for row in rows if "environment" in row), {})
-    kinds = [kind for kind in args.models if any(row.get("model") == kind for row in rows)]
-    starts = {row["model"]: row for row in rows if row.get("event") == "start"}
-    ends = {row["model"]: row for row in rows if row.get("event") == "end"}
-    summary = [[kind, f"{starts[kind]['parameters'] / 1e6:.2f}M", f"{starts[kind]['matrix_parameters'] / 1e6:.2f}M",
-                ends[kind]["step"], f"{ends[kind]['steps_per_s']:.2f}", f"{ends[kind]['tokens_per_s']:.0f}",
-                f"{ends[kind]['tokens'] / 1e6:.1f}M", f"{ends[kind]['final_eval_bpb']:.4f}",
-                f"{ends[kind]['peak_gib']:.1f}"] for kind in kinds if kind in ends and kind in starts]
-    equal_tokens = at_equal_tokens(rows, kinds)
-    last_common = equal_tokens[-1] if equal_tokens else None
-    text = [f"# Byte LM at {args.seq_len} bytes: {', '.join(kinds)} at equal time and equal tokens", "",
-            environment_markdown(info), "",
-            f"Budget {args.budget:.0f} s of training each, {args.tokens_per_step} tokens per step, lr {args.lr}, "
-            f"warm-up {args.warmup_steps} steps then constant; held-out bytes: {ends[kinds[0]]['final_eval_bytes'] if kinds and kinds[0] in ends else '–'} "
-            f"(final), {args.curve_eval_bytes} (curve).", "",
-            "## At the end of each budget (equal wall-clock)", "",
-            markdown_table(["model", "parameters", "matrix parameters", "steps", "steps/s", "tokens/s", "tokens seen",
-                            "held-out bpb (all held-out bytes)", "peak GiB"], summary), "",
-            "## At equal tokens (curve bytes)", ""]
-    if equal_tokens:
-        shown = equal_tokens if len(equal_tokens) <= 12 else equal_tokens[:: max(1, len(equal_tokens) // 10)] + [last_common]
-        table = [[f"{tokens / 1e6:.1f}M", *(f"{values[kind]:.4f}" for kind in kinds)] for tokens, values in shown]
-        text.append(markdown_table(["tokens", *kinds], table))
-    text.append("")
-    (out_dir / "lm_quality.md").write_text("\n".join(text), encoding="utf-8")
-    plot(rows, kinds, out_dir / "lm_quality.png", args.seq_len)
-
-
-def plot(rows, kinds, path, seq_len):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", flush=True)
-        return
-    figure, (by_tokens, by_seconds) = plt.subplots(1, 2, figsize=(12, 5))
-    for kind in kinds:
-        points = curve(rows, kind)
-        by_tokens.plot([row["tokens"] / 1e6 for row in points], [row["eval_bpb"] for row in points], label=kind)
-        by_seconds.plot([row["seconds"] for row in points], [row["eval_bpb"] for row in points], label=kind)
-    by_tokens.set_xlabel("training tokens (M)")
-    by_seconds.set_xlabel("training seconds")
-    for axis in (by_tokens, by_seconds):
-        axis.set_ylabel("held-out bits per byte")
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    figure.suptitle(f"byte LM, {seq_len}-byte windows")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-
-
 # -------------------------------------------------------------------------------------- main
 
 SMOKE_SIZE = dict(vocab=260, d_model=32, heads=2, layers=2, llama_mlp=44,
@@ -328,14 +274,27 @@ def parse_args(argv=None):
     parser.add_argument("--curve-eval-bytes", type=int, default=2**19)
     parser.add_argument("--held-out", type=int, default=50, help="per mille of documents held out")
     parser.add_argument("--min-held-out-bytes", type=int, default=2_000_000)
-    parser.add_argument("--reformer-overrides", default="", help="ReformerConfig fields for the reformer and full models")
+    parser.add_argument("--reformer-overrides", default="",
+                        help="ReformerConfig fields for the reformer and full models")
     parser.add_argument("--log-every", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="toy sizes on the CPU from the stdlib's json and email")
+    parser.add_argument("--report-only", action="store_true",
+                        help="no training: merge the runs of --from into DIR/lm_quality.jsonl (or take the one there) "
+                             "and write DIR/lm_quality.md and .png for --models")
+    parser.add_argument("--from", dest="runs", type=Path, nargs="+",
+                        help="with --report-only: the run folders (or their lm_quality.jsonl files) to merge")
     args = parser.parse_args(argv)
     args.models = [kind.strip() for kind in args.models.split(",") if kind.strip()]
     if not args.models or any(kind not in MODEL_KINDS for kind in args.models):
         parser.error(f"--models={','.join(args.models)!r}: expected a comma-separated list from {MODEL_KINDS}")
+    if args.runs and not args.report_only:
+        parser.error("--from merges runs for a report: pass --report-only with it")
+    if args.report_only:
+        return parser, args
+    if (args.out / "lm_quality.jsonl").exists():
+        parser.error(f"--out={str(args.out)!r} already holds lm_quality.jsonl: a run writes to a folder of its own "
+                     "(runs are merged with --report-only --from)")
     if args.corpus_archive is None and not args.smoke:
         parser.error("--corpus-archive is required (or --smoke)")
     if args.corpus_archive is not None and not args.corpus_archive.exists():
@@ -360,8 +319,27 @@ def parse_args(argv=None):
     return parser, args
 
 
+def recorded_arguments(args):
+    """The run's arguments as JSON values, for its first row (the report and the merge read them)."""
+    return {name: str(value) if isinstance(value, Path) else value for name, value in vars(args).items()
+            if name not in ("report_only", "runs")}
+
+
+def report_only(parser, args):
+    try:
+        if args.runs:
+            merge_runs(args.runs, args.out / "lm_quality.jsonl", args.models)
+        write_report(args.out, args.models)
+    except ValueError as error:
+        parser.error(str(error))
+    print((args.out / "lm_quality.md").read_text(), flush=True)
+    return 0
+
+
 def main(argv=None):
     parser, args = parse_args(argv)
+    if args.report_only:
+        return report_only(parser, args)
     size = SMOKE_SIZE if args.smoke else GPU_SIZE
     device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke else "cpu")
     if args.corpus_archive is not None:
@@ -381,12 +359,13 @@ def main(argv=None):
     args.out.mkdir(parents=True, exist_ok=True)
     torch.backends.cuda.matmul.allow_tf32 = True
     log = JsonLines(args.out / "lm_quality.jsonl")
-    log.write(environment=environment(), documents=len(documents), train_bytes=len(train_stream),
-              held_out_bytes=len(held_out), held_out_documents=sum(is_held_out(name, args.held_out) for name in documents))
+    log.write(environment=environment(), arguments=recorded_arguments(args), corpus_sha1=corpus_digest(documents),
+              documents=len(documents), train_bytes=len(train_stream), held_out_bytes=len(held_out),
+              held_out_documents=sum(is_held_out(name, args.held_out) for name in documents))
     print(f"{len(documents)} documents: {len(train_stream)} training bytes, {len(held_out)} held out", flush=True)
     for kind in args.models:
         train_one(kind, args, size, train_stream, curve_windows, final_windows, device, log)
-    write_report(args.out, args)
+    write_report(args.out, args.models)
     print((args.out / "lm_quality.md").read_text(), flush=True)
     return 0
 
