@@ -271,6 +271,19 @@ def lsh_buckets(length, chunk_length):
     return [2 ** (power // 2), 2 ** (power - power // 2)]
 
 
+def pyplot():
+    """matplotlib.pyplot drawing to files (the Agg backend), or None without matplotlib (and it is said)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot", flush=True)
+        return None
+    return plt
+
+
 def plot_against_length(path, series, ylabels, title, figsize=(12, 5)):
     """Two log-log panels against sequence length, one line per series, saved as a PNG.
 
@@ -281,13 +294,8 @@ def plot_against_length(path, series, ylabels, title, figsize=(12, 5)):
     series = [(label, sorted(points)) for label, points in series if points]
     if not series:
         return
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", flush=True)
+    plt = pyplot()
+    if plt is None:
         return
     figure, (left, right) = plt.subplots(1, 2, figsize=figsize)
     for label, points in series:

@@ -9,7 +9,7 @@ file holds several runs one after another, each beginning so.
 import json
 from pathlib import Path
 
-from common import environment_markdown, markdown_table, read_json_lines
+from common import environment_markdown, markdown_table, pyplot, read_json_lines
 
 # The arguments that decide what the models see and how they are measured: runs compare only when
 # they share them (--reformer-overrides too, between runs that train a Reformer).
@@ -216,13 +216,8 @@ def write_report(out_dir, kinds):
 
 
 def plot(rows, kinds, path, seq_len):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", flush=True)
+    plt = pyplot()
+    if plt is None:
         return
     figure, (by_tokens, by_seconds) = plt.subplots(1, 2, figsize=(12, 5))
     for kind in kinds:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, read_json_lines  # noqa: E402
+from common import markdown_table, pyplot, read_json_lines  # noqa: E402
 
 PAPER = "Tay et al., \"Long Range Arena: A Benchmark for Efficient Transformers\", ICLR 2021, Table 1"
 # ListOps test accuracy (%) in that table; the Reformer's is also the best of its ten efficient transformers.
@@ -155,13 +155,8 @@ def render(runs, stem):
 
 def plot(runs, path):
     """Training loss and validation accuracy against the step, one line per run."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot", flush=True)
+    plt = pyplot()
+    if plt is None:
         return
     figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(12, 5))
     for kind, run in runs.items():
