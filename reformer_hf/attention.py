@@ -196,15 +196,12 @@ class LocalSelfAttention(SeparateQKVAttention):
     def decode_step(self, hidden, layer_cache, is_pad):
         """One new position, hidden (batch, 1, hidden_size), against the latest keys in `layer_cache`."""
         query, key, value = self.project(hidden)
-        position = layer_cache.append(key, value, is_pad)
-        out, _ = local_decode_step(
+        layer_cache.append(key, value)
+        out = local_decode_step(
             query,
             layer_cache.keys,
             layer_cache.values,
-            layer_cache.slot_positions,
-            position,
-            chunk_length=self.config.local_attn_chunk_length,
-            n_chunks_before=self.config.local_num_chunks_before,
+            layer_cache.window.attend_bias,
             dropout_p=self.config.local_attention_probs_dropout,
             training=self.training,
         )

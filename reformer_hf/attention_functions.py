@@ -408,21 +408,33 @@ def lsh_decode_step(query_key, value, bucket_keys, bucket_values, bucket_valid, 
     return combine_hash_rounds(round_out, round_lse)
 
 
-def local_decode_step(
-    query, window_keys, window_values, window_positions, position, *, chunk_length, n_chunks_before=1,
-    dropout_p=0.0, training=False,
-):
-    """One new position of causal local attention, from a buffer of the latest keys.
+def local_window_visible(slot_positions, position, is_pad, chunk_length, n_chunks_before):
+    """Which slots of a local layer's window the query of a new position sees: (batch, slots) bool.
 
-    query: (batch, heads, 1, d_head) at real position `position` (batch,) of its row.
-    window_keys, window_values: (batch, heads, slots, d_head), the latest real positions up to and
-        including `position` (a ring buffer: the order of the slots does not matter).
-    window_positions: (batch, slots) real position held by each slot, -1 where it holds none.
-    The position sees what `local_attention` shows it: every position from the start of the chunk
-    `n_chunks_before` chunks before its own, up to itself.
+    slot_positions: (batch, slots) real position held by each slot (the new one's included), -1 where
+    it holds none; position: (batch,) the new position's real position; is_pad: (batch,).
+    A real position sees what `local_attention` shows it: every position from the start of the chunk
+    `n_chunks_before` chunks before its own, up to itself.  A padding position's output is never
+    read: it sees every slot, so that its row of attention is never empty.
     """
     first_visible = ((position // chunk_length - n_chunks_before) * chunk_length).clamp(min=0)
-    hidden_keys = (window_positions < first_visible[:, None]) | (window_positions > position[:, None])
-    return full_attention(
-        query, window_keys, window_values, pad_mask=hidden_keys, dropout_p=dropout_p, training=training
-    )
+    first_visible = torch.where(is_pad, -1, first_visible)
+    return (slot_positions >= first_visible[:, None]) & (slot_positions <= position[:, None])
+
+
+def local_decode_step(query, window_keys, window_values, attend_bias, *, dropout_p=0.0, training=False):
+    """One new position of causal local attention, from a buffer of the latest keys.
+
+    query: (batch, heads, 1, d_head); window_keys, window_values: (batch, heads, slots, d_head) (a
+    ring buffer: the order of the slots does not matter); attend_bias: (batch, slots) in the query's
+    dtype, 0 on the slots `local_window_visible` shows the query (at least one per row), -inf elsewhere.
+    Returns out (batch, heads, 1, d_head), through torch's scaled_dot_product_attention: one kernel
+    where the written-out attention takes a dozen.  Under torch.compile with dropout active the
+    reference runs instead (see `full_attention_sdpa`).
+    """
+    dropout_p = dropout_p if training else 0.0
+    if dropout_p > 0.0 and torch.compiler.is_compiling():
+        return full_attention(query, window_keys, window_values, pad_mask=attend_bias.isinf(), dropout_p=dropout_p,
+                              training=True)[0]
+    return nn.functional.scaled_dot_product_attention(query, window_keys, window_values,
+                                                      attn_mask=attend_bias[:, None, None, :], dropout_p=dropout_p)

@@ -98,6 +98,7 @@ def continue_from_cache(stack, config, hidden, new_is_pad, self_cache, layer_cac
     self_cache.check_room(length)
     steps = []
     for t in range(length):
+        self_cache.begin_step(new_is_pad[:, t])
         steps.append(stack.decode_step(hidden[:, t : t + 1], layer_caches, new_is_pad[:, t], output_hidden_states))
         self_cache.advance(1)
     return join_decode_steps(steps, output_hidden_states)

@@ -18,7 +18,7 @@ from reformer_hf.attention_functions import (
     lsh_decode_step,
     normalize_keys,
 )
-from reformer_hf.cache import LocalLayerCache, LSHLayerCache, SequenceIndex
+from reformer_hf.cache_layers import LocalLayerCache, LocalWindow, LSHLayerCache, SequenceIndex
 from reformer_hf.stack_running import padding_multiple
 
 TOLERANCE = dict(rtol=1e-5, atol=1e-5)
@@ -157,12 +157,13 @@ def test_local_decode_step_equals_local_attention_at_every_position(n_chunks_bef
     expected = []
     for row in range(batch):
         real = ~pad_mask[row]
-        out, lse = causal_local_attention_any_length(
+        out, _ = causal_local_attention_any_length(
             query[row : row + 1, :, real], key[row : row + 1, :, real], value[row : row + 1, :, real],
             chunk_length, n_chunks_before,
         )
-        expected.append((out[0], lse[0], real.long().cumsum(0) - 1))
-    cache = LocalLayerCache(chunk_length, n_chunks_before)
+        expected.append((out[0], real.long().cumsum(0) - 1))
+    window = LocalWindow(chunk_length, n_chunks_before)
+    cache = LocalLayerCache(window)
     cache.prefill_length = prompt
     order = torch.sort(pad_mask[:, :prompt].to(torch.uint8), dim=1, stable=True).indices  # real positions first
     gather = order[:, None, :, None].expand(-1, heads, -1, d_head)
@@ -170,15 +171,17 @@ def test_local_decode_step_equals_local_attention_at_every_position(n_chunks_bef
                   pad_mask[:, :prompt].gather(1, order))
     for position in range(prompt, length):
         new = slice(position, position + 1)
-        real_position = cache.append(key[:, :, new], value[:, :, new], pad_mask[:, position])
-        out, lse = local_decode_step(
-            query[:, :, new], cache.keys, cache.values, cache.slot_positions, real_position,
-            chunk_length=chunk_length, n_chunks_before=n_chunks_before,
-        )
-        for row, (row_out, row_lse, real_index) in enumerate(expected):
-            assert real_position[row] == real_index[position]
-            torch.testing.assert_close(out[row, :, 0], row_out[:, real_index[position]], **TOLERANCE)
-            torch.testing.assert_close(lse[row, :, 0], row_lse[:, real_index[position]], **TOLERANCE)
+        window.begin_step(pad_mask[:, position])
+        cache.append(key[:, :, new], value[:, :, new])
+        out = local_decode_step(query[:, :, new], cache.keys, cache.values, window.attend_bias)
+        for row, (row_out, real_index) in enumerate(expected):
+            real_position = int(real_index[position])
+            assert window.real_length[row] == real_position + 1
+            # the slots seen hold exactly the real positions local attention shows this one
+            first_visible = max(0, (real_position // chunk_length - n_chunks_before) * chunk_length)
+            seen = window.slot_positions[row][window.attend_bias[row] == 0]
+            assert sorted(seen.tolist()) == list(range(first_visible, real_position + 1))
+            torch.testing.assert_close(out[row, :, 0], row_out[:, real_position], **TOLERANCE)
 
 
 def causal_local_attention_any_length(query, key, value, chunk_length, n_chunks_before):
@@ -329,8 +332,14 @@ def test_cache_bytes_grow_as_stated(num_buckets):
             assert lsh.store.nbytes() == dense_kv_bytes(config, batch, prompt + 5)
             assert lsh.nbytes() == dense_kv_bytes(config, batch, prompt + 5) + lsh_index_bytes(config, batch, n_buckets)
             assert full.store.nbytes() == dense_kv_bytes(config, batch, prompt + 5)
+            # a local layer's keys and values in (n_chunks_before + 1) * chunk + 1 slots, rounded up to 16
+            slots = -(-((config.local_num_chunks_before + 1) * config.local_attn_chunk_length + 1) // 16) * 16
+            assert local.nbytes() == 2 * batch * config.num_attention_heads * slots * config.head_size * 4
             local_bytes.append(local.nbytes())
-            assert cache.nbytes() == sum(layer.nbytes() for layer in cache.layers) + 8  # and the sequence index (int64)
+            window_bytes = batch * slots * 8 + batch * 8  # the local layers' shared slot positions and lengths
+            assert cache.local_window.nbytes() == window_bytes
+            # and the sequence index (int64)
+            assert cache.nbytes() == sum(layer.nbytes() for layer in cache.layers) + window_bytes + 8
     assert local_bytes[0] == local_bytes[1]  # a window, whatever the prefix
 
 
@@ -557,9 +566,9 @@ def test_an_inductor_step_writes_the_cache_where_it_is_without_copying_a_buffer(
     reorders the traced graph first); otherwise it allocates a new buffer of the whole size, writes the
     position there and copies it back: two passes over every stored key and value per token (70% of a
     step at 128K on the GPU before).  The generated step (torch's run_and_get_code) allocates no buffer
-    of any cache tensor's shape, and gives the eager logits.  Sizes are chosen so that no intermediate
-    has a cache tensor's shape: counts (2, 2, 2, 8), ring (2, 2, 2, 33), stores (2, 2, 40, 8), window
-    (2, 2, 13, 8), slot positions (2, 13), key_is_pad (2, 40)."""
+    of any cache tensor's shape and dtype, and gives the eager logits.  Sizes are chosen so that no
+    intermediate has a cache tensor's shape and dtype: counts (2, 2, 2, 8), ring (2, 2, 2, 33), stores
+    (2, 2, 40, 8), local windows (2, 2, 16, 8), slot positions (2, 16), key_is_pad (2, 40)."""
     from torch._inductor.utils import run_and_get_code
 
     model = tiny_lm(attn_layers=["local", "lsh", "full"], num_buckets=8)
@@ -570,11 +579,12 @@ def test_an_inductor_step_writes_the_cache_where_it_is_without_copying_a_buffer(
     assert_one_graph()
     torch.testing.assert_close(compiled, eager, **TOLERANCE)
     assert storage_addresses(cache) == addresses
-    held_shapes = {tuple(tensor.shape): path for path, tensor in cache_tensors(cache).items() if tensor.numel() > 2}
-    allocated = re.findall(r"empty_strided_\w+\(\(([\d, ]*)\)", "\n".join(codes))
+    held = {(tuple(tensor.shape), str(tensor.dtype)): path for path, tensor in cache_tensors(cache).items()
+            if tensor.numel() > 2}
+    allocated = re.findall(r"empty_strided_\w+\(\(([\d, ]*)\), \([\d, ]*\), (torch\.\w+)", "\n".join(codes))
     assert allocated, "no allocation found in the generated code: the pattern no longer matches inductor's output"
-    copies = {held_shapes[shape]: shape for shape in (tuple(int(size) for size in text.split(",") if size.strip())
-                                                      for text in allocated) if shape in held_shapes}
+    buffers = {(tuple(int(size) for size in shape.split(",") if size.strip()), dtype) for shape, dtype in allocated}
+    copies = {held[buffer]: buffer for buffer in buffers if buffer in held}
     assert not copies, f"the compiled step allocates whole copies of cache buffers: {copies}"
 
 
