@@ -284,6 +284,17 @@ def pyplot():
     return plt
 
 
+def save_figure(plt, figure, axes, title, path):
+    """Grid and legend on every axis, the title, then the figure written to `path` (120 dpi) and closed."""
+    for axis in axes:
+        axis.grid(True, alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
 def plot_against_length(path, series, ylabels, title, figsize=(12, 5)):
     """Two log-log panels against sequence length, one line per series, saved as a PNG.
 

@@ -9,7 +9,7 @@ file holds several runs one after another, each beginning so.
 import json
 from pathlib import Path
 
-from common import environment_markdown, markdown_table, pyplot, read_json_lines
+from common import environment_markdown, markdown_table, pyplot, read_json_lines, save_figure
 
 # The arguments that decide what the models see and how they are measured: runs compare only when
 # they share them (--reformer-overrides too, between runs that train a Reformer).
@@ -228,9 +228,4 @@ def plot(rows, kinds, path, seq_len):
     by_seconds.set_xlabel("training seconds")
     for axis in (by_tokens, by_seconds):
         axis.set_ylabel("held-out bits per byte")
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    figure.suptitle(f"byte LM, {seq_len}-byte windows")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(plt, figure, (by_tokens, by_seconds), f"byte LM, {seq_len}-byte windows", path)

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, pyplot, read_json_lines  # noqa: E402
+from common import markdown_table, pyplot, read_json_lines, save_figure  # noqa: E402
 
 PAPER = "Tay et al., \"Long Range Arena: A Benchmark for Efficient Transformers\", ICLR 2021, Table 1"
 # ListOps test accuracy (%) in that table; the Reformer's is also the best of its ten efficient transformers.
@@ -175,12 +175,7 @@ def plot(runs, path):
     accuracy_axis.set_ylabel("validation accuracy %")
     for axis in (loss_axis, accuracy_axis):
         axis.set_xlabel("step")
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    figure.suptitle("LRA ListOps")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    save_figure(plt, figure, (loss_axis, accuracy_axis), "LRA ListOps", path)
 
 
 def write_report(folders, out):
