@@ -6,7 +6,9 @@
 #       into the current Python, with the newest transformers that pyproject.toml allows;
 #   bash scripts/run_tests.sh --transformers 5.17.0 [pytest arguments]
 #       into its own virtual environment (.venv-transformers-5.17.0) with that transformers pinned:
-#       the oldest version pyproject.toml allows is tested this way (CI runs both).
+#       the oldest version pyproject.toml allows is tested this way (CI runs both).  The environment
+#       sees the machine's packages (--system-site-packages), so torch, triton and the rest already
+#       installed there are not installed again; what the pin needs goes into the environment.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=python
@@ -14,7 +16,7 @@ if [ "${1:-}" = "--transformers" ]; then
     VERSION="${2:?--transformers needs a version, e.g. --transformers 5.17.0}"
     shift 2
     VENV=".venv-transformers-$VERSION"
-    [ -x "$VENV/bin/python" ] || python -m venv "$VENV"
+    [ -x "$VENV/bin/python" ] || python -m venv --system-site-packages "$VENV"
     PYTHON="$VENV/bin/python"
     "$PYTHON" -m pip install --quiet torch==2.13.0
     "$PYTHON" -m pip install --quiet -e ".[dev,gpu]" "transformers==$VERSION"
