@@ -35,10 +35,11 @@ after it (inductor reorders the functional graph it traces, then turns index_put
 index_put_ where it can): so a step writes a store before reading it, and a ring or count it must
 read first is written with what it read.  A cache of fixed capacity (`ReformerCache(config,
 max_length)`, what generate() creates) allocates all of its buffers at the prefill and never
-again, so one compiled or CUDA-graph-captured step can serve every position.  As with transformers' own caches, compiling is asked for, not done by default:
-`compileable=True` makes the cache `is_compileable`, and generate() then compiles its decoding
-step (on CUDA, or any device with an explicit `compile_config`); generate() creates such a cache
-for `cache_implementation="static"` or a given `compile_config`.  A cache without `max_length`
+again, so one compiled or CUDA-graph-captured step can serve every position.  As with
+transformers' own caches, compiling is asked for, not done by default: `compileable=True` makes
+the cache `is_compileable`, and generate() then compiles its decoding step (on CUDA, or any device
+with an explicit `compile_config`); generate() creates such a cache for
+`cache_implementation="static"` or a given `compile_config`.  A cache without `max_length`
 tracks its length on the host and grows its stores when they fill.
 
 Two configurations cannot be decoded from such state, because a position's attention there
@@ -235,7 +236,7 @@ class ReformerCache:
 
     def advance(self, new_positions):
         if self.local_window is not None:
-            self.local_window.end_step()
+            self.local_window.end_pass()
         self.index.advance(new_positions)
         self.is_filled = True
 

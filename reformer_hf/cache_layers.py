@@ -37,6 +37,11 @@ def _put_along(buffer, dim, index, source):
     return put((*leading, index), source)
 
 
+def _nbytes(*tensors):
+    """Bytes allocated for the given tensors, None counting nothing."""
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors if tensor is not None)
+
+
 def _select_rows(buffer, batch_index):
     """Rows `batch_index` of `buffer`, copied into its own storage when the batch keeps its size, so that
     a compiled step goes on reading the same buffers after beam search reorders them."""
@@ -136,7 +141,7 @@ class PositionStore:
         self.keys, self.values = _select_rows(self.keys, batch_index), _select_rows(self.values, batch_index)
 
     def nbytes(self):
-        return sum(buffer.numel() * buffer.element_size() for buffer in (self.keys, self.values) if buffer is not None)
+        return _nbytes(self.keys, self.values)
 
 
 class FullLayerCache:
@@ -181,7 +186,7 @@ class FullLayerCache:
         self.key_is_pad = _select_rows(self.key_is_pad, batch_index)
 
     def nbytes(self):
-        return self.store.nbytes() + self.key_is_pad.numel() * self.key_is_pad.element_size()
+        return self.store.nbytes() + _nbytes(self.key_is_pad)
 
 
 class LocalWindow:
@@ -214,7 +219,8 @@ class LocalWindow:
     def prefill(self, pad_mask, like, length):
         """The slot of each of the first `length` positions of a prefill whose real positions come first
         in every row (the sink for the ones not kept): (batch, length).  pad_mask (batch, >= length) or
-        None; `like` gives the batch and device.  Worked out by the first local layer, then reused."""
+        None; `like` gives the batch and device.  Worked out by the first local layer, then reused by the
+        others until the pass ends (`end_pass`)."""
         if self.prefill_slot is not None:
             return self.prefill_slot
         batch = like.shape[0]
@@ -244,9 +250,10 @@ class LocalWindow:
         no_bias = torch.zeros((), dtype=self.bias_dtype, device=visible.device)
         self.attend_bias = no_bias.masked_fill(~visible, -math.inf)
 
-    def end_step(self):
-        """The step's scratch goes: it is not state (nor, in a compiled step, an output of the graph)."""
-        self.new_slot = self.attend_bias = None
+    def end_pass(self):
+        """A pass's scratch goes (the prefill's slots, a step's slot and mask): it is not state, nor, in a
+        compiled step, an output of the graph."""
+        self.prefill_slot = self.new_slot = self.attend_bias = None
 
     def reorder(self, batch_index):
         if self.slot_positions is not None:
@@ -254,8 +261,7 @@ class LocalWindow:
             self.real_length = _select_rows(self.real_length, batch_index)
 
     def nbytes(self):
-        held = (self.slot_positions, self.real_length)
-        return sum(tensor.numel() * tensor.element_size() for tensor in held if tensor is not None)
+        return _nbytes(self.slot_positions, self.real_length)
 
 
 class LocalLayerCache:
@@ -292,7 +298,7 @@ class LocalLayerCache:
 
     def nbytes(self):
         """The keys and values (the cache counts the shared window once)."""
-        return sum(tensor.numel() * tensor.element_size() for tensor in (self.keys, self.values) if tensor is not None)
+        return _nbytes(self.keys, self.values)
 
 
 class LSHLayerCache:
@@ -359,17 +365,21 @@ class LSHLayerCache:
         (the condition for a compiled step to write in place; see the module docstring)."""
         position = self.store.append(key, value)
         slots, indices = self._ring_window(bucket_ids)
-        keys, values = self.store.gather(indices.clamp(min=0).long())
+        seen = self._held_at(indices)
         count = self.counts.gather(-1, bucket_ids[..., None])  # (batch, heads, n_hashes, 1)
         is_real = ~is_pad[:, None, None, None]
         newest = is_real & (slots % max(self.window, 1) == count % max(self.window, 1))
         self.ring = _put_along(self.ring, 3, slots, torch.where(newest, position.to(torch.int32), indices))
         self.counts = _put_along(self.counts, 3, bucket_ids[..., None], count + is_real.long())
-        return keys, values, indices >= 0
+        return seen
 
     def bucket_window(self, bucket_ids):
         """What a query of buckets bucket_ids (batch, heads, n_hashes) would see now, as `step` returns it."""
-        _, indices = self._ring_window(bucket_ids)
+        return self._held_at(self._ring_window(bucket_ids)[1])
+
+    def _held_at(self, indices):
+        """Keys, values (batch, heads, n_hashes, window, d_head) at the ring's sequence indices, and whether
+        each slot holds one."""
         keys, values = self.store.gather(indices.clamp(min=0).long())
         return keys, values, indices >= 0
 
@@ -388,8 +398,7 @@ class LSHLayerCache:
             self.ring, self.counts = _select_rows(self.ring, batch_index), _select_rows(self.counts, batch_index)
 
     def nbytes(self):
-        held = [tensor for tensor in (self.ring, self.counts, self.rotations) if tensor is not None]
-        return self.store.nbytes() + sum(tensor.numel() * tensor.element_size() for tensor in held)
+        return self.store.nbytes() + _nbytes(self.ring, self.counts, self.rotations)
 
 
 def _pad_flags(pad_mask, like, length):
